@@ -1,0 +1,352 @@
+"""The runbook: one service's failover contract, as data.
+
+The pydantic models are the single source of truth: the loader validates YAML against them, the JSON Schema
+(``docs/runbook.schema.json``) is generated from them, and workflows receive them through the pydantic data
+converter. Rules that span fields live in ``rule_problems`` so each problem carries the field path it is about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import string
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from runbooks.durations import Duration, format_duration
+from runbooks.secrets import SecretRef
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lowercase letters, digits and dashes")]
+Gate = Literal["failover", "promote", "data-loss", "failback-100"]
+URL_PLACEHOLDERS = frozenset({"region", "address"})
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objectives(StrictModel):
+    rto: Duration = Field(description="recovery time objective: detection excluded, start of failover to healthy")
+    rpo: Duration = Field(description="recovery point objective: the most recent writes the service may lose")
+
+
+class Region(StrictModel):
+    address: str = Field(description="what the DNS record answers when this region serves (IP, or name for CNAME)")
+    vars: dict[str, str] = Field(
+        default_factory=dict, description="extra values for health-check URL templates, e.g. {port}"
+    )
+    description: str | None = None
+
+
+class Nameserver(StrictModel):
+    name: str = Field(description="label used in reports, e.g. ns1.example.com.")
+    address: str = Field(description="IP address queried directly")
+    port: int = Field(default=53, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+class _DnsBase(StrictModel):
+    zone: str = Field(description="the zone apex, fully qualified, e.g. example.com.")
+    record: str = Field(description="the record that moves between regions, fully qualified")
+    type: Literal["A", "AAAA", "CNAME"] = "A"
+    ttl: int = Field(ge=1, le=86400, description="seconds; resolvers may serve the old answer this long")
+    nameservers: list[Nameserver] = Field(
+        default_factory=list,
+        description="authoritative nameservers to verify; empty means discovered from the zone's NS records",
+    )
+    propagation_budget: Duration = Field(
+        default=timedelta(seconds=60),
+        description="how long the provider and every authoritative nameserver may take to serve a change",
+    )
+
+    @field_validator("zone", "record")
+    @classmethod
+    def _fqdn(cls, value: str) -> str:
+        if not value.endswith("."):
+            raise ValueError(f"{value!r} must be fully qualified, ending with a dot: {value}.")
+        return value.lower()
+
+
+class Route53Dns(_DnsBase):
+    provider: Literal["route53"]
+    hosted_zone_id: str = Field(pattern=r"^Z[A-Z0-9]{1,32}$", description="e.g. Z0123456789ABCDEFGHIJ")
+
+
+class CloudDns(_DnsBase):
+    provider: Literal["clouddns"]
+    project: str = Field(min_length=1, description="GCP project id")
+    managed_zone: str = Field(min_length=1, description="Cloud DNS managed zone name")
+
+
+class TsigKey(StrictModel):
+    name: str
+    algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
+    secret: SecretRef
+
+
+class Rfc2136Dns(_DnsBase):
+    provider: Literal["rfc2136"]
+    server: Nameserver = Field(description="the primary that accepts dynamic updates")
+    tsig: TsigKey
+
+
+DnsConfig = Annotated[Route53Dns | CloudDns | Rfc2136Dns, Field(discriminator="provider")]
+
+
+class PostgresNode(StrictModel):
+    host: str
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = "postgres"
+    user: str
+    password: SecretRef | None = None
+    data_directory: str | None = Field(
+        default=None, description="only for nodes drflow manages on the same host (the sandbox)"
+    )
+
+
+class PostgresDatabase(StrictModel):
+    provider: Literal["postgres"]
+    nodes: dict[str, PostgresNode] = Field(description="one node per region")
+
+
+class RdsDatabase(StrictModel):
+    provider: Literal["rds"]
+    instances: dict[str, str] = Field(description="DB instance identifier per region")
+
+
+class AuroraGlobalDatabase(StrictModel):
+    provider: Literal["aurora-global"]
+    global_cluster: str = Field(min_length=1)
+    clusters: dict[str, str] = Field(description="member cluster ARN per region")
+
+    @field_validator("clusters")
+    @classmethod
+    def _arns(cls, value: dict[str, str]) -> dict[str, str]:
+        for region, arn in value.items():
+            if not arn.startswith("arn:"):
+                raise ValueError(f"cluster for {region} must be an ARN (arn:aws:rds:...), got {arn!r}")
+        return value
+
+
+DatabaseConfig = Annotated[
+    PostgresDatabase | RdsDatabase | AuroraGlobalDatabase, Field(discriminator="provider")
+]
+
+
+class HttpCheck(StrictModel):
+    url: str = Field(description="template; {region}, {address} and the region's vars are substituted")
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    expect_status: list[int] = Field(default_factory=lambda: [200])
+    expect_body_contains: str | None = None
+    expect_json: dict[str, Any] | None = Field(default=None, description="keys that must have these values")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://[^/\s]+", value)
+        if match is None:
+            raise ValueError(f"{value!r} has no scheme and host; write it as http://host/path or https://...")
+        if match.group(1).lower() not in ("http", "https"):
+            raise ValueError(f"{value!r}: only http:// and https:// checks are supported")
+        return value
+
+
+class HealthCheck(StrictModel):
+    name: Name
+    http: HttpCheck
+    timeout: Duration = timedelta(seconds=5)
+    interval: Duration = timedelta(seconds=5)
+    consecutive_successes: int = Field(default=3, ge=1, le=100)
+    regions: list[str] | None = Field(default=None, description="regions this check applies to; default all")
+
+    @property
+    def minimum_duration(self) -> timedelta:
+        """The irreducible time to see N consecutive successes: N-1 intervals between N checks."""
+        return self.interval * (self.consecutive_successes - 1)
+
+
+class SlackApprovals(StrictModel):
+    channel: str = Field(pattern=r"^[CG][A-Z0-9]+$", description="channel id, e.g. C0123ABCD")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids allowed to approve")
+    usergroup: str | None = Field(default=None, description="Slack user group id whose members may approve")
+    escalation_group: str | None = None
+
+
+class Approvals(StrictModel):
+    approvers: list[str] = Field(default_factory=list, description="identities allowed to approve (CLI, UI)")
+    slack: SlackApprovals | None = None
+    gates: list[Gate] = Field(default_factory=lambda: ["failover", "data-loss"])
+    skip_in_emergency: list[Gate] = Field(
+        default_factory=list, description="gates an emergency failover may pass without approval (recorded)"
+    )
+    separation_of_duties: bool = Field(default=True, description="the requester cannot approve")
+    timeout: Duration = timedelta(minutes=30)
+    escalate_after: Duration | None = None
+
+
+class Runbook(StrictModel):
+    """One service's regions, DNS, database, health checks, objectives and approvers."""
+
+    service: Name
+    description: str | None = None
+    owner: str | None = None
+    objectives: Objectives
+    primary: str = Field(description="the region that serves today")
+    regions: dict[str, Region] = Field(min_length=2)
+    dns: DnsConfig
+    database: DatabaseConfig | None = None
+    health: list[HealthCheck] = Field(min_length=1)
+    approvals: Approvals
+
+    @model_validator(mode="after")
+    def _rules(self) -> Runbook:
+        problems = rule_problems(self)
+        if problems:
+            raise PydanticCustomError(
+                "runbook_rules",
+                "{summary}",
+                {"summary": "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems), "problems": problems},
+            )
+        return self
+
+    @property
+    def health_minimum(self) -> timedelta:
+        return max((check.minimum_duration for check in self.health), default=timedelta(0))
+
+    @property
+    def cutover_budget(self) -> timedelta:
+        """TTL + propagation budget + health minimum: the part of the RTO drflow cannot shorten."""
+        return timedelta(seconds=self.dns.ttl) + self.dns.propagation_budget + self.health_minimum
+
+    def checks_for(self, region: str) -> list[HealthCheck]:
+        return [c for c in self.health if c.regions is None or region in c.regions]
+
+
+Problem = tuple[tuple[str | int, ...], str]
+
+
+def rule_problems(runbook: Runbook) -> list[Problem]:
+    """Cross-field rules, each reported at the field it is about."""
+    problems: list[Problem] = []
+    regions = set(runbook.regions)
+    known = ", ".join(sorted(regions))
+
+    for name in runbook.regions:
+        if not re.fullmatch(NAME_PATTERN, name):
+            problems.append((("regions", name), "region names use lowercase letters, digits and dashes"))
+    if runbook.primary not in regions:
+        problems.append((("primary",), f"{runbook.primary!r} is not one of the regions ({known})"))
+
+    dns = runbook.dns
+    if not (dns.record == dns.zone or dns.record.endswith("." + dns.zone)):
+        problems.append((("dns", "record"), f"{dns.record} is not inside the zone {dns.zone}"))
+    if dns.record == dns.zone:
+        problems.append((("dns", "record"), "the zone apex cannot move between regions (it also holds SOA/NS)"))
+    for name, region in runbook.regions.items():
+        problems.extend(_address_problems(dns.type, name, region.address))
+
+    if runbook.cutover_budget > runbook.objectives.rto:
+        problems.append(
+            (
+                ("dns", "ttl"),
+                f"TTL {format_duration(timedelta(seconds=dns.ttl))} + propagation budget "
+                f"{format_duration(dns.propagation_budget)} + health-check minimum "
+                f"{format_duration(runbook.health_minimum)} = {format_duration(runbook.cutover_budget)} "
+                f"exceeds the RTO of {format_duration(runbook.objectives.rto)}",
+            )
+        )
+
+    problems.extend(_database_region_problems(runbook, regions, known))
+
+    for index, check in enumerate(runbook.health):
+        for region in check.regions or []:
+            if region not in regions:
+                problems.append(
+                    (("health", index, "regions"), f"{region!r} is not one of the regions ({known})")
+                )
+        for field in _url_fields(check.http.url):
+            if field not in URL_PLACEHOLDERS and not all(field in r.vars for r in runbook.regions.values()):
+                problems.append(
+                    (
+                        ("health", index, "http", "url"),
+                        f"placeholder {{{field}}} is neither region nor address nor in every region's vars",
+                    )
+                )
+        if check.timeout > check.interval:
+            problems.append((("health", index, "timeout"), "timeout is longer than the interval between checks"))
+
+    approvals = runbook.approvals
+    slack_approvers = approvals.slack is not None and bool(approvals.slack.approvers or approvals.slack.usergroup)
+    if approvals.gates and not approvals.approvers and not slack_approvers:
+        problems.append((("approvals", "approvers"), "gates are configured but nobody may approve them"))
+    for gate in approvals.skip_in_emergency:
+        if gate == "data-loss":
+            problems.append(
+                (("approvals", "skip_in_emergency"), "the data-loss gate can never be skipped: accepting data loss "
+                 "needs a recorded decision")
+            )
+        elif gate not in approvals.gates:
+            problems.append((("approvals", "skip_in_emergency"), f"{gate!r} is not one of the gates"))
+    if approvals.escalate_after is not None and approvals.escalate_after >= approvals.timeout:
+        problems.append((("approvals", "escalate_after"), "must be shorter than the approval timeout"))
+    return problems
+
+
+def _address_problems(record_type: str, name: str, address: str) -> list[Problem]:
+    where = ("regions", name, "address")
+    if record_type == "CNAME":
+        return [] if address.endswith(".") else [(where, f"{address!r} must be a fully qualified name for CNAME")]
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return [(where, f"{address!r} is not an IP address (the record type is {record_type})")]
+    if (record_type == "A") != (parsed.version == 4):
+        return [(where, f"{address} is IPv{parsed.version}, which does not fit an {record_type} record")]
+    return []
+
+
+def _database_region_problems(runbook: Runbook, regions: set[str], known: str) -> list[Problem]:
+    db = runbook.database
+    if db is None:
+        return []
+    per_region: dict[str, Any]
+    key: str
+    if isinstance(db, PostgresDatabase):
+        per_region, key = db.nodes, "nodes"
+    elif isinstance(db, RdsDatabase):
+        per_region, key = db.instances, "instances"
+    else:
+        per_region, key = db.clusters, "clusters"
+    problems: list[Problem] = []
+    for region in sorted(regions - set(per_region)):
+        problems.append((("database", key), f"region {region!r} has no entry"))
+    for region in sorted(set(per_region) - regions):
+        problems.append((("database", key, region), f"{region!r} is not one of the regions ({known})"))
+    return problems
+
+
+def _url_fields(template: str) -> list[str]:
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    except ValueError:
+        return []
+
+
+def render_url(check: HealthCheck, region_name: str, region: Region) -> str:
+    values = {**region.vars, "region": region_name, "address": region.address}
+    return check.http.url.format_map(values)
