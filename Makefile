@@ -1,0 +1,38 @@
+# The two commands of the README: `make dev` runs drflow on the embedded stack, `make test` runs every test.
+# Both install what they need first (virtualenv, Python packages, system packages such as BIND).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.drflow-installed
+
+.PHONY: dev test lint typecheck unit install system-deps schema clean
+
+dev: $(STAMP)
+	$(BIN)/drflow dev
+
+test: $(STAMP) system-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/bootstrap-venv
+	@scripts/bootstrap-venv "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+system-deps:
+	@scripts/system-deps
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+schema: $(STAMP)
+	$(BIN)/drflow runbook schema > docs/runbook.schema.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

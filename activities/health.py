@@ -1,0 +1,112 @@
+"""HTTP health checks, run concurrently, each bounded by its own timeout.
+
+A failing check is a result, not an error: the activity returns what it saw (status, latency, why it failed)
+and the workflow decides what it means. Only a broken worker makes this activity fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from temporalio import activity
+
+from runbooks.durations import Duration
+from runbooks.model import HttpCheck, StrictModel
+
+BODY_EXCERPT = 200
+
+
+class HealthProbe(StrictModel):
+    region: str
+    check: str
+    url: str
+    http: HttpCheck
+    timeout: Duration
+
+
+class HealthProbeRequest(StrictModel):
+    probes: list[HealthProbe]
+
+
+class HealthProbeResult(StrictModel):
+    region: str
+    check: str
+    url: str
+    ok: bool
+    status: int | None
+    latency_ms: float
+    error: str | None = None
+
+
+class HealthProbeResults(StrictModel):
+    results: list[HealthProbeResult]
+
+
+@activity.defn(name="probe_health")
+async def probe_health(request: HealthProbeRequest) -> HealthProbeResults:
+    # Health checks go straight to the service: a proxy from the worker's environment is not the path
+    # users take, and would make the result depend on where the worker runs.
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+        results = await asyncio.gather(*(_probe(client, probe) for probe in request.probes))
+    return HealthProbeResults(results=list(results))
+
+
+async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeResult:
+    timeout = probe.timeout.total_seconds()
+    started = time.monotonic()
+
+    def result(ok: bool, status: int | None, error: str | None) -> HealthProbeResult:
+        latency = round((time.monotonic() - started) * 1000, 1)
+        return HealthProbeResult(
+            region=probe.region, check=probe.check, url=probe.url, ok=ok, status=status, latency_ms=latency,
+            error=error,
+        )
+
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.request(
+                probe.http.method, probe.url, headers=probe.http.headers, timeout=timeout
+            )
+    except (TimeoutError, httpx.TimeoutException):
+        return result(False, None, f"no answer within {timeout:g}s")
+    except httpx.HTTPError as err:
+        return result(False, None, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+    problem = _expectation_problem(probe.http, response)
+    return result(problem is None, response.status_code, problem)
+
+
+def _expectation_problem(check: HttpCheck, response: httpx.Response) -> str | None:
+    if response.status_code not in check.expect_status:
+        expected = " or ".join(str(s) for s in check.expect_status)
+        return f"status {response.status_code}, expected {expected}{_excerpt(response.text)}"
+    if check.expect_body_contains is not None and check.expect_body_contains not in response.text:
+        return f"body does not contain {check.expect_body_contains!r}{_excerpt(response.text)}"
+    if check.expect_json is not None:
+        try:
+            body: Any = json.loads(response.text)
+        except ValueError:
+            return f"body is not JSON{_excerpt(response.text)}"
+        if not isinstance(body, dict):
+            return "JSON body is not an object"
+        for key, expected in check.expect_json.items():
+            if body.get(key) != expected:
+                return f"JSON {key!r} is {body.get(key)!r}, expected {expected!r}"
+    return None
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    if not text:
+        return ""
+    return f": {text[:BODY_EXCERPT]}{'...' if len(text) > BODY_EXCERPT else ''}"
+
+
+def probe_budget(probes: list[HealthProbe]) -> timedelta:
+    """How long the activity may take: the slowest probe plus connection set-up slack."""
+    longest = max((p.timeout for p in probes), default=timedelta(seconds=5))
+    return longest + timedelta(seconds=5)

@@ -1,0 +1,29 @@
+"""Real Temporal servers for tests, from the pip-installed binaries: nothing is downloaded at test time."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+
+
+def venv_binary(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is not installed: run `make test`, which installs the dev extras")
+    return found
+
+
+async def add_search_attributes(client: Client, names: list[str]) -> None:
+    """The time-skipping server knows no custom attributes: without them every upsert fails forever."""
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in names},
+        )
+    )

@@ -1,0 +1,192 @@
+"""The runbook contract: what validates, and the exact line an operator gets for what does not."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from runbooks.durations import format_duration, parse_duration
+from runbooks.loader import RunbookError, UnknownServiceError, find_runbook, load_directory, load_runbook_file
+from runbooks.model import Runbook
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted([*ROOT.glob("runbooks/*.yaml"), *ROOT.glob("runbooks/examples/*.yaml")])
+
+VALID = """\
+service: checkout
+objectives:
+  rto: 5m
+  rpo: 30s
+primary: us-east-1
+regions:
+  us-east-1:
+    address: 203.0.113.10
+  us-west-2:
+    address: 198.51.100.20
+dns:
+  provider: route53
+  hosted_zone_id: Z0123456789ABCDEFGHIJ
+  zone: example.com.
+  record: checkout.example.com.
+  ttl: 30
+health:
+  - name: deep
+    http:
+      url: "https://{region}.checkout.example.com/healthz"
+approvals:
+  approvers: [alice, bob]
+"""
+
+
+def problems_for(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "checkout.yaml"
+    path.write_text(text)
+    with pytest.raises(RunbookError) as caught:
+        load_runbook_file(path)
+    return [str(p).replace(str(path), "FILE") for p in caught.value.problems]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_shipped_runbook_is_valid(path: Path) -> None:
+    loaded = load_runbook_file(path)
+    assert loaded.runbook.cutover_budget <= loaded.runbook.objectives.rto
+    assert len(loaded.sha256) == 64
+
+
+def test_valid_runbook_round_trips_through_json_as_temporal_sends_it(tmp_path: Path) -> None:
+    path = tmp_path / "checkout.yaml"
+    path.write_text(VALID)
+    runbook = load_runbook_file(path).runbook
+    dumped = runbook.model_dump(mode="json")
+    assert dumped["objectives"] == {"rto": "5m", "rpo": "30s"}
+    assert Runbook.model_validate(json.loads(json.dumps(dumped))) == runbook
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("  rto: 5m", "  rto: 5 minutes",
+         "FILE:3: objectives.rto: invalid duration '5 minutes': use a number with a unit, e.g. 30s, 5m, 1h30m, 250ms"),
+        ("  provider: route53", "  provider: route54",
+         "FILE:12: dns.provider: unknown provider 'route54'; expected one of 'route53', 'clouddns', 'rfc2136'"),
+        ("  hosted_zone_id: Z0123456789ABCDEFGHIJ\n", "",
+         "FILE:11: dns.hosted_zone_id: required field is missing"),
+        ("  ttl: 30", "  ttl: 300",
+         "FILE:16: dns.ttl: TTL 5m + propagation budget 1m + health-check minimum 10s = 6m10s exceeds the RTO of 5m"),
+        ("https://{region}.checkout", "{region}.checkout",
+         "FILE:20: health[0].http.url: '{region}.checkout.example.com/healthz' has no scheme and host; "
+         "write it as http://host/path or https://..."),
+        ("primary: us-east-1", "primary: eu-west-1",
+         "FILE:5: primary: 'eu-west-1' is not one of the regions (us-east-1, us-west-2)"),
+        ("    address: 198.51.100.20", "    address: 2001:db8::1",
+         "FILE:10: regions.us-west-2.address: 2001:db8::1 is IPv6, which does not fit an A record"),
+        ("  record: checkout.example.com.", "  record: checkout.example.org.",
+         "FILE:15: dns.record: checkout.example.org. is not inside the zone example.com."),
+        ("  record: checkout.example.com.", "  record: checkout.example.com",
+         "FILE:15: dns.record: 'checkout.example.com' must be fully qualified, ending with a dot: "
+         "checkout.example.com."),
+        ("  approvers: [alice, bob]", "  approvers: []",
+         "FILE:22: approvals.approvers: gates are configured but nobody may approve them"),
+        ("  approvers: [alice, bob]", "  approvers: [alice]\n  skip_in_emergency: [data-loss]",
+         "FILE:23: approvals.skip_in_emergency: the data-loss gate can never be skipped: accepting data loss "
+         "needs a recorded decision"),
+        ("  ttl: 30", "  ttl: 30\n  tsig_secret: hunter2",
+         "FILE:17: dns.tsig_secret: unknown field (check the spelling; see docs/runbook.md)"),
+        ("{region}.checkout.example.com/healthz", "{zone}.checkout.example.com/healthz",
+         "FILE:20: health[0].http.url: placeholder {zone} is neither region nor address nor in every region's vars"),
+    ],
+    ids=[
+        "duration-in-words", "unknown-provider", "provider-field-missing", "ttl-exceeds-rto", "url-without-scheme",
+        "unknown-primary", "ipv6-for-a-record", "record-outside-zone", "record-not-fqdn", "no-approvers",
+        "data-loss-gate-skipped", "unknown-field", "unknown-url-placeholder",
+    ],
+)
+def test_invalid_runbook_gets_one_line_naming_file_line_and_field(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in VALID
+    assert problems_for(tmp_path, VALID.replace(old, new, 1)) == [expected]
+
+
+def test_inline_secret_is_refused_and_reference_is_accepted(tmp_path: Path) -> None:
+    rfc2136 = VALID.replace(
+        "  provider: route53\n  hosted_zone_id: Z0123456789ABCDEFGHIJ\n",
+        "  provider: rfc2136\n  server: {name: ns1., address: 127.0.0.1}\n"
+        "  tsig: {name: k, secret: c2VjcmV0c2VjcmV0}\n",
+    )
+    assert problems_for(tmp_path, rfc2136) == [
+        "FILE:14: dns.tsig.secret: must be a secret reference (env:VARIABLE or file:/path/to/secret), "
+        "not an inline value"
+    ]
+    path = tmp_path / "ok.yaml"
+    path.write_text(rfc2136.replace("c2VjcmV0c2VjcmV0", "env:DNS_TSIG_SECRET"))
+    assert load_runbook_file(path).runbook.dns.provider == "rfc2136"
+
+
+def test_database_must_cover_every_region_and_no_other(tmp_path: Path) -> None:
+    text = VALID + "database:\n  provider: rds\n  instances: {us-east-1: db1, eu-west-1: db2}\n"
+    assert problems_for(tmp_path, text) == [
+        "FILE:25: database.instances: region 'us-west-2' has no entry",
+        "FILE:25: database.instances.eu-west-1: 'eu-west-1' is not one of the regions (us-east-1, us-west-2)",
+    ]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    assert problems_for(tmp_path, "service: checkout\n  regions: [\n") == [
+        "FILE:2: YAML syntax error: mapping values are not allowed here"
+    ]
+
+
+def test_duplicate_yaml_key_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    [problem] = problems_for(tmp_path, VALID + "primary: us-west-2\n")
+    assert problem.startswith("FILE:") and "duplicate key" in problem
+
+
+def test_unreadable_file_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(RunbookError) as caught:
+        load_runbook_file(tmp_path / "missing.yaml")
+    assert str(caught.value) == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"
+
+
+def test_unknown_service_names_the_services_that_exist(tmp_path: Path) -> None:
+    (tmp_path / "checkout.yaml").write_text(VALID)
+    with pytest.raises(UnknownServiceError) as caught:
+        find_runbook("payments", tmp_path)
+    assert str(caught.value) == f"{tmp_path}: unknown service 'payments'; runbooks there describe: checkout"
+    assert find_runbook("checkout", tmp_path).runbook.service == "checkout"
+
+
+def test_two_files_describing_one_service_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(VALID)
+    (tmp_path / "b.yaml").write_text(VALID)
+    loaded, problems = load_directory(tmp_path)
+    assert [item.source for item in loaded] == [str(tmp_path / "a.yaml")]
+    assert [str(p) for p in problems] == [f"{tmp_path / 'b.yaml'}: service: 'checkout' is also described by "
+                                          f"{tmp_path / 'a.yaml'}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), ("1d", 86400)]
+)
+def test_durations_parse_and_render_back(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+    assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.parametrize("text", ["5", "5 minutes", "", "m5", "5mm", "-5s"])
+def test_durations_without_a_unit_or_in_words_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="use a number with a unit"):
+        parse_duration(text)
+
+
+def test_health_minimum_is_the_slowest_checks_consecutive_successes(tmp_path: Path) -> None:
+    path = tmp_path / "checkout.yaml"
+    path.write_text(VALID.replace("      url: \"https://{region}.checkout.example.com/healthz\"",
+                                  "      url: \"https://{region}.checkout.example.com/healthz\"\n"
+                                  "    interval: 10s\n    consecutive_successes: 4"))
+    runbook = load_runbook_file(path).runbook
+    assert runbook.health_minimum == timedelta(seconds=30)
+    assert runbook.cutover_budget == timedelta(seconds=30 + 60 + 30)

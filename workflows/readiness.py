@@ -1,0 +1,89 @@
+"""Readiness: could this service fail over right now, and would it fit inside its RTO?
+
+Deterministic orchestration only: the runbook, the health checks and the DNS answers come from activities;
+the verdict is a pure function of what they observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
+    from activities.health import HealthProbe, HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
+    from activities.runbook import LoadRunbookRequest, RunbookActivities
+    from runbooks.loader import LoadedRunbook
+    from runbooks.model import render_url
+    from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR
+    from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
+
+DNS_QUERY_TIMEOUT = 2.0
+
+
+@workflow.defn(name="Readiness")
+class ReadinessWorkflow:
+    def __init__(self) -> None:
+        self._report: ReadinessReport | None = None
+
+    @workflow.run
+    async def run(self, request: ReadinessRequest) -> ReadinessReport:
+        workflow.upsert_search_attributes(
+            [SERVICE_ATTR.value_set(request.service), KIND_ATTR.value_set("readiness"), STEP_ATTR.value_set("checking")]
+        )
+        workflow.set_current_details(f"Loading the runbook of {request.service}")
+        loaded = await workflow.execute_activity_method(
+            RunbookActivities.load_runbook,
+            LoadRunbookRequest(service=request.service),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=INFRA_RETRY,
+            summary=f"load runbook {request.service}",
+        )
+        workflow.set_current_details(f"Probing health checks and DNS of {request.service}")
+        health, dns = await asyncio.gather(self._probe_health(loaded), self._read_dns(loaded))
+        report = assess(loaded, health.results, dns, workflow.now())
+        self._report = report
+        workflow.set_current_details(render_markdown(report))
+        workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
+        return report
+
+    @workflow.query
+    def report(self) -> ReadinessReport | None:
+        return self._report
+
+    async def _probe_health(self, loaded: LoadedRunbook) -> HealthProbeResults:
+        runbook = loaded.runbook
+        probes = [
+            HealthProbe(
+                region=name,
+                check=check.name,
+                url=render_url(check, name, region),
+                http=check.http,
+                timeout=check.timeout,
+            )
+            for name, region in runbook.regions.items()
+            for check in runbook.checks_for(name)
+        ]
+        return await workflow.execute_activity(
+            probe_health,
+            HealthProbeRequest(probes=probes),
+            start_to_close_timeout=probe_budget(probes),
+            retry_policy=INFRA_RETRY,
+            summary=f"{len(probes)} health checks",
+        )
+
+    async def _read_dns(self, loaded: LoadedRunbook) -> DnsReadout:
+        dns = loaded.runbook.dns
+        query = DnsQuery(
+            record=dns.record, type=dns.type, zone=dns.zone, nameservers=dns.nameservers,
+            timeout_seconds=DNS_QUERY_TIMEOUT,
+        )
+        return await workflow.execute_activity(
+            read_dns_record,
+            query,
+            start_to_close_timeout=timedelta(seconds=DNS_QUERY_TIMEOUT * 3 + 10),
+            retry_policy=INFRA_RETRY,
+            summary=f"read {dns.record} from every authoritative nameserver",
+        )

@@ -1,0 +1,192 @@
+"""The Readiness verdict and its rendering: pure functions over what the activities observed.
+
+Kept apart from the workflow so every branch of the verdict is tested without a server, and so the CLI and
+the Temporal UI render the same report.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from activities.dns_reader import DnsReadout
+from activities.health import HealthProbeResult
+from runbooks.durations import Duration, format_duration
+from runbooks.loader import LoadedRunbook
+from runbooks.model import StrictModel
+
+Verdict = Literal["ready", "degraded", "not-ready"]
+
+
+class ReadinessRequest(StrictModel):
+    service: str
+
+
+class RegionReadiness(StrictModel):
+    region: str
+    role: Literal["primary", "standby"]
+    address: str
+    healthy: bool
+    checks: list[HealthProbeResult]
+
+
+class BudgetAssessment(StrictModel):
+    ttl_seconds: int
+    ttl_source: Literal["runbook", "observed"]
+    propagation_budget: Duration
+    health_minimum: Duration
+    total: Duration
+    rto: Duration
+    fits: bool
+
+
+class ReadinessReport(StrictModel):
+    service: str
+    runbook_source: str
+    runbook_sha256: str
+    checked_at: datetime
+    verdict: Verdict
+    reasons: list[str]
+    regions: list[RegionReadiness]
+    dns: DnsReadout
+    expected_address: str
+    budget: BudgetAssessment
+
+
+def assess(loaded: LoadedRunbook, health: list[HealthProbeResult], dns: DnsReadout, now: datetime) -> ReadinessReport:
+    runbook = loaded.runbook
+    regions = [
+        RegionReadiness(
+            region=name,
+            role="primary" if name == runbook.primary else "standby",
+            address=region.address,
+            healthy=all(r.ok for r in health if r.region == name),
+            checks=[r for r in health if r.region == name],
+        )
+        for name, region in runbook.regions.items()
+    ]
+    expected = runbook.regions[runbook.primary].address
+    budget = _budget(loaded, dns)
+    blocking: list[str] = []
+    warnings: list[str] = []
+
+    standbys = [r for r in regions if r.role == "standby"]
+    if not any(r.healthy for r in standbys):
+        blocking.append("no standby region passes its health checks: a failover would have nowhere to go")
+    for region in regions:
+        if not region.healthy:
+            failing = ", ".join(f"{c.check} ({c.error})" for c in region.checks if not c.ok)
+            if region.role == "primary":
+                warnings.append(f"primary {region.region} fails health checks: {failing}")
+            elif any(r.healthy for r in standbys):
+                warnings.append(f"standby {region.region} fails health checks: {failing}")
+
+    answered = [a for a in dns.answers if a.error is None]
+    if not answered:
+        blocking.append(f"no authoritative nameserver answered for {dns.record}")
+    for answer in dns.answers:
+        where = f"{answer.name} ({answer.address}:{answer.port})"
+        if answer.error is not None:
+            warnings.append(f"nameserver {where} did not answer: {answer.error}")
+        elif answer.rcode != "NOERROR" or not answer.values:
+            warnings.append(f"nameserver {where} answers {answer.rcode} with no {dns.type} record")
+        elif not answer.authoritative:
+            warnings.append(f"nameserver {where} is not authoritative for {dns.record}")
+    distinct = sorted({tuple(a.values) for a in answered if a.values})
+    if len(distinct) > 1:
+        listing = "; ".join(f"{a.name}: {', '.join(a.values) or '-'}" for a in answered)
+        warnings.append(f"nameservers disagree ({listing})")
+    elif distinct and list(distinct[0]) != [expected]:
+        owner = [n for n, r in runbook.regions.items() if [r.address] == list(distinct[0])]
+        serving = f" ({owner[0]})" if owner else ""
+        warnings.append(
+            f"{dns.record} answers {', '.join(distinct[0])}{serving}, but the runbook's primary "
+            f"{runbook.primary} is {expected}"
+        )
+    if budget.ttl_source == "observed":
+        warnings.append(f"nameservers serve TTL {budget.ttl_seconds}s, the runbook says {runbook.dns.ttl}s")
+    if not budget.fits:
+        blocking.append(
+            f"TTL {budget.ttl_seconds}s + propagation budget {format_duration(budget.propagation_budget)} + "
+            f"health-check minimum {format_duration(budget.health_minimum)} = {format_duration(budget.total)} "
+            f"exceeds the RTO of {format_duration(budget.rto)}"
+        )
+
+    verdict: Verdict = "not-ready" if blocking else "degraded" if warnings else "ready"
+    return ReadinessReport(
+        service=runbook.service,
+        runbook_source=loaded.source,
+        runbook_sha256=loaded.sha256,
+        checked_at=now,
+        verdict=verdict,
+        reasons=blocking + warnings,
+        regions=regions,
+        dns=dns,
+        expected_address=expected,
+        budget=budget,
+    )
+
+
+def _budget(loaded: LoadedRunbook, dns: DnsReadout) -> BudgetAssessment:
+    runbook = loaded.runbook
+    observed = [a.ttl for a in dns.answers if a.error is None and a.ttl is not None and a.values]
+    ttl = max(observed, default=runbook.dns.ttl)
+    source: Literal["runbook", "observed"] = "observed" if observed and ttl != runbook.dns.ttl else "runbook"
+    total = timedelta(seconds=ttl) + runbook.dns.propagation_budget + runbook.health_minimum
+    return BudgetAssessment(
+        ttl_seconds=ttl,
+        ttl_source=source,
+        propagation_budget=runbook.dns.propagation_budget,
+        health_minimum=runbook.health_minimum,
+        total=total,
+        rto=runbook.objectives.rto,
+        fits=total <= runbook.objectives.rto,
+    )
+
+
+VERDICT_MARK = {"ready": "READY", "degraded": "DEGRADED", "not-ready": "NOT READY"}
+
+
+def render_markdown(report: ReadinessReport) -> str:
+    """Markdown for the Temporal UI; it also reads well as plain text in a terminal."""
+    lines = [
+        f"## Readiness of {report.service}: {VERDICT_MARK[report.verdict]}",
+        "",
+        f"Checked {report.checked_at.strftime('%Y-%m-%d %H:%M:%S UTC')} against {report.runbook_source} "
+        f"(sha256 {report.runbook_sha256[:12]})",
+        "",
+    ]
+    if report.reasons:
+        lines += ["### Reasons", *[f"- {reason}" for reason in report.reasons], ""]
+    lines += ["### Health", "| region | role | check | result | status | latency |", "|---|---|---|---|---|---|"]
+    for region in report.regions:
+        for check in region.checks:
+            outcome = "pass" if check.ok else f"FAIL: {check.error}"
+            status = str(check.status) if check.status is not None else "-"
+            lines.append(
+                f"| {region.region} | {region.role} | {check.check} | {outcome} | {status} | "
+                f"{check.latency_ms:.0f} ms |"
+            )
+    lines += [
+        "",
+        f"### DNS: {report.dns.record} {report.dns.type} (expected {report.expected_address})",
+        "| nameserver | answer | TTL | authoritative | latency |",
+        "|---|---|---|---|---|",
+    ]
+    for answer in report.dns.answers:
+        where = f"{answer.name} {answer.address}:{answer.port}"
+        if answer.error is not None:
+            lines.append(f"| {where} | ERROR: {answer.error} | - | - | - |")
+        else:
+            values = ", ".join(answer.values) or answer.rcode
+            aa = "yes" if answer.authoritative else "no"
+            lines.append(f"| {where} | {values} | {answer.ttl} | {aa} | {answer.latency_ms:.0f} ms |")
+    b = report.budget
+    lines += [
+        "",
+        "### Cutover budget",
+        f"TTL {b.ttl_seconds}s ({b.ttl_source}) + propagation {format_duration(b.propagation_budget)} + "
+        f"health minimum {format_duration(b.health_minimum)} = {format_duration(b.total)} "
+        f"{'fits within' if b.fits else 'EXCEEDS'} RTO {format_duration(b.rto)}",
+    ]
+    return "\n".join(lines)
