@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.errors import ErrorType
+    from activities.runbook import LoadRunbookRequest, RunbookActivities
+    from runbooks.loader import LoadedRunbook
 
 TASK_QUEUE = "drflow"
 
@@ -21,3 +28,20 @@ INFRA_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
 )
+
+
+async def load_runbook(service: str) -> LoadedRunbook:
+    """Load the service's runbook; an unknown service or invalid runbook fails the workflow with its message."""
+    try:
+        return await workflow.execute_activity_method(
+            RunbookActivities.load_runbook,
+            LoadRunbookRequest(service=service),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=INFRA_RETRY,
+            summary=f"load runbook {service}",
+        )
+    except ActivityError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type in (ErrorType.UNKNOWN_SERVICE, ErrorType.INVALID_RUNBOOK):
+            raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+        raise

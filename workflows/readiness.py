@@ -14,10 +14,9 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
     from activities.health import HealthProbe, HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
-    from activities.runbook import LoadRunbookRequest, RunbookActivities
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
-    from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR
+    from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR, load_runbook
     from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
 
 DNS_QUERY_TIMEOUT = 2.0
@@ -34,13 +33,7 @@ class ReadinessWorkflow:
             [SERVICE_ATTR.value_set(request.service), KIND_ATTR.value_set("readiness"), STEP_ATTR.value_set("checking")]
         )
         workflow.set_current_details(f"Loading the runbook of {request.service}")
-        loaded = await workflow.execute_activity_method(
-            RunbookActivities.load_runbook,
-            LoadRunbookRequest(service=request.service),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=INFRA_RETRY,
-            summary=f"load runbook {request.service}",
-        )
+        loaded = await load_runbook(request.service)
         workflow.set_current_details(f"Probing health checks and DNS of {request.service}")
         health, dns = await asyncio.gather(self._probe_health(loaded), self._read_dns(loaded))
         report = assess(loaded, health.results, dns, workflow.now())
