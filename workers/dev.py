@@ -75,6 +75,8 @@ def port_in_use(ip: str, port: int) -> bool:
         if probe.connect_ex((ip, port)) == 0:
             return True
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bind:
+        # As servers do: a connection lingering in TIME_WAIT does not make the port unusable.
+        bind.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             bind.bind((ip, port))
         except OSError:
