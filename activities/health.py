@@ -63,7 +63,12 @@ async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeRe
     def result(ok: bool, status: int | None, error: str | None) -> HealthProbeResult:
         latency = round((time.monotonic() - started) * 1000, 1)
         return HealthProbeResult(
-            region=probe.region, check=probe.check, url=probe.url, ok=ok, status=status, latency_ms=latency,
+            region=probe.region,
+            check=probe.check,
+            url=probe.url,
+            ok=ok,
+            status=status,
+            latency_ms=latency,
             error=error,
         )
 

@@ -30,5 +30,7 @@ class RunbookActivities:
             raise ApplicationError(str(err), type=ErrorType.UNKNOWN_SERVICE, non_retryable=True) from err
         except RunbookError as err:
             raise ApplicationError(
-                f"runbook for {request.service} is invalid:\n{err}", type=ErrorType.INVALID_RUNBOOK, non_retryable=True
+                f"runbook for {request.service} is invalid:\n{err}",
+                type=ErrorType.INVALID_RUNBOOK,
+                non_retryable=True,
             ) from err

@@ -47,7 +47,14 @@ class UnknownServiceError(RunbookError):
     def __init__(self, service: str, directory: Path, known: list[str]) -> None:
         listing = ", ".join(known) if known else "none"
         super().__init__(
-            [Problem(str(directory), None, "", f"unknown service {service!r}; runbooks there describe: {listing}")]
+            [
+                Problem(
+                    str(directory),
+                    None,
+                    "",
+                    f"unknown service {service!r}; runbooks there describe: {listing}",
+                )
+            ]
         )
         self.service = service
 
@@ -86,8 +93,10 @@ def parse_runbook(raw: bytes, source: str) -> LoadedRunbook:
         raise RunbookError([Problem(source, line, "", f"YAML syntax error: {message}")]) from err
     except YAMLError as err:
         raise RunbookError([Problem(source, None, "", f"YAML error: {err}")]) from err
-    if not isinstance(document, dict):
-        raise RunbookError([Problem(source, 1, "", "a runbook is a YAML mapping with service, regions, dns, ...")])
+    if not isinstance(document, CommentedMap):
+        raise RunbookError(
+            [Problem(source, 1, "", "a runbook is a YAML mapping with service, regions, dns, ...")]
+        )
     try:
         runbook = Runbook.model_validate(_plain(document))
     except ValidationError as err:

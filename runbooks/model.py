@@ -2,7 +2,7 @@
 
 The pydantic models are the single source of truth: the loader validates YAML against them, the JSON Schema
 (``docs/runbook.schema.json``) is generated from them, and workflows receive them through the pydantic data
-converter. Rules that span fields live in ``rule_problems`` so each problem carries the field path it is about.
+converter. Rules that span fields live in ``rule_problems``, so each problem names the field it is about.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lowercase letters, digits and dashes")]
 Gate = Literal["failover", "promote", "data-loss", "failback-100"]
 URL_PLACEHOLDERS = frozenset({"region", "address"})
+DEFAULT_GATES: tuple[Gate, ...] = ("failover", "data-loss")
 
 
 class StrictModel(BaseModel):
@@ -30,12 +31,16 @@ class StrictModel(BaseModel):
 
 
 class Objectives(StrictModel):
-    rto: Duration = Field(description="recovery time objective: detection excluded, start of failover to healthy")
+    rto: Duration = Field(
+        description="recovery time objective: detection excluded, start of failover to healthy"
+    )
     rpo: Duration = Field(description="recovery point objective: the most recent writes the service may lose")
 
 
 class Region(StrictModel):
-    address: str = Field(description="what the DNS record answers when this region serves (IP, or name for CNAME)")
+    address: str = Field(
+        description="what the DNS record answers when this region serves (IP, or name for CNAME)"
+    )
     vars: dict[str, str] = Field(
         default_factory=dict, description="extra values for health-check URL templates, e.g. {port}"
     )
@@ -190,7 +195,7 @@ class SlackApprovals(StrictModel):
 class Approvals(StrictModel):
     approvers: list[str] = Field(default_factory=list, description="identities allowed to approve (CLI, UI)")
     slack: SlackApprovals | None = None
-    gates: list[Gate] = Field(default_factory=lambda: ["failover", "data-loss"])
+    gates: list[Gate] = Field(default_factory=lambda: list(DEFAULT_GATES))
     skip_in_emergency: list[Gate] = Field(
         default_factory=list, description="gates an emergency failover may pass without approval (recorded)"
     )
@@ -220,7 +225,10 @@ class Runbook(StrictModel):
             raise PydanticCustomError(
                 "runbook_rules",
                 "{summary}",
-                {"summary": "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems), "problems": problems},
+                {
+                    "summary": "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems),
+                    "problems": problems,
+                },
             )
         return self
 
@@ -256,7 +264,9 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
     if not (dns.record == dns.zone or dns.record.endswith("." + dns.zone)):
         problems.append((("dns", "record"), f"{dns.record} is not inside the zone {dns.zone}"))
     if dns.record == dns.zone:
-        problems.append((("dns", "record"), "the zone apex cannot move between regions (it also holds SOA/NS)"))
+        problems.append(
+            (("dns", "record"), "the zone apex cannot move between regions (it also holds SOA/NS)")
+        )
     for name, region in runbook.regions.items():
         problems.extend(_address_problems(dns.type, name, region.address))
 
@@ -264,20 +274,22 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
         problems.append(
             (
                 ("dns", "ttl"),
-                f"TTL {format_duration(timedelta(seconds=dns.ttl))} + propagation budget "
-                f"{format_duration(dns.propagation_budget)} + health-check minimum "
-                f"{format_duration(runbook.health_minimum)} = {format_duration(runbook.cutover_budget)} "
-                f"exceeds the RTO of {format_duration(runbook.objectives.rto)}",
+                budget_overrun(
+                    timedelta(seconds=dns.ttl),
+                    dns.propagation_budget,
+                    runbook.health_minimum,
+                    runbook.objectives.rto,
+                ),
             )
         )
 
     problems.extend(_database_region_problems(runbook, regions, known))
 
     for index, check in enumerate(runbook.health):
-        for region in check.regions or []:
-            if region not in regions:
+        for listed in check.regions or []:
+            if listed not in regions:
                 problems.append(
-                    (("health", index, "regions"), f"{region!r} is not one of the regions ({known})")
+                    (("health", index, "regions"), f"{listed!r} is not one of the regions ({known})")
                 )
         for field in _url_fields(check.http.url):
             if field not in URL_PLACEHOLDERS and not all(field in r.vars for r in runbook.regions.values()):
@@ -288,17 +300,23 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
                     )
                 )
         if check.timeout > check.interval:
-            problems.append((("health", index, "timeout"), "timeout is longer than the interval between checks"))
+            problems.append(
+                (("health", index, "timeout"), "timeout is longer than the interval between checks")
+            )
 
     approvals = runbook.approvals
-    slack_approvers = approvals.slack is not None and bool(approvals.slack.approvers or approvals.slack.usergroup)
+    slack_approvers = approvals.slack is not None and bool(
+        approvals.slack.approvers or approvals.slack.usergroup
+    )
     if approvals.gates and not approvals.approvers and not slack_approvers:
         problems.append((("approvals", "approvers"), "gates are configured but nobody may approve them"))
     for gate in approvals.skip_in_emergency:
         if gate == "data-loss":
             problems.append(
-                (("approvals", "skip_in_emergency"), "the data-loss gate can never be skipped: accepting data loss "
-                 "needs a recorded decision")
+                (
+                    ("approvals", "skip_in_emergency"),
+                    "the data-loss gate can never be skipped: accepting data loss needs a recorded decision",
+                )
             )
         elif gate not in approvals.gates:
             problems.append((("approvals", "skip_in_emergency"), f"{gate!r} is not one of the gates"))
@@ -307,10 +325,22 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
     return problems
 
 
+def budget_overrun(ttl: timedelta, propagation: timedelta, health: timedelta, rto: timedelta) -> str:
+    return (
+        f"TTL {format_duration(ttl)} + propagation budget {format_duration(propagation)} + "
+        f"health-check minimum {format_duration(health)} = {format_duration(ttl + propagation + health)} exceeds the RTO of "
+        f"{format_duration(rto)}"
+    )
+
+
 def _address_problems(record_type: str, name: str, address: str) -> list[Problem]:
     where = ("regions", name, "address")
     if record_type == "CNAME":
-        return [] if address.endswith(".") else [(where, f"{address!r} must be a fully qualified name for CNAME")]
+        return (
+            []
+            if address.endswith(".")
+            else [(where, f"{address!r} must be a fully qualified name for CNAME")]
+        )
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:

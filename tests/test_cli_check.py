@@ -46,12 +46,17 @@ async def test_check_prints_the_report_and_exits_0_when_ready(
     dev_env: WorkflowEnvironment, drflow_worker: World
 ) -> None:
     drflow_worker.write_runbook("web")
-    result = await drflow("--runbooks", str(drflow_worker.runbooks), "check", "web", "--address", target(dev_env))
+    result = await drflow(
+        "--runbooks", str(drflow_worker.runbooks), "check", "web", "--address", target(dev_env)
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("## Readiness of web: READY")
     assert f"### DNS: {APP_RECORD} A (expected 127.0.1.1)" in result.stdout
     assert "fits within RTO 2m" in result.stdout
-    assert "started readiness-web-" in result.stderr and "http://localhost:8233/namespaces/default/workflows/" in result.stderr
+    assert (
+        "started readiness-web-" in result.stderr
+        and "http://localhost:8233/namespaces/default/workflows/" in result.stderr
+    )
 
 
 async def test_check_exit_status_says_degraded_and_not_ready_and_json_is_the_workflow_result(
@@ -60,18 +65,21 @@ async def test_check_exit_status_says_degraded_and_not_ready_and_json_is_the_wor
     drflow_worker.write_runbook("web")
     drflow_worker.write_runbook("api")
     drflow_worker.region_a.behaviour.status = 500
-    degraded = await drflow("--runbooks", str(drflow_worker.runbooks), "check", "web", "--json",
-                            "--address", target(dev_env))
+    degraded = await drflow(
+        "--runbooks", str(drflow_worker.runbooks), "check", "web", "--json", "--address", target(dev_env)
+    )
     assert degraded.returncode == 3, degraded.stderr
     report = json.loads(degraded.stdout)
     assert report["verdict"] == "degraded" and report["service"] == "web"
 
     drflow_worker.region_b.behaviour.status = 500
-    both = await drflow("--runbooks", str(drflow_worker.runbooks), "check", "--all", "--json",
-                        "--address", target(dev_env))
+    both = await drflow(
+        "--runbooks", str(drflow_worker.runbooks), "check", "--all", "--json", "--address", target(dev_env)
+    )
     assert both.returncode == 4, both.stderr
     assert sorted((r["service"], r["verdict"]) for r in json.loads(both.stdout)) == [
-        ("api", "not-ready"), ("web", "not-ready"),
+        ("api", "not-ready"),
+        ("web", "not-ready"),
     ]
 
 
@@ -79,7 +87,9 @@ async def test_check_of_an_unknown_service_starts_nothing_and_exits_1(
     dev_env: WorkflowEnvironment, drflow_worker: World
 ) -> None:
     drflow_worker.write_runbook("web")
-    result = await drflow("--runbooks", str(drflow_worker.runbooks), "check", "payments", "--address", target(dev_env))
+    result = await drflow(
+        "--runbooks", str(drflow_worker.runbooks), "check", "payments", "--address", target(dev_env)
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"drflow: unknown service 'payments': no runbook in {drflow_worker.runbooks} describes it (known: web)"
@@ -92,11 +102,14 @@ async def test_check_with_a_broken_runbook_names_the_problem_and_starts_nothing(
 ) -> None:
     drflow_worker.write_runbook("web", rto="10s")
     before = await count_workflows(dev_env, "WorkflowId STARTS_WITH 'readiness-web-'")
-    result = await drflow("--runbooks", str(drflow_worker.runbooks), "check", "web", "--address", target(dev_env))
+    result = await drflow(
+        "--runbooks", str(drflow_worker.runbooks), "check", "web", "--address", target(dev_env)
+    )
     assert result.returncode == 1
     assert "drflow: the runbook of web is invalid:" in result.stderr
-    assert "dns.ttl: TTL 5s + propagation budget 10s + health-check minimum 2s = 17s exceeds the RTO of 10s" in (
-        result.stderr
+    assert (
+        "dns.ttl: TTL 5s + propagation budget 10s + health-check minimum 2s = 17s exceeds the RTO of 10s"
+        in (result.stderr)
     )
     assert await count_workflows(dev_env, "WorkflowId STARTS_WITH 'readiness-web-'") == before
 
@@ -104,11 +117,14 @@ async def test_check_with_a_broken_runbook_names_the_problem_and_starts_nothing(
 async def test_check_without_a_reachable_temporal_says_so_in_one_line() -> None:
     result = await drflow("check", "sandbox-app", "--address", "127.0.0.1:1")
     assert result.returncode == 1
-    assert result.stderr.startswith("drflow: cannot reach Temporal at 127.0.0.1:1 namespace default (plaintext)")
+    assert result.stderr.startswith(
+        "drflow: cannot reach Temporal at 127.0.0.1:1 namespace default (plaintext)"
+    )
 
 
 async def test_worker_process_serves_readiness_and_stops_cleanly_on_sigterm(
-    dev_env: WorkflowEnvironment, world: World  # noqa: F811
+    dev_env: WorkflowEnvironment,
+    world: World,  # noqa: F811
 ) -> None:
     world.write_runbook("web")
     env = {**os.environ, "TEMPORAL_ADDRESS": target(dev_env), "DRFLOW_RUNBOOKS": str(world.runbooks)}

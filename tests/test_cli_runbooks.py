@@ -31,7 +31,9 @@ def test_validate_prints_one_summary_line_per_valid_runbook() -> None:
 
 def test_validate_lists_every_problem_with_file_and_line_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(VALID.replace("  rto: 5m", "  rto: 5 minutes").replace("provider: route53", "provider: bind"))
+    bad.write_text(
+        VALID.replace("  rto: 5m", "  rto: 5 minutes").replace("provider: route53", "provider: bind")
+    )
     good = tmp_path / "good.yaml"
     good.write_text(VALID)
     result = drflow("runbook", "validate", str(good), str(bad), str(tmp_path / "absent.yaml"))
@@ -49,7 +51,10 @@ def test_validate_refuses_two_files_for_one_service(tmp_path: Path) -> None:
         (tmp_path / name).write_text(VALID)
     result = drflow("runbook", "validate", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"))
     assert result.returncode == 1
-    assert result.stderr.strip() == f"{tmp_path / 'b.yaml'}: service: 'checkout' is also described by {tmp_path / 'a.yaml'}"
+    assert (
+        result.stderr.strip()
+        == f"{tmp_path / 'b.yaml'}: service: 'checkout' is also described by {tmp_path / 'a.yaml'}"
+    )
 
 
 def test_schema_command_output_is_the_committed_schema() -> None:
@@ -59,7 +64,9 @@ def test_schema_command_output_is_the_committed_schema() -> None:
     assert result.stdout == committed, "docs/runbook.schema.json is stale: run `make schema`"
     schema = json.loads(result.stdout)
     assert schema["title"] == "Runbook"
-    assert {"service", "objectives", "primary", "regions", "dns", "health", "approvals"} <= set(schema["required"])
+    assert {"service", "objectives", "primary", "regions", "dns", "health", "approvals"} <= set(
+        schema["required"]
+    )
 
 
 def test_usage_error_exits_2_with_a_hint() -> None:

@@ -22,14 +22,26 @@ from workflows.readiness_report import ReadinessReport, ReadinessRequest
 
 async def start_dev(state_dir: Path, runbooks: Path, port: int, ui_port: int) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        *DRFLOW, "--runbooks", str(runbooks), "dev", "--port", str(port), "--ui-port", str(ui_port),
-        "--state-dir", str(state_dir), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *DRFLOW,
+        "--runbooks",
+        str(runbooks),
+        "dev",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--state-dir",
+        str(state_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     banner: list[str] = []
     while not banner or "Ctrl-C stops everything" not in banner[-1]:
         line = await asyncio.wait_for(process.stdout.readline(), 90)
-        assert line, f"drflow dev exited early: {banner} {(await process.stderr.read()).decode() if process.stderr else ''}"
+        assert line, (
+            f"drflow dev exited early: {banner} {(await process.stderr.read()).decode() if process.stderr else ''}"
+        )
         banner.append(line.decode().rstrip())
     return process
 
@@ -41,13 +53,19 @@ async def stop_dev(process: asyncio.subprocess.Process) -> tuple[int, str]:
     return process.returncode, out.decode()
 
 
+def http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as page:
+        return int(page.status)
+
+
 def leftover_processes(state_dir: Path) -> str:
     found = subprocess.run(["pgrep", "-af", str(state_dir)], capture_output=True, text=True)
     return found.stdout.strip()
 
 
 async def test_dev_stack_serves_ui_and_worker_and_ctrl_c_stops_everything(
-    tmp_path: Path, world: World  # noqa: F811
+    tmp_path: Path,
+    world: World,  # noqa: F811
 ) -> None:
     world.write_runbook("web")
     port, ui_port = free_ports(2)
@@ -60,12 +78,14 @@ async def test_dev_stack_serves_ui_and_worker_and_ctrl_c_stops_everything(
         )
         assert {"DrflowService", "DrflowKind", "DrflowStep"} <= set(attributes.custom_attributes)
         report = await client.execute_workflow(
-            "Readiness", ReadinessRequest(service="web"), id="readiness-web-dev", task_queue="drflow",
+            "Readiness",
+            ReadinessRequest(service="web"),
+            id="readiness-web-dev",
+            task_queue="drflow",
             result_type=ReadinessReport,
         )
         assert report.verdict == "ready", report.reasons
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
-            assert page.status == 200
+        assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{ui_port}/") == 200
         assert (state_dir / "temporal.db").is_file()
     finally:
         code, out = await stop_dev(process)
@@ -92,8 +112,16 @@ async def test_dev_stack_refuses_a_taken_port_in_one_line(tmp_path: Path) -> Non
         holder.bind(("127.0.0.1", port))
         holder.listen()
         process = await asyncio.create_subprocess_exec(
-            *DRFLOW, "dev", "--port", str(port), "--ui-port", str(ui_port), "--state-dir", str(tmp_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *DRFLOW,
+            "dev",
+            "--port",
+            str(port),
+            "--ui-port",
+            str(ui_port),
+            "--state-dir",
+            str(tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1

@@ -56,7 +56,11 @@ class World:
     dns: NamedPair
 
     def write_runbook(
-        self, service: str, record: str = APP_RECORD, extra_nameserver_port: int | None = None, rto: str = "2m"
+        self,
+        service: str,
+        record: str = APP_RECORD,
+        extra_nameserver_port: int | None = None,
+        rto: str = "2m",
     ) -> None:
         servers = [("ns1.drflow.test.", self.dns.primary_port), ("ns2.drflow.test.", self.dns.secondary_port)]
         if extra_nameserver_port is not None:
@@ -64,9 +68,17 @@ class World:
         nameservers = "\n".join(f"    - {{name: {n}, address: 127.0.0.1, port: {p}}}" for n, p in servers)
         (self.runbooks / f"{service}.yaml").write_text(
             RUNBOOK.format(
-                service=service, rto=rto, a_address=self.region_a.host, a_port=self.region_a.port,
-                b_address=self.region_b.host, b_port=self.region_b.port, zone=ZONE, record=record,
-                primary_port=self.dns.primary_port, nameservers=nameservers, tsig=self.dns.tsig_secret_path,
+                service=service,
+                rto=rto,
+                a_address=self.region_a.host,
+                a_port=self.region_a.port,
+                b_address=self.region_b.host,
+                b_port=self.region_b.port,
+                zone=ZONE,
+                record=record,
+                primary_port=self.dns.primary_port,
+                nameservers=nameservers,
+                tsig=self.dns.tsig_secret_path,
             )
         )
 

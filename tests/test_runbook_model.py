@@ -68,40 +68,89 @@ def test_valid_runbook_round_trips_through_json_as_temporal_sends_it(tmp_path: P
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("  rto: 5m", "  rto: 5 minutes",
-         "FILE:3: objectives.rto: invalid duration '5 minutes': use a number with a unit, e.g. 30s, 5m, 1h30m, 250ms"),
-        ("  provider: route53", "  provider: route54",
-         "FILE:12: dns.provider: unknown provider 'route54'; expected one of 'route53', 'clouddns', 'rfc2136'"),
-        ("  hosted_zone_id: Z0123456789ABCDEFGHIJ\n", "",
-         "FILE:11: dns.hosted_zone_id: required field is missing"),
-        ("  ttl: 30", "  ttl: 300",
-         "FILE:16: dns.ttl: TTL 5m + propagation budget 1m + health-check minimum 10s = 6m10s exceeds the RTO of 5m"),
-        ("https://{region}.checkout", "{region}.checkout",
-         "FILE:20: health[0].http.url: '{region}.checkout.example.com/healthz' has no scheme and host; "
-         "write it as http://host/path or https://..."),
-        ("primary: us-east-1", "primary: eu-west-1",
-         "FILE:5: primary: 'eu-west-1' is not one of the regions (us-east-1, us-west-2)"),
-        ("    address: 198.51.100.20", "    address: 2001:db8::1",
-         "FILE:10: regions.us-west-2.address: 2001:db8::1 is IPv6, which does not fit an A record"),
-        ("  record: checkout.example.com.", "  record: checkout.example.org.",
-         "FILE:15: dns.record: checkout.example.org. is not inside the zone example.com."),
-        ("  record: checkout.example.com.", "  record: checkout.example.com",
-         "FILE:15: dns.record: 'checkout.example.com' must be fully qualified, ending with a dot: "
-         "checkout.example.com."),
-        ("  approvers: [alice, bob]", "  approvers: []",
-         "FILE:22: approvals.approvers: gates are configured but nobody may approve them"),
-        ("  approvers: [alice, bob]", "  approvers: [alice]\n  skip_in_emergency: [data-loss]",
-         "FILE:23: approvals.skip_in_emergency: the data-loss gate can never be skipped: accepting data loss "
-         "needs a recorded decision"),
-        ("  ttl: 30", "  ttl: 30\n  tsig_secret: hunter2",
-         "FILE:17: dns.tsig_secret: unknown field (check the spelling; see docs/runbook.md)"),
-        ("{region}.checkout.example.com/healthz", "{zone}.checkout.example.com/healthz",
-         "FILE:20: health[0].http.url: placeholder {zone} is neither region nor address nor in every region's vars"),
+        (
+            "  rto: 5m",
+            "  rto: 5 minutes",
+            "FILE:3: objectives.rto: invalid duration '5 minutes': use a number with a unit, e.g. 30s, 5m, 1h30m, 250ms",
+        ),
+        (
+            "  provider: route53",
+            "  provider: route54",
+            "FILE:12: dns.provider: unknown provider 'route54'; expected one of 'route53', 'clouddns', 'rfc2136'",
+        ),
+        (
+            "  hosted_zone_id: Z0123456789ABCDEFGHIJ\n",
+            "",
+            "FILE:11: dns.hosted_zone_id: required field is missing",
+        ),
+        (
+            "  ttl: 30",
+            "  ttl: 300",
+            "FILE:16: dns.ttl: TTL 5m + propagation budget 1m + health-check minimum 10s = 6m10s exceeds the RTO of 5m",
+        ),
+        (
+            "https://{region}.checkout",
+            "{region}.checkout",
+            "FILE:20: health[0].http.url: '{region}.checkout.example.com/healthz' has no scheme and host; "
+            "write it as http://host/path or https://...",
+        ),
+        (
+            "primary: us-east-1",
+            "primary: eu-west-1",
+            "FILE:5: primary: 'eu-west-1' is not one of the regions (us-east-1, us-west-2)",
+        ),
+        (
+            "    address: 198.51.100.20",
+            "    address: 2001:db8::1",
+            "FILE:10: regions.us-west-2.address: 2001:db8::1 is IPv6, which does not fit an A record",
+        ),
+        (
+            "  record: checkout.example.com.",
+            "  record: checkout.example.org.",
+            "FILE:15: dns.record: checkout.example.org. is not inside the zone example.com.",
+        ),
+        (
+            "  record: checkout.example.com.",
+            "  record: checkout.example.com",
+            "FILE:15: dns.record: 'checkout.example.com' must be fully qualified, ending with a dot: "
+            "checkout.example.com.",
+        ),
+        (
+            "  approvers: [alice, bob]",
+            "  approvers: []",
+            "FILE:22: approvals.approvers: gates are configured but nobody may approve them",
+        ),
+        (
+            "  approvers: [alice, bob]",
+            "  approvers: [alice]\n  skip_in_emergency: [data-loss]",
+            "FILE:23: approvals.skip_in_emergency: the data-loss gate can never be skipped: accepting data loss "
+            "needs a recorded decision",
+        ),
+        (
+            "  ttl: 30",
+            "  ttl: 30\n  tsig_secret: hunter2",
+            "FILE:17: dns.tsig_secret: unknown field (check the spelling; see docs/runbook.md)",
+        ),
+        (
+            "{region}.checkout.example.com/healthz",
+            "{zone}.checkout.example.com/healthz",
+            "FILE:20: health[0].http.url: placeholder {zone} is neither region nor address nor in every region's vars",
+        ),
     ],
     ids=[
-        "duration-in-words", "unknown-provider", "provider-field-missing", "ttl-exceeds-rto", "url-without-scheme",
-        "unknown-primary", "ipv6-for-a-record", "record-outside-zone", "record-not-fqdn", "no-approvers",
-        "data-loss-gate-skipped", "unknown-field", "unknown-url-placeholder",
+        "duration-in-words",
+        "unknown-provider",
+        "provider-field-missing",
+        "ttl-exceeds-rto",
+        "url-without-scheme",
+        "unknown-primary",
+        "ipv6-for-a-record",
+        "record-outside-zone",
+        "record-not-fqdn",
+        "no-approvers",
+        "data-loss-gate-skipped",
+        "unknown-field",
+        "unknown-url-placeholder",
     ],
 )
 def test_invalid_runbook_gets_one_line_naming_file_line_and_field(
@@ -164,8 +213,9 @@ def test_two_files_describing_one_service_are_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(VALID)
     loaded, problems = load_directory(tmp_path)
     assert [item.source for item in loaded] == [str(tmp_path / "a.yaml")]
-    assert [str(p) for p in problems] == [f"{tmp_path / 'b.yaml'}: service: 'checkout' is also described by "
-                                          f"{tmp_path / 'a.yaml'}"]
+    assert [str(p) for p in problems] == [
+        f"{tmp_path / 'b.yaml'}: service: 'checkout' is also described by {tmp_path / 'a.yaml'}"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -184,9 +234,13 @@ def test_durations_without_a_unit_or_in_words_are_refused(text: str) -> None:
 
 def test_health_minimum_is_the_slowest_checks_consecutive_successes(tmp_path: Path) -> None:
     path = tmp_path / "checkout.yaml"
-    path.write_text(VALID.replace("      url: \"https://{region}.checkout.example.com/healthz\"",
-                                  "      url: \"https://{region}.checkout.example.com/healthz\"\n"
-                                  "    interval: 10s\n    consecutive_successes: 4"))
+    path.write_text(
+        VALID.replace(
+            '      url: "https://{region}.checkout.example.com/healthz"',
+            '      url: "https://{region}.checkout.example.com/healthz"\n'
+            "    interval: 10s\n    consecutive_successes: 4",
+        )
+    )
     runbook = load_runbook_file(path).runbook
     assert runbook.health_minimum == timedelta(seconds=30)
     assert runbook.cutover_budget == timedelta(seconds=30 + 60 + 30)

@@ -22,7 +22,14 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from runbooks.durations import format_duration
-from runbooks.loader import LoadedRunbook, Problem, RunbookError, load_directory, load_runbook_file, runbooks_dir
+from runbooks.loader import (
+    LoadedRunbook,
+    Problem,
+    RunbookError,
+    load_directory,
+    load_runbook_file,
+    runbooks_dir,
+)
 from runbooks.model import Runbook
 from workers.connection import ConnectionSettingsError, TemporalSettings
 from workflows.common import TASK_QUEUE
@@ -47,9 +54,15 @@ def connection_options(func: F) -> F:
     options = [
         click.option("--address", help="Temporal frontend host:port [env TEMPORAL_ADDRESS; localhost:7233]"),
         click.option("--namespace", help="Temporal namespace [env TEMPORAL_NAMESPACE; default]"),
-        click.option("--tls-cert", type=click.Path(dir_okay=False), help="mTLS client cert [env TEMPORAL_TLS_CERT]"),
-        click.option("--tls-key", type=click.Path(dir_okay=False), help="mTLS client key [env TEMPORAL_TLS_KEY]"),
-        click.option("--tls-ca", type=click.Path(dir_okay=False), help="server CA bundle [env TEMPORAL_TLS_CA]"),
+        click.option(
+            "--tls-cert", type=click.Path(dir_okay=False), help="mTLS client cert [env TEMPORAL_TLS_CERT]"
+        ),
+        click.option(
+            "--tls-key", type=click.Path(dir_okay=False), help="mTLS client key [env TEMPORAL_TLS_KEY]"
+        ),
+        click.option(
+            "--tls-ca", type=click.Path(dir_okay=False), help="server CA bundle [env TEMPORAL_TLS_CA]"
+        ),
         click.option("--api-key", help="Temporal Cloud API key; prefer the env TEMPORAL_API_KEY"),
     ]
     for option in reversed(options):
@@ -114,7 +127,9 @@ def runbook_validate(paths: tuple[str, ...]) -> int:
             continue
         service = loaded.runbook.service
         if service in seen:
-            problems.append(Problem(path, None, "service", f"{service!r} is also described by {seen[service]}"))
+            problems.append(
+                Problem(path, None, "service", f"{service!r} is also described by {seen[service]}")
+            )
             continue
         seen[service] = path
         click.echo(f"{path}: {summarize(loaded.runbook)}")
@@ -154,7 +169,7 @@ def schema_text() -> str:
 @connection_options
 @click.pass_obj
 def check(
-    directory: Path, service: str | None, all_services: bool, as_json: bool, timeout: float, **options: Any
+    directory: Path, /, service: str | None, all_services: bool, as_json: bool, timeout: float, **options: Any
 ) -> int:
     """Run the Readiness workflow for SERVICE (or --all) and print its report.
 
@@ -193,7 +208,9 @@ def _services_to_check(directory: Path, service: str | None) -> list[LoadedRunbo
     raise Failure(f"unknown service {service!r}: no runbook in {directory} describes it (known: {known})")
 
 
-async def _run_checks(settings: TemporalSettings, targets: list[LoadedRunbook], timeout: float) -> list[ReadinessReport]:
+async def _run_checks(
+    settings: TemporalSettings, targets: list[LoadedRunbook], timeout: float
+) -> list[ReadinessReport]:
     client = await connect(settings)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     handles = []
@@ -219,8 +236,10 @@ async def _run_checks(settings: TemporalSettings, targets: list[LoadedRunbook], 
     except WorkflowFailureError as err:
         cause = err.cause
         while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
-            cause = cause.__cause__  # type: ignore[assignment]
-        raise Failure(f"readiness check failed: {cause.message if hasattr(cause, 'message') else cause}") from err
+            cause = cause.__cause__
+        raise Failure(
+            f"readiness check failed: {cause.message if hasattr(cause, 'message') else cause}"
+        ) from err
 
 
 def workflow_link(settings: TemporalSettings, workflow_id: str) -> str:
@@ -233,7 +252,7 @@ def workflow_link(settings: TemporalSettings, workflow_id: str) -> str:
 @connection_options
 @click.option("--task-queue", default=TASK_QUEUE, show_default=True)
 @click.pass_obj
-def worker(directory: Path, task_queue: str, **options: Any) -> int:
+def worker(directory: Path, /, task_queue: str, **options: Any) -> int:
     """Run a drflow worker against any Temporal (dev server, self-hosted, Temporal Cloud)."""
     from workers.worker import build_worker, run_until_signalled
 
@@ -257,7 +276,7 @@ def worker(directory: Path, task_queue: str, **options: Any) -> int:
 @click.option("--ui-port", default=8233, show_default=True, help="Temporal Web UI port")
 @click.option("--state-dir", default=".drflow", show_default=True, type=click.Path(file_okay=False))
 @click.pass_obj
-def dev(directory: Path, port: int, ui_port: int, state_dir: str) -> int:
+def dev(directory: Path, /, port: int, ui_port: int, state_dir: str) -> int:
     """Run the embedded stack: Temporal dev server (SQLite under --state-dir), Web UI, a drflow worker."""
     from workers.dev import DevConfig, DevStackError, describe, run_dev
 
@@ -277,7 +296,9 @@ def dev(directory: Path, port: int, ui_port: int, state_dir: str) -> int:
 
 
 def _configure_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def main() -> None:

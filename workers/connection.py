@@ -47,7 +47,9 @@ class TemporalSettings:
         ca = tls_ca or env.get("TEMPORAL_TLS_CA")
         secret = api_key or env.get("TEMPORAL_API_KEY")
         if bool(cert) != bool(key):
-            raise ConnectionSettingsError("a TLS client certificate and its key go together: set both or neither")
+            raise ConnectionSettingsError(
+                "a TLS client certificate and its key go together: set both or neither"
+            )
         settings = cls(
             address=address or env.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS,
             namespace=namespace or env.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE,

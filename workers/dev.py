@@ -89,7 +89,8 @@ def check_ports(config: DevConfig) -> None:
         if port_in_use(config.ip, port):
             raise DevStackError(
                 f"port {port} ({what}) is already in use on {config.ip}: stop whatever holds it "
-                f"(another `drflow dev` or `temporal server start-dev`?) or choose another with --port/--ui-port"
+                "(another `drflow dev` or `temporal server start-dev`?) "
+                "or choose another with --port/--ui-port"
             )
 
 
@@ -116,7 +117,11 @@ class DevServer:
         with self.log_path.open("ab") as logfile:
             # A session of its own: the terminal's Ctrl-C reaches us, and we stop the server in order.
             self.process = subprocess.Popen(
-                command, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                command,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def exited(self) -> int | None:
@@ -136,12 +141,16 @@ class DevServer:
                 raise DevStackError(f"the Temporal dev server exited with status {code}:\n{self.log_tail()}")
             try:
                 return await Client.connect(
-                    self.config.address, namespace=self.config.namespace, data_converter=pydantic_data_converter
+                    self.config.address,
+                    namespace=self.config.namespace,
+                    data_converter=pydantic_data_converter,
                 )
             except RuntimeError as err:
                 last_error = err
                 await asyncio.sleep(0.2)
-        raise DevStackError(f"the Temporal dev server did not answer within {SERVER_START_TIMEOUT:g}s: {last_error}")
+        raise DevStackError(
+            f"the Temporal dev server did not answer within {SERVER_START_TIMEOUT:g}s: {last_error}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -192,8 +201,8 @@ async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], 
 
 
 async def _watch(server: DevServer, stop: asyncio.Event) -> None:
-    while server.exited() is None:
-        await asyncio.sleep(0.5)
+    if server.process is not None:
+        await asyncio.to_thread(server.process.wait)
     stop.set()
 
 

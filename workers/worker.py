@@ -43,7 +43,8 @@ def build_worker(
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=activities_for(runbooks_dir),
-        activity_executor=executor or ThreadPoolExecutor(max_workers=16, thread_name_prefix="drflow-activity"),
+        activity_executor=executor
+        or ThreadPoolExecutor(max_workers=16, thread_name_prefix="drflow-activity"),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 

@@ -31,7 +31,7 @@ INFRA_RETRY = RetryPolicy(
 
 
 async def load_runbook(service: str) -> LoadedRunbook:
-    """Load the service's runbook; an unknown service or invalid runbook fails the workflow with its message."""
+    """Load the service's runbook; an unknown service or an invalid runbook fails the workflow, saying why."""
     try:
         return await workflow.execute_activity_method(
             RunbookActivities.load_runbook,
@@ -42,6 +42,9 @@ async def load_runbook(service: str) -> LoadedRunbook:
         )
     except ActivityError as err:
         cause = err.cause
-        if isinstance(cause, ApplicationError) and cause.type in (ErrorType.UNKNOWN_SERVICE, ErrorType.INVALID_RUNBOOK):
+        if isinstance(cause, ApplicationError) and cause.type in (
+            ErrorType.UNKNOWN_SERVICE,
+            ErrorType.INVALID_RUNBOOK,
+        ):
             raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
         raise

@@ -13,7 +13,13 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
-    from activities.health import HealthProbe, HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
+    from activities.health import (
+        HealthProbe,
+        HealthProbeRequest,
+        HealthProbeResults,
+        probe_budget,
+        probe_health,
+    )
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
     from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR, load_runbook
@@ -30,7 +36,11 @@ class ReadinessWorkflow:
     @workflow.run
     async def run(self, request: ReadinessRequest) -> ReadinessReport:
         workflow.upsert_search_attributes(
-            [SERVICE_ATTR.value_set(request.service), KIND_ATTR.value_set("readiness"), STEP_ATTR.value_set("checking")]
+            [
+                SERVICE_ATTR.value_set(request.service),
+                KIND_ATTR.value_set("readiness"),
+                STEP_ATTR.value_set("checking"),
+            ]
         )
         workflow.set_current_details(f"Loading the runbook of {request.service}")
         loaded = await load_runbook(request.service)
@@ -70,7 +80,10 @@ class ReadinessWorkflow:
     async def _read_dns(self, loaded: LoadedRunbook) -> DnsReadout:
         dns = loaded.runbook.dns
         query = DnsQuery(
-            record=dns.record, type=dns.type, zone=dns.zone, nameservers=dns.nameservers,
+            record=dns.record,
+            type=dns.type,
+            zone=dns.zone,
+            nameservers=dns.nameservers,
             timeout_seconds=DNS_QUERY_TIMEOUT,
         )
         return await workflow.execute_activity(

@@ -13,7 +13,7 @@ from activities.dns_reader import DnsReadout
 from activities.health import HealthProbeResult
 from runbooks.durations import Duration, format_duration
 from runbooks.loader import LoadedRunbook
-from runbooks.model import StrictModel
+from runbooks.model import StrictModel, budget_overrun
 
 Verdict = Literal["ready", "degraded", "not-ready"]
 
@@ -53,7 +53,9 @@ class ReadinessReport(StrictModel):
     budget: BudgetAssessment
 
 
-def assess(loaded: LoadedRunbook, health: list[HealthProbeResult], dns: DnsReadout, now: datetime) -> ReadinessReport:
+def assess(
+    loaded: LoadedRunbook, health: list[HealthProbeResult], dns: DnsReadout, now: datetime
+) -> ReadinessReport:
     runbook = loaded.runbook
     regions = [
         RegionReadiness(
@@ -107,9 +109,12 @@ def assess(loaded: LoadedRunbook, health: list[HealthProbeResult], dns: DnsReado
         warnings.append(f"nameservers serve TTL {budget.ttl_seconds}s, the runbook says {runbook.dns.ttl}s")
     if not budget.fits:
         blocking.append(
-            f"TTL {budget.ttl_seconds}s + propagation budget {format_duration(budget.propagation_budget)} + "
-            f"health-check minimum {format_duration(budget.health_minimum)} = {format_duration(budget.total)} "
-            f"exceeds the RTO of {format_duration(budget.rto)}"
+            budget_overrun(
+                timedelta(seconds=budget.ttl_seconds),
+                budget.propagation_budget,
+                budget.health_minimum,
+                budget.rto,
+            )
         )
 
     verdict: Verdict = "not-ready" if blocking else "degraded" if warnings else "ready"
@@ -158,7 +163,11 @@ def render_markdown(report: ReadinessReport) -> str:
     ]
     if report.reasons:
         lines += ["### Reasons", *[f"- {reason}" for reason in report.reasons], ""]
-    lines += ["### Health", "| region | role | check | result | status | latency |", "|---|---|---|---|---|---|"]
+    lines += [
+        "### Health",
+        "| region | role | check | result | status | latency |",
+        "|---|---|---|---|---|---|",
+    ]
     for region in report.regions:
         for check in region.checks:
             outcome = "pass" if check.ok else f"FAIL: {check.error}"
