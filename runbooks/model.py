@@ -328,8 +328,8 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
 def budget_overrun(ttl: timedelta, propagation: timedelta, health: timedelta, rto: timedelta) -> str:
     return (
         f"TTL {format_duration(ttl)} + propagation budget {format_duration(propagation)} + "
-        f"health-check minimum {format_duration(health)} = {format_duration(ttl + propagation + health)} exceeds the RTO of "
-        f"{format_duration(rto)}"
+        f"health-check minimum {format_duration(health)} = {format_duration(ttl + propagation + health)} "
+        f"exceeds the RTO of {format_duration(rto)}"
     )
 
 
