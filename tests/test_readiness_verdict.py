@@ -1,0 +1,145 @@
+"""The Readiness verdict, branch by branch, without any server: it is a pure function of observations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from activities.dns_reader import DnsReadout, NameserverAnswer
+from activities.health import HealthProbeResult
+from runbooks.loader import LoadedRunbook, load_runbook_file
+from workflows.readiness_report import assess, render_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> LoadedRunbook:
+    return load_runbook_file(ROOT / "runbooks" / "sandbox.yaml")
+
+
+def probe(region: str, ok: bool = True, error: str | None = None) -> HealthProbeResult:
+    return HealthProbeResult(
+        region=region,
+        check="app-deep",
+        url=f"http://{region}/healthz/deep",
+        ok=ok,
+        status=200 if ok else 503,
+        latency_ms=3.0,
+        error=None if ok else (error or "status 503, expected 200"),
+    )
+
+
+def answer(
+    port: int,
+    values: list[str],
+    ttl: int = 5,
+    error: str | None = None,
+    aa: bool = True,
+    rcode: str = "NOERROR",
+) -> NameserverAnswer:
+    name = "ns1.drflow.test." if port == 15353 else "ns2.drflow.test."
+    if error is not None:
+        return NameserverAnswer(
+            name=name, address="127.0.0.1", port=port, values=[], rcode=None, latency_ms=2000, error=error
+        )
+    return NameserverAnswer(
+        name=name,
+        address="127.0.0.1",
+        port=port,
+        values=values,
+        ttl=ttl,
+        rcode=rcode,
+        authoritative=aa,
+        latency_ms=1.0,
+    )
+
+
+def readout(*answers: NameserverAnswer) -> DnsReadout:
+    return DnsReadout(record="app.drflow.test.", type="A", answers=list(answers), discovered=False)
+
+
+HEALTHY = [probe("region-a"), probe("region-b")]
+GOOD_DNS = readout(answer(15353, ["127.0.1.1"]), answer(15354, ["127.0.1.1"]))
+
+
+def test_everything_as_the_runbook_says_is_ready(sandbox: LoadedRunbook) -> None:
+    report = assess(sandbox, HEALTHY, GOOD_DNS, NOW)
+    assert (report.verdict, report.reasons) == ("ready", [])
+    assert report.expected_address == "127.0.1.1"
+    assert report.budget.ttl_source == "runbook" and report.budget.fits
+
+
+def test_unhealthy_primary_alone_is_degraded_since_failover_is_still_possible(sandbox: LoadedRunbook) -> None:
+    report = assess(sandbox, [probe("region-a", ok=False), probe("region-b")], GOOD_DNS, NOW)
+    assert report.verdict == "degraded"
+    assert report.reasons == ["primary region-a fails health checks: app-deep (status 503, expected 200)"]
+
+
+def test_no_healthy_standby_is_not_ready(sandbox: LoadedRunbook) -> None:
+    report = assess(sandbox, [probe("region-a"), probe("region-b", ok=False)], GOOD_DNS, NOW)
+    assert report.verdict == "not-ready"
+    assert report.reasons == [
+        "no standby region passes its health checks: a failover would have nowhere to go"
+    ]
+
+
+def test_no_nameserver_answering_is_not_ready(sandbox: LoadedRunbook) -> None:
+    dns = readout(
+        answer(15353, [], error="timeout after 2.0s"), answer(15354, [], error="timeout after 2.0s")
+    )
+    report = assess(sandbox, HEALTHY, dns, NOW)
+    assert report.verdict == "not-ready"
+    assert report.reasons[0] == "no authoritative nameserver answered for app.drflow.test."
+    assert report.reasons[1:] == [
+        "nameserver ns1.drflow.test. (127.0.0.1:15353) did not answer: timeout after 2.0s",
+        "nameserver ns2.drflow.test. (127.0.0.1:15354) did not answer: timeout after 2.0s",
+    ]
+
+
+def test_nameservers_that_disagree_are_degraded(sandbox: LoadedRunbook) -> None:
+    dns = readout(answer(15353, ["127.0.2.1"]), answer(15354, ["127.0.1.1"]))
+    report = assess(sandbox, HEALTHY, dns, NOW)
+    assert report.verdict == "degraded"
+    assert report.reasons == [
+        "nameservers disagree (ns1.drflow.test.: 127.0.2.1; ns2.drflow.test.: 127.0.1.1)"
+    ]
+
+
+def test_missing_record_and_non_authoritative_answer_are_named(sandbox: LoadedRunbook) -> None:
+    dns = readout(answer(15353, [], rcode="NXDOMAIN"), answer(15354, ["127.0.1.1"], aa=False))
+    report = assess(sandbox, HEALTHY, dns, NOW)
+    assert report.verdict == "degraded"
+    assert report.reasons == [
+        "nameserver ns1.drflow.test. (127.0.0.1:15353) answers NXDOMAIN with no A record",
+        "nameserver ns2.drflow.test. (127.0.0.1:15354) is not authoritative for app.drflow.test.",
+    ]
+
+
+def test_served_ttl_longer_than_the_runbooks_is_used_for_the_budget(sandbox: LoadedRunbook) -> None:
+    dns = readout(answer(15353, ["127.0.1.1"], ttl=30), answer(15354, ["127.0.1.1"], ttl=30))
+    report = assess(sandbox, HEALTHY, dns, NOW)
+    assert report.verdict == "degraded"
+    assert report.budget.ttl_seconds == 30 and report.budget.ttl_source == "observed" and report.budget.fits
+    assert report.reasons == ["nameservers serve TTL 30s, the runbook says 5s"]
+
+
+def test_served_ttl_that_breaks_the_rto_is_not_ready(sandbox: LoadedRunbook) -> None:
+    dns = readout(answer(15353, ["127.0.1.1"], ttl=3600), answer(15354, ["127.0.1.1"], ttl=3600))
+    report = assess(sandbox, HEALTHY, dns, NOW)
+    assert report.verdict == "not-ready"
+    assert report.reasons[0] == (
+        "TTL 1h + propagation budget 20s + health-check minimum 2s = 1h22s exceeds the RTO of 2m"
+    )
+
+
+def test_markdown_report_shows_verdict_health_dns_and_budget(sandbox: LoadedRunbook) -> None:
+    text = render_markdown(assess(sandbox, [probe("region-a"), probe("region-b", ok=False)], GOOD_DNS, NOW))
+    assert text.splitlines()[0] == "## Readiness of sandbox-app: NOT READY"
+    assert "Checked 2026-11-26 09:00:00 UTC against" in text
+    assert "| region-b | standby | app-deep | FAIL: status 503, expected 200 | 503 | 3 ms |" in text
+    assert "| ns1.drflow.test. 127.0.0.1:15353 | 127.0.1.1 | 5 | yes | 1 ms |" in text
+    assert text.endswith("TTL 5s (runbook) + propagation 20s + health minimum 2s = 27s fits within RTO 2m")
