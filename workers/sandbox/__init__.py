@@ -1,0 +1,1 @@
+"""Local sandbox infrastructure: real servers on loopback for demos and tests."""
