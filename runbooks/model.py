@@ -178,6 +178,11 @@ class HealthCheck(StrictModel):
     interval: Duration = timedelta(seconds=5)
     consecutive_successes: int = Field(default=3, ge=1, le=100)
     regions: list[str] | None = Field(default=None, description="regions this check applies to; default all")
+    primary_only: bool = Field(
+        default=False,
+        description="passes only where the database is writable (a deep write check): not run against standbys "
+        "in readiness and preflight, required on the target after the cutover",
+    )
 
     @property
     def minimum_duration(self) -> timedelta:
@@ -241,8 +246,13 @@ class Runbook(StrictModel):
         """TTL + propagation budget + health minimum: the part of the RTO drflow cannot shorten."""
         return timedelta(seconds=self.dns.ttl) + self.dns.propagation_budget + self.health_minimum
 
-    def checks_for(self, region: str) -> list[HealthCheck]:
-        return [c for c in self.health if c.regions is None or region in c.regions]
+    def checks_for(self, region: str, serving: bool = True) -> list[HealthCheck]:
+        """The checks that apply to a region; a standby (``serving=False``) skips the primary-only ones."""
+        return [
+            c
+            for c in self.health
+            if (c.regions is None or region in c.regions) and (serving or not c.primary_only)
+        ]
 
 
 Problem = tuple[tuple[str | int, ...], str]

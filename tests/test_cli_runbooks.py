@@ -22,7 +22,7 @@ def test_validate_prints_one_summary_line_per_valid_runbook() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "runbooks/sandbox.yaml: sandbox-app ok: region-a -> region-b; rfc2136 app.drflow.test. TTL 5s; postgres; "
-        "RTO 2m (cutover budget 27s), RPO 5s; 1 health check",
+        "RTO 2m (cutover budget 27s), RPO 5s; 2 health checks",
         "runbooks/examples/aws.yaml: checkout ok: us-east-1 -> us-west-2; route53 checkout.example.com. TTL 30s; "
         "aurora-global; RTO 5m (cutover budget 2m10s), RPO 30s; 2 health checks",
     ]

@@ -67,7 +67,7 @@ class ReadinessWorkflow:
                 timeout=check.timeout,
             )
             for name, region in runbook.regions.items()
-            for check in runbook.checks_for(name)
+            for check in runbook.checks_for(name, serving=name == runbook.primary)
         ]
         return await workflow.execute_activity(
             probe_health,
