@@ -100,12 +100,13 @@ class DnsReadout(StrictModel):
 async def read_dns_record(query: DnsQuery) -> DnsReadout:
     """Ask every nameserver at once; each answer carries its own error rather than failing the read."""
     discovered = not query.nameservers
-    nameservers = await _discover(query) if discovered else query.nameservers
-    answers = await asyncio.gather(*(_ask(query, nameserver) for nameserver in nameservers))
+    nameservers = await discover_nameservers(query) if discovered else query.nameservers
+    answers = await asyncio.gather(*(ask_nameserver(query, nameserver) for nameserver in nameservers))
     return DnsReadout(record=query.record, type=query.type, answers=list(answers), discovered=discovered)
 
 
-async def _ask(query: DnsQuery, nameserver: Nameserver) -> NameserverAnswer:
+async def ask_nameserver(query: DnsQuery, nameserver: Nameserver) -> NameserverAnswer:
+    """One non-recursive query, UDP then TCP on truncation; a failure is an answer carrying its error."""
     request = dns.message.make_query(query.record, query.type)
     request.flags &= ~dns.flags.RD
     timeout = query.timeout_seconds
@@ -174,7 +175,7 @@ def _value(rdata: dns.rdata.Rdata) -> str:
     return rdata.to_text()
 
 
-async def _discover(query: DnsQuery) -> list[Nameserver]:
+async def discover_nameservers(query: DnsQuery) -> list[Nameserver]:
     """The zone's NS names and each one's addresses, on port 53, through the configured or system resolver."""
     try:
         resolver = _resolver(query)
