@@ -20,3 +20,6 @@ class ErrorType:
     DATABASE_TOOLS_MISSING = "DatabaseToolsMissing"
     FENCE_FAILED = "FenceFailed"
     PROMOTION_FAILED = "PromotionFailed"
+    UNFENCE_FAILED = "UnfenceFailed"
+    UNSUPPORTED_PROVIDER = "UnsupportedProvider"
+    HEALTH_VALIDATION_FAILED = "HealthValidationFailed"

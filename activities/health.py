@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.errors import ErrorType
 from runbooks.durations import Duration
 from runbooks.model import HttpCheck, StrictModel
 
@@ -115,3 +117,100 @@ def probe_budget(probes: list[HealthProbe]) -> timedelta:
     """How long the activity may take: the slowest probe plus connection set-up slack."""
     longest = max((p.timeout for p in probes), default=timedelta(seconds=5))
     return longest + timedelta(seconds=5)
+
+
+class ValidatedProbe(StrictModel):
+    probe: HealthProbe
+    consecutive_successes: int
+    interval: Duration
+
+
+class HealthValidationRequest(StrictModel):
+    probes: list[ValidatedProbe]
+    timeout: Duration
+
+
+class CheckValidation(StrictModel):
+    region: str
+    check: str
+    url: str
+    required: int
+    passed: bool
+    attempts: int
+    passed_after_ms: float | None
+    last: HealthProbeResult | None
+
+
+class HealthValidationResult(StrictModel):
+    passed: bool
+    elapsed_ms: float
+    checks: list[CheckValidation]
+
+
+@activity.defn(name="validate_health")
+async def validate_health(request: HealthValidationRequest) -> HealthValidationResult:
+    """Each check must pass N consecutive times, probed at its interval, within the timeout.
+
+    A pure read, so a retry after a worker crash simply starts counting again. Heartbeats carry the progress.
+    """
+    started = time.monotonic()
+    deadline = started + request.timeout.total_seconds()
+    progress: dict[str, str] = {}
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+        checks = await asyncio.gather(
+            *(_validate(client, item, started, deadline, progress) for item in request.probes)
+        )
+    result = HealthValidationResult(
+        passed=all(c.passed for c in checks), elapsed_ms=_ms_since(started), checks=list(checks)
+    )
+    if not result.passed:
+        failing = "; ".join(
+            f"{c.check} on {c.region}: {c.last.error if c.last and c.last.error else 'not enough successes'}"
+            for c in checks
+            if not c.passed
+        )
+        raise ApplicationError(
+            f"health validation failed after {request.timeout.total_seconds():g}s: {failing}",
+            result,
+            type=ErrorType.HEALTH_VALIDATION_FAILED,
+            non_retryable=True,
+        )
+    return result
+
+
+async def _validate(
+    client: httpx.AsyncClient, item: ValidatedProbe, started: float, deadline: float, progress: dict[str, str]
+) -> CheckValidation:
+    streak = attempts = 0
+    last: HealthProbeResult | None = None
+    key = f"{item.probe.region}/{item.probe.check}"
+    while True:
+        attempts += 1
+        last = await _probe(client, item.probe)
+        streak = streak + 1 if last.ok else 0
+        progress[key] = f"{streak}/{item.consecutive_successes}"
+        activity.heartbeat(dict(progress))
+        if streak >= item.consecutive_successes:
+            return _validation(item, True, attempts, _ms_since(started), last)
+        if time.monotonic() + item.interval.total_seconds() > deadline:
+            return _validation(item, False, attempts, None, last)
+        await asyncio.sleep(item.interval.total_seconds())
+
+
+def _validation(
+    item: ValidatedProbe, passed: bool, attempts: int, after: float | None, last: HealthProbeResult | None
+) -> CheckValidation:
+    return CheckValidation(
+        region=item.probe.region,
+        check=item.probe.check,
+        url=item.probe.url,
+        required=item.consecutive_successes,
+        passed=passed,
+        attempts=attempts,
+        passed_after_ms=after,
+        last=last,
+    )
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)

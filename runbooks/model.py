@@ -180,8 +180,8 @@ class HealthCheck(StrictModel):
     regions: list[str] | None = Field(default=None, description="regions this check applies to; default all")
     primary_only: bool = Field(
         default=False,
-        description="passes only where the database is writable (a deep write check): not run against standbys "
-        "in readiness and preflight, required on the target after the cutover",
+        description="passes only where the database is writable (a deep write check): not run against "
+        "standbys in readiness and preflight, required on the target after the cutover",
     )
 
     @property

@@ -11,6 +11,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.dns import dns_world  # noqa: F401  (session fixture)
+from tests.support.postgres import pg_pair  # noqa: F401
 from tests.support.temporal import add_search_attributes, venv_binary
 from workflows.common import SEARCH_ATTRIBUTES
 

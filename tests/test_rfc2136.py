@@ -9,12 +9,9 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import dns.query
-import dns.rcode
-import dns.update
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -32,18 +29,10 @@ from activities.dns_providers import (
 )
 from activities.rfc2136 import Rfc2136Provider
 from runbooks.model import CloudDns, DnsConfig, Nameserver, Rfc2136Dns, Route53Dns, TsigKey
-from tests.support.dns import RECORD_TTL, TSIG_NAME, ZONE
+from tests.support.dns import RECORD_TTL, TSIG_NAME, ZONE, signed_update
 from workers.sandbox.named import LOOPBACK, NamedPair, free_port
 
 OLD, NEW, SOMEONE_ELSES = "127.0.1.1", "127.0.2.1", "127.0.3.3"
-
-
-def signed_update(pair: NamedPair, change: Callable[[dns.update.UpdateMessage], None]) -> None:
-    """Another writer (an operator with nsupdate): a change that does not go through drflow."""
-    update = dns.update.UpdateMessage(ZONE, keyring=pair.tsig_key())
-    change(update)
-    response = dns.query.tcp(update, LOOPBACK, port=pair.primary_port, timeout=5)
-    assert dns.rcode.to_text(response.rcode()) == "NOERROR"
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ flushing, because the SDK's runtime can abort a short-lived process at interpret
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -247,6 +248,220 @@ def workflow_link(settings: TemporalSettings, workflow_id: str) -> str:
     return f"{base}/namespaces/{settings.namespace}/workflows/{workflow_id}"
 
 
+# -------------------------------------------------------------------------------------------- failover
+def _default_user() -> str:
+    return os.environ.get("DRFLOW_USER") or getpass.getuser()
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--to", "target", required=True, help="the region to fail over to")
+@click.option("--reason", required=True, help="why; shown to approvers and kept in the report")
+@click.option(
+    "--mode", type=click.Choice(["planned", "emergency", "drill"]), default="planned", show_default=True
+)
+@click.option("--as", "requested_by", default=_default_user, help="who asks [env DRFLOW_USER; your login]")
+@click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
+@connection_options
+@click.pass_obj
+def failover(
+    directory: Path,
+    /,
+    service: str,
+    target: str,
+    reason: str,
+    mode: str,
+    requested_by: str,
+    wait: bool,
+    **options: Any,
+) -> int:
+    """Fail SERVICE over to another region (workflow id failover-SERVICE)."""
+    from workflows.failover_models import FailoverRequest
+
+    loaded = _services_to_check(directory, service)[0].runbook
+    if target not in loaded.regions:
+        raise Failure(f"{target!r} is not a region of {service} (regions: {', '.join(loaded.regions)})")
+    request = FailoverRequest(
+        service=service, target=target, reason=reason, requested_by=requested_by, mode=mode
+    )
+    settings = settings_from(options)
+    return asyncio.run(_start_failover(settings, request, wait))
+
+
+async def _start_failover(settings: TemporalSettings, request: Any, wait: bool) -> int:
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workflows.failover_models import FailoverReport
+
+    client = await connect(settings)
+    workflow_id = f"failover-{request.service}"
+    try:
+        handle = await client.start_workflow(
+            "Failover",
+            request,
+            id=workflow_id,
+            task_queue=TASK_QUEUE,
+            result_type=FailoverReport,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"Failover {request.service} → {request.target} ({request.mode})",
+            static_details=f"Requested by {request.requested_by}: {request.reason}",
+        )
+    except WorkflowAlreadyStartedError as err:
+        raise Failure(
+            f"a failover of {request.service} is already running ({workflow_id}, run {err.run_id}): "
+            f"follow it with `drflow status {workflow_id}`"
+        ) from err
+    click.echo(f"started {handle.id}  {workflow_link(settings, handle.id)}")
+    if not wait:
+        click.echo(f"follow it: drflow status {handle.id} --follow")
+        return EXIT_OK
+    return await _follow(client, handle.id)
+
+
+async def _follow(client: Client, workflow_id: str) -> int:
+    """Print the run's report whenever it changes, until the run ends."""
+    from temporalio.client import RPCError, WorkflowExecutionStatus, WorkflowQueryFailedError
+
+    from workflows.failover_models import FailoverReport, render_report
+
+    handle = client.get_workflow_handle(workflow_id)
+    shown: list[str] = []
+    while True:
+        description = await handle.describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            break
+        try:
+            report = await handle.query("status", result_type=FailoverReport)
+        except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
+            await asyncio.sleep(0.5)
+            continue
+        lines = render_report(report).splitlines()
+        new = [line for line in lines if line not in shown]
+        for line in new:
+            click.echo(line)
+        shown = lines
+        await asyncio.sleep(0.5)
+    report = await _final_report(client, workflow_id)
+    if report is None:
+        raise Failure(
+            f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
+        )
+    click.echo()
+    click.echo(render_report(report))
+    return EXIT_OK if report.outcome in ("completed", "no-op") else EXIT_ERROR
+
+
+async def _final_report(client: Client, workflow_id: str) -> Any:
+    from workflows.failover_models import FailoverReport
+
+    try:
+        return await client.get_workflow_handle(workflow_id, result_type=FailoverReport).result()
+    except WorkflowFailureError:
+        return None
+
+
+def _update_command(update: str, help_text: str) -> click.Command:
+    @click.command(update.replace("_", "-"), help=help_text)
+    @click.argument("workflow_id")
+    @click.option("--as", "who", default=_default_user, help="you [env DRFLOW_USER; your login]")
+    @click.option("--reason", default="", help="kept in the audit record")
+    @click.option("--gate", default=None, help="the gate you answer (default: the open one)")
+    @click.option("--plan", "plan_checksum", default=None, help="the plan checksum you reviewed")
+    @connection_options
+    def command(
+        workflow_id: str, who: str, reason: str, gate: str | None, plan_checksum: str | None, **options: Any
+    ) -> int:
+        from workflows.failover_models import ApprovalInput
+
+        answer = ApprovalInput(
+            approver=who, reason=reason, channel="cli", gate=gate, plan_checksum=plan_checksum
+        )
+        return asyncio.run(_send_update(settings_from(options), workflow_id, update, answer))
+
+    return command
+
+
+for _name, _help in (
+    ("approve", "Approve the open gate of a run."),
+    ("reject", "Reject the open gate of a run; it ends with nothing (more) changed."),
+    (
+        "accept_data_loss",
+        "Pass the data-loss gate: promote although the standby lacks writes (needs --reason).",
+    ),
+):
+    cli.add_command(_update_command(_name, _help))
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.argument("decision", type=click.Choice(["retry", "skip", "abort"]))
+@click.option("--as", "who", default=_default_user, help="you [env DRFLOW_USER; your login]")
+@click.option("--reason", default="", help="kept in the audit record")
+@connection_options
+def decide(workflow_id: str, decision: str, who: str, reason: str, **options: Any) -> int:
+    """Answer a failed step: retry it, skip it (where allowed) or abort the run."""
+    from workflows.failover_models import DecisionInput
+
+    answer = DecisionInput(decision=decision, operator=who, reason=reason, channel="cli")
+    return asyncio.run(_send_update(settings_from(options), workflow_id, "decide", answer))
+
+
+async def _send_update(settings: TemporalSettings, workflow_id: str, update: str, payload: Any) -> int:
+    from temporalio.client import RPCError, WorkflowUpdateFailedError
+
+    from workflows.failover_models import UpdateOutcome
+
+    client = await connect(settings)
+    try:
+        outcome = await client.get_workflow_handle(workflow_id).execute_update(
+            update, payload, result_type=UpdateOutcome
+        )
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+        raise Failure(f"refused: {message}") from err
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message}") from err
+    click.echo(outcome.message)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True, help="the live report as JSON")
+@click.option("--follow", is_flag=True, help="keep printing until the run ends")
+@connection_options
+def status(workflow_id: str, as_json: bool, follow: bool, **options: Any) -> int:
+    """Print a run's live report (the workflow's status query)."""
+    return asyncio.run(_status(settings_from(options), workflow_id, as_json, follow))
+
+
+async def _status(settings: TemporalSettings, workflow_id: str, as_json: bool, follow: bool) -> int:
+    from temporalio.client import RPCError, WorkflowExecutionStatus
+
+    from workflows.failover_models import FailoverReport, render_report
+
+    client = await connect(settings)
+    if follow:
+        return await _follow(client, workflow_id)
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        description = await handle.describe()
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            report = await handle.query("status", result_type=FailoverReport)
+        else:
+            report = await _final_report(client, workflow_id)
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message}") from err
+    if report is None:
+        raise Failure(
+            f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
+        )
+    click.echo(report.model_dump_json(indent=2) if as_json else render_report(report))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------- worker / dev
 @cli.command()
 @connection_options
@@ -293,6 +508,11 @@ def dev(directory: Path, /, port: int, ui_port: int, state_dir: str) -> int:
         raise Failure(str(err)) from err
     click.echo("drflow dev: stopped")
     return EXIT_OK
+
+
+from workers.sandbox.cli import sandbox  # noqa: E402
+
+cli.add_command(sandbox)
 
 
 def _configure_logging(level: int) -> None:

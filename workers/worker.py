@@ -14,22 +14,40 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.database import DATABASE_ACTIVITIES
+from activities.dns_providers import apply_dns_change, plan_dns_change
 from activities.dns_reader import read_dns_record
-from activities.health import probe_health
+from activities.health import probe_health, validate_health
+from activities.propagation import verify_propagation
 from activities.runbook import RunbookActivities
+from activities.service_lock import ServiceLockActivities
 from workflows.common import TASK_QUEUE
+from workflows.failover import FailoverWorkflow
 from workflows.readiness import ReadinessWorkflow
+from workflows.service_lock import ServiceLockWorkflow
 
 log = logging.getLogger("drflow.worker")
 
-WORKFLOWS: Sequence[type] = (ReadinessWorkflow,)
+WORKFLOWS: Sequence[type] = (ReadinessWorkflow, FailoverWorkflow, ServiceLockWorkflow)
 # In-flight activities get this long to finish after SIGTERM before they are cancelled; a promotion or a
 # DNS change half-done is worse than a slow deploy.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
-def activities_for(runbooks_dir: Path) -> list[Any]:
-    return [RunbookActivities(runbooks_dir).load_runbook, probe_health, read_dns_record]
+def activities_for(client: Client, runbooks_dir: Path) -> list[Any]:
+    lock = ServiceLockActivities(client)
+    return [
+        RunbookActivities(runbooks_dir).load_runbook,
+        probe_health,
+        validate_health,
+        read_dns_record,
+        plan_dns_change,
+        apply_dns_change,
+        verify_propagation,
+        lock.acquire,
+        lock.holder_status,
+        *DATABASE_ACTIVITIES,
+    ]
 
 
 def build_worker(
@@ -42,7 +60,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities_for(runbooks_dir),
+        activities=activities_for(client, runbooks_dir),
         activity_executor=executor
         or ThreadPoolExecutor(max_workers=16, thread_name_prefix="drflow-activity"),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import dns.query
+import dns.rcode
+import dns.update
 import pytest
 
-from workers.sandbox.named import NamedPair, NamedPairConfig, ZoneRecord, free_ports
+from workers.sandbox.named import LOOPBACK, NamedPair, NamedPairConfig, ZoneRecord, free_ports
 
 ZONE = "drflow.test."
 APP_RECORD = "app.drflow.test."
@@ -34,3 +37,11 @@ def dns_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamedPair]:
     )
     with NamedPair(config) as pair:
         yield pair
+
+
+def signed_update(pair: NamedPair, change: Callable[[dns.update.UpdateMessage], None]) -> None:
+    """Another writer (an operator with nsupdate): a change that does not go through drflow."""
+    update = dns.update.UpdateMessage(ZONE, keyring=pair.tsig_key())
+    change(update)
+    response = dns.query.tcp(update, LOOPBACK, port=pair.primary_port, timeout=5)
+    assert dns.rcode.to_text(response.rcode()) == "NOERROR"

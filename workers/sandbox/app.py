@@ -1,0 +1,188 @@
+"""One region's app in the sandbox: liveness on /healthz, a real write through its database on /healthz/deep.
+
+The deep check passes only where the region's database is the writable primary, so a failover shows up in
+health checks exactly as it would for a real service: the old region fails (fenced), the new one passes
+once promoted. Run: ``python -m workers.sandbox.app --region region-a --listen 127.0.1.1:18080 ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+
+from workers.sandbox.postgres import PROBE_TABLE
+
+log = logging.getLogger("drflow.sandbox.app")
+
+# psycopg, like libpq, treats anything below 2 s as 2 s; a down database on loopback refuses at once anyway.
+CONNECT_TIMEOUT = 1
+STATEMENT_TIMEOUT_MS = 2000
+_ERROR_EXCERPT = 300
+# Rows kept per region: the deep check writes one per call, forever.
+_KEEP_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    region: str
+    host: str
+    port: int
+    dsn_host: str
+    dsn_port: int
+    dbname: str
+    user: str
+    password_file: Path
+
+
+class HealthServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        super().__init__((config.host, config.port), HealthHandler)
+
+    def deep_check(self) -> tuple[int, dict[str, Any]]:
+        """INSERT a row and read it back in one transaction: passes only on a writable primary."""
+        config = self.config
+        try:
+            password = config.password_file.read_text().strip()
+            with (
+                psycopg.connect(
+                    host=config.dsn_host,
+                    port=config.dsn_port,
+                    dbname=config.dbname,
+                    user=config.user,
+                    password=password,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name=f"sandbox-app-{config.region}",
+                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                ) as conn,
+                conn.transaction(),
+            ):
+                inserted = conn.execute(
+                    f"INSERT INTO {PROBE_TABLE} (region) VALUES (%s) RETURNING id", (config.region,)
+                ).fetchone()
+                row_id = inserted[0] if inserted else None
+                read = conn.execute(f"SELECT region FROM {PROBE_TABLE} WHERE id = %s", (row_id,)).fetchone()
+                if row_id is None or read is None or read[0] != config.region:
+                    return 503, self._failing(f"the row written ({row_id}) did not read back")
+                conn.execute(
+                    f"DELETE FROM {PROBE_TABLE} WHERE region = %s AND id < %s",
+                    (config.region, row_id - _KEEP_ROWS),
+                )
+        except (psycopg.Error, OSError) as err:
+            return 503, self._failing(_describe(err))
+        return 200, {"status": "ok", "region": config.region, "database": "writable"}
+
+    def _failing(self, error: str) -> dict[str, Any]:
+        return {"status": "failing", "region": self.config.region, "error": error}
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    server: HealthServer
+    server_version = "drflow-sandbox-app"
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def _respond(self, body: bool) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/healthz":
+            status, payload = 200, {"status": "ok", "region": self.server.config.region}
+        elif path == "/healthz/deep":
+            status, payload = self.server.deep_check()
+        else:
+            status, payload = 404, {"status": "not-found", "path": self.path}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def _describe(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = text.removeprefix("connection failed: ")
+    return text if len(text) <= _ERROR_EXCERPT else text[:_ERROR_EXCERPT] + "..."
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    parser = argparse.ArgumentParser(prog="python -m workers.sandbox.app", description=__doc__)
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--listen", required=True, type=_address, help="HOST:PORT, e.g. 127.0.1.1:18080")
+    parser.add_argument("--dsn-host", default="127.0.0.1")
+    parser.add_argument("--dsn-port", type=int, required=True)
+    parser.add_argument("--dbname", default="app")
+    parser.add_argument("--user", default="drflow")
+    parser.add_argument("--password-file", required=True, type=Path)
+    args = parser.parse_args(argv)
+    host, port = args.listen
+    return AppConfig(
+        region=args.region,
+        host=host,
+        port=port,
+        dsn_host=args.dsn_host,
+        dsn_port=args.dsn_port,
+        dbname=args.dbname,
+        user=args.user,
+        password_file=args.password_file.absolute(),
+    )
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server = HealthServer(config)
+    except OSError as err:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, err.strerror or err)
+        sys.exit(1)
+    log.info(
+        "app %s listening on http://%s:%s (database %s:%s/%s)",
+        config.region,
+        config.host,
+        config.port,
+        config.dsn_host,
+        config.dsn_port,
+        config.dbname,
+    )
+    with server:
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except (KeyboardInterrupt, SystemExit):
+            log.info("app %s stopping", config.region)
+
+
+if __name__ == "__main__":
+    main()

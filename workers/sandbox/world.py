@@ -1,0 +1,493 @@
+"""The sandbox world behind ``drflow sandbox``: two "regions" on loopback, with real DNS, database and apps.
+
+Components, all under the state directory (default ``.drflow/sandbox``, relative to where drflow runs, so
+that ``runbooks/sandbox.yaml``'s ``file:.drflow/sandbox/...`` secrets resolve from the repository root):
+
+    dns/        BIND primary and secondary (``NamedPair``), zone drflow.test., TSIG key drflow-sandbox
+    postgres/   PostgreSQL primary (region-a) and streaming standby (region-b)
+    apps/       one HTTP app per region (127.0.1.1, 127.0.2.1), each writing through its region's database
+    sandbox.json  the ports of this world, so ``down`` and ``status`` need only the directory
+
+Every server is a detached process that outlives the command which started it; ``down`` stops them all and
+checks by pid that nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from runbooks.model import StrictModel
+from workers.sandbox.named import (
+    NamedNotInstalledError,
+    NamedPair,
+    NamedPairConfig,
+    NamedServer,
+    NamedStartError,
+    ZoneRecord,
+    find_named,
+)
+from workers.sandbox.postgres import (
+    PostgresCommandError,
+    PostgresNotInstalledError,
+    PostgresPair,
+    PostgresPairConfig,
+    PostgresServer,
+    find_pg_bindir,
+    pid_alive,
+)
+
+DEFAULT_STATE_DIR = Path(".drflow/sandbox")
+LOOPBACK = "127.0.0.1"
+ZONE = "drflow.test."
+RECORD = "app.drflow.test."
+RECORD_TTL = 5
+TSIG_NAME = "drflow-sandbox"
+# The runbook's regions and their loopback addresses; region-a starts as the primary.
+REGIONS: dict[str, str] = {"region-a": "127.0.1.1", "region-b": "127.0.2.1"}
+PRIMARY_REGION, STANDBY_REGION = "region-a", "region-b"
+DBNAME = "app"
+DB_USER = "drflow"
+SYSTEM_PACKAGES = {"named": "bind9", "postgres": "postgresql"}
+APP_START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+_CONFIG_FILE = "sandbox.json"
+_LOG_TAIL_LINES = 20
+
+State = Literal["running", "stopped"]
+Change = Literal["started", "already-running", "held"]
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot do what was asked; the message is what an operator needs to fix it."""
+
+
+@dataclass(frozen=True)
+class SandboxPorts:
+    """The runbook's ports by default; tests pass free ones."""
+
+    dns_primary: int = 15353
+    dns_secondary: int = 15354
+    postgres_primary: int = 15432
+    postgres_standby: int = 15433
+    app: int = 18080
+
+    def __post_init__(self) -> None:
+        tcp_on_127001 = [self.dns_primary, self.dns_secondary, self.postgres_primary, self.postgres_standby]
+        if len(set(tcp_on_127001)) != len(tcp_on_127001):
+            raise ValueError(f"DNS and PostgreSQL ports must all differ: {tcp_on_127001}")
+
+
+class ComponentStatus(StrictModel):
+    name: str
+    kind: Literal["dns", "postgres", "app"]
+    region: str | None = None
+    address: str
+    state: State
+    pid: int | None = None
+    role: str | None = None
+    change: Change | None = None
+    detail: str | None = None
+
+
+class SandboxStatus(StrictModel):
+    state_dir: str
+    components: list[ComponentStatus]
+
+    @property
+    def running(self) -> bool:
+        return all(c.state == "running" for c in self.components)
+
+    def component(self, name: str) -> ComponentStatus:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(name)
+
+
+class Sandbox:
+    """``up`` starts what is stopped (idempotent), ``down`` stops everything, ``reset`` starts afresh."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, ports: SandboxPorts | None = None) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.ports = ports or self._recorded_ports() or SandboxPorts()
+
+    # ----------------------------------------------------------------------------------- paths
+    @property
+    def dns_dir(self) -> Path:
+        return self.state_dir / "dns"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.state_dir / "postgres"
+
+    @property
+    def apps_dir(self) -> Path:
+        return self.state_dir / "apps"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / _CONFIG_FILE
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def up(self, reset: bool = False) -> SandboxStatus:
+        """Start every stopped component; with ``reset``, first stop everything and delete the state."""
+        if reset:
+            self.reset_state()
+        ensure_system_packages()
+        recorded = self._recorded_ports()
+        if recorded is not None and recorded != self.ports and self._any_running():
+            raise SandboxError(
+                f"the sandbox in {self.state_dir} is running with other ports ({_describe_ports(recorded)}); "
+                "run `drflow sandbox down` first, or `up --reset`"
+            )
+        _make_searchable_dirs(self.state_dir)
+        self.config_path.write_text(json.dumps(asdict(self.ports), indent=2) + "\n")
+        changes: dict[str, Change] = {}
+        try:
+            self._up_dns(changes)
+            self._up_postgres(changes)
+            self._up_apps(changes)
+        except (
+            NamedStartError,
+            NamedNotInstalledError,
+            PostgresCommandError,
+            PostgresNotInstalledError,
+        ) as err:
+            raise SandboxError(
+                f"{err}\n(components already started keep running: `drflow sandbox down`)"
+            ) from err
+        return self.status(changes)
+
+    def reset(self) -> SandboxStatus:
+        return self.up(reset=True)
+
+    def reset_state(self) -> None:
+        """Stop everything and delete the state directory: the next ``up`` builds the initial world."""
+        self.down()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.state_dir.exists():
+            raise SandboxError(f"could not delete {self.state_dir}")
+
+    def down(self) -> SandboxStatus:
+        """Apps, then the databases (standby first), then DNS; fails if any process is still alive."""
+        pids = [c.pid for c in self.status().components if c.pid is not None]
+        for region in REGIONS:
+            _terminate(self._app_pid(region), STOP_TIMEOUT)
+        if self.postgres_dir.exists():
+            try:
+                self._postgres_pair().stop()
+            except (PostgresCommandError, PostgresNotInstalledError) as err:
+                raise SandboxError(f"could not stop PostgreSQL: {err}") from err
+        if self.dns_dir.exists():
+            pair = self._named_pair()
+            for server in (pair.secondary, pair.primary):
+                _terminate(server.pid, STOP_TIMEOUT)
+        alive = [pid for pid in pids if pid_alive(pid)]
+        if alive:
+            raise SandboxError(f"processes still running after stopping the sandbox: {alive}")
+        return self.status()
+
+    def status(self, changes: dict[str, Change] | None = None) -> SandboxStatus:
+        changes = changes or {}
+        components = [*self._dns_status(), *self._postgres_status(), *self._app_status()]
+        components = [c.model_copy(update={"change": changes.get(c.name)}) for c in components]
+        return SandboxStatus(state_dir=str(self.state_dir), components=components)
+
+    # ------------------------------------------------------------------------------------ DNS
+    def _named_pair(self) -> NamedPair:
+        return NamedPair(
+            NamedPairConfig(
+                directory=self.dns_dir,
+                primary_port=self.ports.dns_primary,
+                secondary_port=self.ports.dns_secondary,
+                zone=ZONE,
+                records=[ZoneRecord(RECORD, "A", RECORD_TTL, REGIONS[PRIMARY_REGION])],
+                tsig_name=TSIG_NAME,
+                stop_at_exit=False,
+            )
+        )
+
+    def _up_dns(self, changes: dict[str, Change]) -> None:
+        pair = self._named_pair()
+        servers = (pair.primary, pair.secondary)
+        stopped = [s for s in servers if not s.is_running()]
+        for server in stopped:
+            _require_free(LOOPBACK, server.port, f"DNS {server.role}", udp=True)
+        pair.start()
+        for server in servers:
+            changes[f"dns-{server.role}"] = "started" if server in stopped else "already-running"
+
+    def _dns_status(self) -> list[ComponentStatus]:
+        if self.dns_dir.exists():
+            servers: list[tuple[str, int, int | None]] = [
+                (s.role, s.port, s.pid) for s in self._dns_servers()
+            ]
+        else:
+            servers = [
+                ("primary", self.ports.dns_primary, None),
+                ("secondary", self.ports.dns_secondary, None),
+            ]
+        return [
+            ComponentStatus(
+                name=f"dns-{role}",
+                kind="dns",
+                address=f"{LOOPBACK}:{port}",
+                state="running" if pid is not None else "stopped",
+                pid=pid,
+                role=role,
+            )
+            for role, port, pid in servers
+        ]
+
+    def _dns_servers(self) -> list[NamedServer]:
+        pair = self._named_pair()
+        return [pair.primary, pair.secondary]
+
+    # ------------------------------------------------------------------------------- PostgreSQL
+    def _postgres_pair(self) -> PostgresPair:
+        return PostgresPair(
+            PostgresPairConfig(
+                directory=self.postgres_dir,
+                primary_port=self.ports.postgres_primary,
+                standby_port=self.ports.postgres_standby,
+                host=LOOPBACK,
+                dbname=DBNAME,
+                user=DB_USER,
+                primary_region=PRIMARY_REGION,
+                standby_region=STANDBY_REGION,
+            )
+        )
+
+    def _up_postgres(self, changes: dict[str, Change]) -> None:
+        pair = self._postgres_pair()
+        for server in pair.servers:
+            if server.pid is None and pair.held_reason(server) is None:
+                _require_free(LOOPBACK, server.port, f"PostgreSQL {server.region}")
+        for outcome in pair.start():
+            changes[f"postgres-{outcome.region}"] = outcome.outcome
+
+    def _postgres_status(self) -> list[ComponentStatus]:
+        pair = self._postgres_pair()
+        return [self._postgres_component(pair, server) for server in pair.servers]
+
+    def _postgres_component(self, pair: PostgresPair, server: PostgresServer) -> ComponentStatus:
+        pid = server.pid if server.exists() else None
+        role = pair.role(server.region) if pid is not None else None
+        detail = None
+        if pid is not None and role is None:
+            detail = "running but not answering queries"
+        elif pid is None and server.exists():
+            with contextlib.suppress(PostgresCommandError, PostgresNotInstalledError):
+                detail = pair.held_reason(server)
+        return ComponentStatus(
+            name=f"postgres-{server.region}",
+            kind="postgres",
+            region=server.region,
+            address=server.address,
+            state="running" if pid is not None else "stopped",
+            pid=pid,
+            role=role,
+            detail=detail,
+        )
+
+    # ------------------------------------------------------------------------------------- apps
+    def _app_pid_path(self, region: str) -> Path:
+        return self.apps_dir / f"{region}.pid"
+
+    def _app_log_path(self, region: str) -> Path:
+        return self.apps_dir / f"{region}.log"
+
+    def _app_database_port(self, region: str) -> int:
+        return self.ports.postgres_primary if region == PRIMARY_REGION else self.ports.postgres_standby
+
+    def _app_pid(self, region: str) -> int | None:
+        """The app's pid if the pid file names a live app of this region and this state directory."""
+        try:
+            pid = int(self._app_pid_path(region).read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        ours = b"workers.sandbox.app" in cmdline and region.encode() in cmdline
+        mine = str(self.postgres_dir / "password").encode() in cmdline
+        return pid if ours and mine and pid_alive(pid) else None
+
+    def _up_apps(self, changes: dict[str, Change]) -> None:
+        self.apps_dir.mkdir(parents=True, exist_ok=True)
+        for region, address in REGIONS.items():
+            name = f"app-{region}"
+            if self._app_pid(region) is not None:
+                changes[name] = "already-running"
+                continue
+            _require_free(address, self.ports.app, f"app {region}")
+            self._start_app(region, address)
+            changes[name] = "started"
+
+    def _start_app(self, region: str, address: str) -> None:
+        command = [
+            sys.executable, "-m", "workers.sandbox.app",
+            "--region", region,
+            "--listen", f"{address}:{self.ports.app}",
+            "--dsn-host", LOOPBACK,
+            "--dsn-port", str(self._app_database_port(region)),
+            "--dbname", DBNAME,
+            "--user", DB_USER,
+            "--password-file", str(self.postgres_dir / "password"),
+        ]  # fmt: skip
+        log_path = self._app_log_path(region)
+        with log_path.open("ab") as output:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._app_pid_path(region).write_text(f"{process.pid}\n")
+        url = f"http://{address}:{self.ports.app}/healthz"
+        deadline = time.monotonic() + APP_START_TIMEOUT
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                raise SandboxError(f"app {region} exited with status {code}\n{_tail(log_path)}")
+            if _http_ok(url):
+                return
+            time.sleep(0.05)
+        _terminate(process.pid, STOP_TIMEOUT)
+        raise SandboxError(
+            f"app {region} did not answer {url} within {APP_START_TIMEOUT:g}s\n{_tail(log_path)}"
+        )
+
+    def _app_status(self) -> list[ComponentStatus]:
+        components = []
+        for region, address in REGIONS.items():
+            pid = self._app_pid(region)
+            components.append(
+                ComponentStatus(
+                    name=f"app-{region}",
+                    kind="app",
+                    region=region,
+                    address=f"{address}:{self.ports.app}",
+                    state="running" if pid is not None else "stopped",
+                    pid=pid,
+                )
+            )
+        return components
+
+    # ------------------------------------------------------------------------------- internals
+    def _recorded_ports(self) -> SandboxPorts | None:
+        try:
+            return SandboxPorts(**json.loads(self.config_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _any_running(self) -> bool:
+        return any(c.state == "running" for c in self.status().components)
+
+
+def ensure_system_packages() -> list[str]:
+    """Install named and the PostgreSQL server if missing (root on Debian/Ubuntu); returns what it installed.
+
+    Otherwise a missing program is an error carrying the exact command to run.
+    """
+    missing = []
+    try:
+        find_named()
+    except NamedNotInstalledError:
+        missing.append(SYSTEM_PACKAGES["named"])
+    try:
+        find_pg_bindir()
+    except PostgresNotInstalledError:
+        missing.append(SYSTEM_PACKAGES["postgres"])
+    if not missing:
+        return []
+    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    apt_get = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt_get is None or not Path("/etc/debian_version").exists():
+        raise SandboxError(
+            f"the sandbox needs {' and '.join(missing)}, which are not installed: "
+            f"run `sudo apt-get install -y {' '.join(missing)}` (Debian/Ubuntu; elsewhere install BIND's "
+            "named and the PostgreSQL server from your package manager)"
+        )
+    environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for step in (["apt-get", "update", "-qq"], command):
+        done = subprocess.run(step, env=environment, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise SandboxError(
+                f"`{' '.join(step)}` failed with status {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()[-500:]}\ninstall them yourself: "
+                f"`apt-get install -y {' '.join(missing)}`"
+            )
+    return missing
+
+
+def _require_free(host: str, port: int, what: str, udp: bool = False) -> None:
+    """Refuse early with the port and its purpose, rather than a server's log line after a timeout."""
+    kinds = [socket.SOCK_STREAM, socket.SOCK_DGRAM] if udp else [socket.SOCK_STREAM]
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                # As servers do: a connection lingering in TIME_WAIT does not make the port unusable.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                raise SandboxError(
+                    f"port {port} ({what}) is already in use on {host}: stop whatever holds it (another "
+                    "sandbox? `drflow sandbox down --state-dir DIR`) or bring this one up on other ports"
+                ) from None
+
+
+def _make_searchable_dirs(directory: Path) -> None:
+    """Create the state directory so that the postgres system user can reach its own subdirectories."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        created.chmod(0o755)
+
+
+def _terminate(pid: int | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout``."""
+    if pid is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pid_alive(pid):
+            return
+
+
+def _http_ok(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=1) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+    except OSError:
+        return "(no log output)"
+    return f"--- {path} ---\n" + "\n".join(lines)
+
+
+def _describe_ports(ports: SandboxPorts) -> str:
+    return ", ".join(f"{name} {port}" for name, port in asdict(ports).items())

@@ -1,0 +1,278 @@
+"""What a failover takes, shows, decides and reports: typed records, plus pure rendering for UI and CLI.
+
+The input is plain JSON a person types into the Web UI's Start Workflow form. The report is the workflow's
+result and the live answer of its ``status`` query; together with the history it is the audit record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from activities.database import UnfenceResult
+from activities.dns_providers import DnsChangePlan, DnsChangeResult
+from activities.dns_reader import DnsReadout
+from activities.health import HealthProbeResult, HealthValidationResult
+from activities.postgres import FenceResult, PromoteResult, ReplicationStatus, WaitForReplayResult
+from activities.propagation import PropagationResult
+from activities.service_lock import LockHolder
+from runbooks.durations import format_duration
+from runbooks.model import Gate, StrictModel
+
+Mode = Literal["planned", "emergency", "drill"]
+Channel = Literal["cli", "ui", "slack", "api"]
+Outcome = Literal["running", "completed", "no-op", "refused", "not-ready", "rejected", "expired", "aborted"]
+StepOutcome = Literal["running", "ok", "skipped", "failed"]
+Decision = Literal["retry", "skip", "abort"]
+
+
+class FailoverRequest(StrictModel):
+    service: str = Field(min_length=1)
+    target: str = Field(min_length=1, description="the region to fail over to")
+    reason: str = Field(min_length=1, description="why: shown to approvers and kept in the report")
+    requested_by: str | None = Field(default=None, description="who asks; separation of duties needs it")
+    mode: Mode = "planned"
+
+
+class ApprovalInput(StrictModel):
+    """The body of the ``approve``, ``reject`` and ``accept_data_loss`` Updates."""
+
+    approver: str = Field(min_length=1)
+    reason: str = ""
+    channel: Channel = "ui"
+    gate: Gate | None = Field(default=None, description="defaults to the gate that is open")
+    plan_checksum: str | None = Field(default=None, description="if given, must be the plan the approver saw")
+
+
+class DecisionInput(StrictModel):
+    """The body of the ``decide`` Update, answering a failed step."""
+
+    decision: Decision
+    operator: str = Field(min_length=1)
+    reason: str = ""
+    channel: Channel = "ui"
+
+
+class UpdateOutcome(StrictModel):
+    accepted: bool
+    message: str
+
+
+class ApprovalRecord(StrictModel):
+    gate: Gate
+    decision: Literal["approved", "rejected", "data-loss-accepted", "skipped-in-emergency", "expired"]
+    by: str | None
+    at: datetime
+    channel: Channel | None
+    reason: str
+    plan_checksum: str | None
+
+
+class DecisionRecord(StrictModel):
+    step: str
+    error: str
+    decision: Decision | Literal["expired"]
+    by: str | None
+    at: datetime
+    channel: Channel | None
+    reason: str
+
+
+class StepRecord(StrictModel):
+    name: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: StepOutcome = "running"
+    attempts: int = 1
+    detail: str = ""
+    error: str | None = None
+
+    @property
+    def duration(self) -> timedelta | None:
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+
+class DatabasePlan(StrictModel):
+    provider: str
+    source: str
+    target: str
+    replication: ReplicationStatus
+
+
+class FailoverPlan(StrictModel):
+    service: str
+    mode: Mode
+    source: str
+    target: str
+    target_address: str
+    dns: DnsChangePlan
+    database: DatabasePlan | None
+    target_health: list[HealthProbeResult]
+    rto: timedelta
+    rpo: timedelta
+    warnings: list[str]
+    checksum: str
+
+
+class DataLossWindow(StrictModel):
+    zero_proven: bool
+    bytes: int | None
+    seconds: float | None
+    within_rpo: bool
+    basis: str
+
+
+class FinalState(StrictModel):
+    dns: DnsReadout | None
+    replication: ReplicationStatus | None
+    notes: list[str]
+
+
+class FailoverReport(StrictModel):
+    service: str
+    target: str
+    source: str | None = None
+    mode: Mode
+    outcome: Outcome = "running"
+    reason: str
+    requested_by: str | None
+    workflow_id: str
+    run_id: str
+    runbook_sha256: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    achieved_rto_seconds: float | None = None
+    approval_wait_seconds: float = 0.0
+    steps: list[StepRecord] = Field(default_factory=list)
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    plan: FailoverPlan | None = None
+    fence: FenceResult | None = None
+    replay: WaitForReplayResult | None = None
+    data_loss: DataLossWindow | None = None
+    promotion: PromoteResult | None = None
+    dns_change: DnsChangeResult | None = None
+    propagation: PropagationResult | None = None
+    ttl_wait_seconds: float | None = None
+    health: HealthValidationResult | None = None
+    compensation: UnfenceResult | None = None
+    final_state: FinalState | None = None
+    lock_holder: LockHolder | None = None
+    open_gate: Gate | None = None
+    waiting_step: str | None = None
+    messages: list[str] = Field(default_factory=list)
+
+
+def plan_checksum(
+    service: str, mode: Mode, source: str, target: str, dns: DnsChangePlan, database: DatabasePlan | None
+) -> str:
+    """What an approver approves: the DNS change (by its own checksum), the regions and the database move."""
+    payload = {
+        "service": service,
+        "mode": mode,
+        "source": source,
+        "target": target,
+        "dns": dns.checksum,
+        "database": None if database is None else [database.provider, database.source, database.target],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def render_plan(plan: FailoverPlan) -> str:
+    lines = [
+        f"## Plan: fail over {plan.service} {plan.source} → {plan.target} ({plan.mode})",
+        "",
+        "**DNS**",
+        "```diff",
+        plan.dns.markdown(),
+        "```",
+    ]
+    if plan.database is not None:
+        rep = plan.database.replication
+        lag = (
+            f"{rep.lag_bytes} bytes / {rep.lag_seconds:.1f}s"
+            if rep.lag_bytes is not None and rep.lag_seconds is not None
+            else "unknown (primary unreachable)"
+        )
+        lines += [
+            "",
+            f"**Database** ({plan.database.provider}): fence {plan.database.source}, "
+            f"{'wait for replay to its final LSN, ' if plan.mode != 'emergency' else ''}"
+            f"promote {plan.database.target}",
+            f"- replication lag now: {lag}; RPO {format_duration(plan.rpo)}",
+        ]
+    ttl = plan.dns.current.ttl
+    lines += [
+        "",
+        f"**Objectives**: RTO {format_duration(plan.rto)}, RPO {format_duration(plan.rpo)}; "
+        f"current TTL {ttl if ttl is not None else '-'}s",
+    ]
+    if plan.warnings:
+        lines += ["", "**Warnings**", *[f"- {w}" for w in plan.warnings]]
+    lines += ["", f"plan checksum `{plan.checksum[:16]}`"]
+    return "\n".join(lines)
+
+
+STEP_MARK = {"running": "…", "ok": "✓", "skipped": "↷", "failed": "✗"}
+
+
+def render_report(report: FailoverReport) -> str:
+    """Markdown for the UI's current details and the CLI's status view."""
+    title = f"## Failover {report.service} {report.source or '?'} → {report.target}: {report.outcome.upper()}"
+    lines = [
+        title,
+        "",
+        f"{report.mode} · requested by {report.requested_by or 'unknown'} · {report.reason}",
+        "",
+    ]
+    for step in report.steps:
+        took = f" ({step.duration.total_seconds():.2f}s)" if step.duration is not None else ""
+        retries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
+        detail = f": {step.detail}" if step.detail else ""
+        lines.append(f"- {STEP_MARK[step.outcome]} {step.name}{took}{retries}{detail}")
+        if step.error and step.outcome in ("failed", "skipped"):
+            lines.append(f"  - error: {step.error}")
+    if report.open_gate is not None:
+        lines += [
+            "",
+            f"### Waiting for approval: gate `{report.open_gate}`",
+            f'CLI: `drflow approve {report.workflow_id} --as <you> --reason "..."`',
+            "Web UI: More Actions → Send an Update `"
+            + ("accept_data_loss" if report.open_gate == "data-loss" else "approve")
+            + '` with `{"approver": "<you>", "reason": "..."}`',
+        ]
+    if report.waiting_step is not None:
+        lines += [
+            "",
+            f"### Step `{report.waiting_step}` failed: waiting for an operator decision",
+            f'CLI: `drflow decide {report.workflow_id} retry|skip|abort --as <you> --reason "..."`',
+        ]
+    if report.approvals:
+        lines += ["", "### Approvals"]
+        for a in report.approvals:
+            who = f" by {a.by} via {a.channel}" if a.by else ""
+            lines.append(f"- {a.gate}: {a.decision}{who} at {a.at:%H:%M:%S} UTC. {a.reason}".rstrip())
+    if report.data_loss is not None:
+        dl = report.data_loss
+        amount = (
+            "none (proven)"
+            if dl.zero_proven
+            else f"{dl.bytes if dl.bytes is not None else '?'} bytes, "
+            + (f"{dl.seconds:.1f}s" if dl.seconds is not None else "? s")
+        )
+        lines += ["", f"**Data-loss window at promotion**: {amount}. {dl.basis}"]
+    if report.achieved_rto_seconds is not None:
+        lines += [
+            "",
+            f"**Achieved RTO**: {report.achieved_rto_seconds:.1f}s "
+            f"(approval wait {report.approval_wait_seconds:.1f}s)",
+        ]
+    if report.messages:
+        lines += ["", "### Notes", *[f"- {m}" for m in report.messages]]
+    if report.plan is not None and report.outcome == "running" and report.open_gate is not None:
+        lines += ["", render_plan(report.plan)]
+    return "\n".join(lines)
