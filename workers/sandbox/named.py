@@ -32,6 +32,7 @@ import dns.rdatatype
 import dns.tsig
 
 from runbooks.model import Nameserver
+from workers.sandbox.processes import spawn_detached, stop_process
 
 LOOPBACK = "127.0.0.1"
 NAMED_FALLBACK = Path("/usr/sbin/named")
@@ -191,15 +192,7 @@ class NamedServer:
             return
         # -L: otherwise errors before the logging statement applies (a port in use) go to syslog, unseen.
         command = [find_named(), "-f", "-c", str(self.conf_path), "-L", str(self.log_path), "-n", "1", "-4"]
-        with self.output_path.open("ab") as output:
-            self._process = subprocess.Popen(
-                command,
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._process = spawn_detached(command, self.output_path, cwd=self.directory)
         if self._config.stop_at_exit:
             atexit.register(self.stop)
         try:
@@ -212,18 +205,9 @@ class NamedServer:
         """SIGTERM, then SIGKILL if named has not exited within the stop timeout."""
         process, self._process = self._process, None
         atexit.unregister(self.stop)
-        if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(self._config.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            return
-        pid = self._pid_from_file()
+        pid = process.pid if process is not None else self._pid_from_file()
         if pid is not None:
-            _stop_foreign(pid, self._config.stop_timeout)
+            stop_process(pid, self._config.stop_timeout)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         parts = []

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,10 +25,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from runbooks.model import StrictModel
+from runbooks.loader import parse_runbook
+from runbooks.model import PostgresDatabase, Rfc2136Dns, Runbook, StrictModel
 from workers.sandbox.named import (
     NamedNotInstalledError,
     NamedPair,
@@ -48,6 +49,7 @@ from workers.sandbox.postgres import (
     find_pg_bindir,
     pid_alive,
 )
+from workers.sandbox.processes import spawn_detached, stop_process
 
 DEFAULT_STATE_DIR = Path(".drflow/sandbox")
 LOOPBACK = "127.0.0.1"
@@ -140,6 +142,40 @@ class Sandbox:
     @property
     def config_path(self) -> Path:
         return self.state_dir / _CONFIG_FILE
+
+    def runbook(self) -> Runbook:
+        """``runbooks/sandbox.yaml`` with this sandbox's ports and absolute paths (other state dirs)."""
+        shipped_yaml = (resources.files("runbooks") / "sandbox.yaml").read_bytes()
+        shipped = parse_runbook(shipped_yaml, "sandbox.yaml").runbook
+        pair = self._postgres_pair()
+        dns = shipped.dns
+        assert isinstance(dns, Rfc2136Dns)
+        ns1, ns2 = dns.nameservers
+        ports = self.ports
+        return shipped.model_copy(
+            update={
+                "regions": {
+                    name: region.model_copy(update={"vars": {**region.vars, "app_port": str(self.ports.app)}})
+                    for name, region in shipped.regions.items()
+                },
+                "dns": dns.model_copy(
+                    update={
+                        "server": dns.server.model_copy(update={"port": self.ports.dns_primary}),
+                        "nameservers": [
+                            ns1.model_copy(update={"port": ports.dns_primary}),
+                            ns2.model_copy(update={"port": ports.dns_secondary}),
+                        ],
+                        "tsig": dns.tsig.model_copy(
+                            update={"secret": f"file:{self.dns_dir / 'tsig.secret'}"}
+                        ),
+                    }
+                ),
+                "database": PostgresDatabase(
+                    provider="postgres",
+                    nodes={region: pair.node(region) for region in (PRIMARY_REGION, STANDBY_REGION)},
+                ),
+            }
+        )
 
     # ------------------------------------------------------------------------------ lifecycle
     def up(self, reset: bool = False) -> SandboxStatus:
@@ -347,14 +383,7 @@ class Sandbox:
             "--password-file", str(self.postgres_dir / "password"),
         ]  # fmt: skip
         log_path = self._app_log_path(region)
-        with log_path.open("ab") as output:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = spawn_detached(command, log_path)
         self._app_pid_path(region).write_text(f"{process.pid}\n")
         url = f"http://{address}:{self.ports.app}/healthz"
         deadline = time.monotonic() + APP_START_TIMEOUT
@@ -459,17 +488,8 @@ def _make_searchable_dirs(directory: Path) -> None:
 
 
 def _terminate(pid: int | None, timeout: float) -> None:
-    """SIGTERM, then SIGKILL if the process has not exited within ``timeout``."""
-    if pid is None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not pid_alive(pid):
-            return
+    if pid is not None:
+        stop_process(pid, timeout)
 
 
 def _http_ok(url: str) -> bool:
