@@ -1,4 +1,5 @@
-# The two commands of the README: `make dev` runs drflow on the embedded stack, `make test` runs every test.
+# The two commands of the README: `make demo` runs drflow on the embedded stack with the sandbox,
+# `make test` runs every test.
 # Both install what they need first (virtualenv, Python packages, system packages such as BIND).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -6,7 +7,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drflow-installed
 
-.PHONY: dev test lint typecheck unit install system-deps schema clean
+.PHONY: demo dev test lint typecheck install system-deps sandbox-deps schema clean
+
+demo: $(STAMP) sandbox-deps
+	$(BIN)/drflow dev --sandbox
 
 dev: $(STAMP)
 	$(BIN)/drflow dev
@@ -23,7 +27,10 @@ $(STAMP): pyproject.toml scripts/bootstrap-venv
 	@touch $@
 
 system-deps:
-	@scripts/system-deps
+	@scripts/system-deps named initdb chromium
+
+sandbox-deps:
+	@scripts/system-deps named initdb
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

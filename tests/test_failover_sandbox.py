@@ -26,6 +26,8 @@ from workers.sandbox.named import soa_serial
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
+from workflows.readiness import ReadinessWorkflow
+from workflows.readiness_report import ReadinessRequest
 
 REGION_B = "127.0.2.1"
 
@@ -288,3 +290,19 @@ async def test_approvals_refuse_outsiders_and_the_requester_and_change_nothing(
     await handle.execute_update(FailoverWorkflow.reject, ApprovalInput(approver="carol", reason="no"))
     assert (await handle.result()).outcome == "rejected"
     assert not in_recovery(world, "region-a")
+
+
+async def test_readiness_of_a_fresh_sandbox_is_ready_with_the_standby_streaming(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    report = await dev_env.client.execute_workflow(
+        ReadinessWorkflow.run, ReadinessRequest(service=world.service), id=f"readiness-{uuid.uuid4()}",
+        task_queue=worker_on,
+    )  # fmt: skip
+    assert report.verdict == "ready", report.reasons
+    [status] = report.replication
+    assert status.standby_in_recovery and status.lag_bytes == 0
+    assert [(r.region, [c.check for c in r.checks]) for r in report.regions] == [
+        ("region-a", ["app-live", "app-deep"]),
+        ("region-b", ["app-live"]),
+    ]

@@ -9,6 +9,7 @@ import pytest
 
 from activities.dns_reader import DnsReadout, NameserverAnswer
 from activities.health import HealthProbeResult
+from activities.postgres import ReplicationStatus
 from runbooks.loader import LoadedRunbook, load_runbook_file
 from workflows.readiness_report import assess, render_markdown
 
@@ -143,3 +144,45 @@ def test_markdown_report_shows_verdict_health_dns_and_budget(sandbox: LoadedRunb
     assert "| region-b | standby | app-deep | FAIL: status 503, expected 200 | 503 | 3 ms |" in text
     assert "| ns1.drflow.test. 127.0.0.1:15353 | 127.0.1.1 | 5 | yes | 1 ms |" in text
     assert text.endswith("TTL 5s (runbook) + propagation 20s + health minimum 2s = 27s fits within RTO 2m")
+
+
+def replication(**changes: object) -> ReplicationStatus:
+    base: dict[str, object] = {
+        "primary_region": "region-a", "standby_region": "region-b", "primary_reachable": True,
+        "primary_in_recovery": False, "primary_lsn": "0/3000100", "standby_reachable": True,
+        "standby_in_recovery": True, "standby_receive_lsn": "0/3000100", "standby_replay_lsn": "0/3000100",
+        "replay_paused": False, "lag_bytes": 0, "lag_seconds": 0.0, "errors": [],
+    }  # fmt: skip
+    return ReplicationStatus.model_validate({**base, **changes})
+
+
+def test_streaming_standby_within_the_rpo_is_ready(sandbox: LoadedRunbook) -> None:
+    report = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [replication()])
+    assert (report.verdict, report.reasons) == ("ready", [])
+    assert "| region-a → region-b | 0 bytes / 0.0s | no | yes |" in render_markdown(report)
+
+
+def test_lag_above_the_rpo_and_paused_replay_are_degraded(sandbox: LoadedRunbook) -> None:
+    report = assess(
+        sandbox, HEALTHY, GOOD_DNS, NOW, [replication(replay_paused=True, lag_bytes=81920, lag_seconds=7.25)]
+    )
+    assert report.verdict == "degraded"
+    assert report.reasons == [
+        "WAL replay is paused on region-b: its lag grows while writes continue",
+        "replication lag region-a → region-b is 7.2s (81920 bytes), above the RPO of 5s",
+    ]
+
+
+def test_unreachable_standby_database_is_not_ready(sandbox: LoadedRunbook) -> None:
+    status = replication(
+        standby_reachable=False, standby_in_recovery=None, errors=["region-b: connection refused"]
+    )
+    report = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [status])
+    assert report.verdict == "not-ready"
+    assert report.reasons == ["the region-b database cannot be reached: region-b: connection refused"]
+
+
+def test_two_writable_databases_are_split_brain_and_not_ready(sandbox: LoadedRunbook) -> None:
+    report = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [replication(standby_in_recovery=False)])
+    assert report.verdict == "not-ready"
+    assert report.reasons == ["both region-a and region-b databases accept writes (split brain)"]

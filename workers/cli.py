@@ -320,13 +320,13 @@ async def _start_failover(settings: TemporalSettings, request: Any, wait: bool) 
 
 
 async def _follow(client: Client, workflow_id: str) -> int:
-    """Print the run's report whenever it changes, until the run ends."""
+    """Live step-by-step view: a line when a step starts or ends, instructions when a person is needed."""
     from temporalio.client import RPCError, WorkflowExecutionStatus, WorkflowQueryFailedError
 
-    from workflows.failover_models import FailoverReport, render_report
+    from workflows.failover_models import FailoverReport, progress_lines, render_report
 
     handle = client.get_workflow_handle(workflow_id)
-    shown: list[str] = []
+    printed: set[str] = set()
     while True:
         description = await handle.describe()
         if description.status != WorkflowExecutionStatus.RUNNING:
@@ -336,12 +336,11 @@ async def _follow(client: Client, workflow_id: str) -> int:
         except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
             await asyncio.sleep(0.5)
             continue
-        lines = render_report(report).splitlines()
-        new = [line for line in lines if line not in shown]
-        for line in new:
-            click.echo(line)
-        shown = lines
-        await asyncio.sleep(0.5)
+        for key, line in progress_lines(report):
+            if key not in printed:
+                printed.add(key)
+                click.echo(line)
+        await asyncio.sleep(0.3)
     report = await _final_report(client, workflow_id)
     if report is None:
         raise Failure(
@@ -490,13 +489,21 @@ def worker(directory: Path, /, task_queue: str, **options: Any) -> int:
 @click.option("--port", default=7233, show_default=True, help="Temporal gRPC port")
 @click.option("--ui-port", default=8233, show_default=True, help="Temporal Web UI port")
 @click.option("--state-dir", default=".drflow", show_default=True, type=click.Path(file_okay=False))
+@click.option("--sandbox", is_flag=True, help="also run the local two-region sandbox (runbooks/sandbox.yaml)")
 @click.pass_obj
-def dev(directory: Path, /, port: int, ui_port: int, state_dir: str) -> int:
+def dev(directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bool) -> int:
     """Run the embedded stack: Temporal dev server (SQLite under --state-dir), Web UI, a drflow worker."""
     from workers.dev import DevConfig, DevStackError, describe, run_dev
 
     _configure_logging(logging.WARNING)
-    config = DevConfig(state_dir=Path(state_dir), port=port, ui_port=ui_port, runbooks_dir=directory)
+    config = DevConfig(
+        state_dir=Path(state_dir), port=port, ui_port=ui_port, runbooks_dir=directory, sandbox=sandbox
+    )
+    if sandbox and Path(state_dir) != Path(".drflow"):
+        raise Failure(
+            "--sandbox keeps its servers in .drflow/sandbox, where runbooks/sandbox.yaml points: "
+            "leave --state-dir at its default"
+        )
 
     def announce(cfg: DevConfig, server: Any) -> None:
         for line in describe(cfg, server):

@@ -25,6 +25,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from workers.sandbox.world import Sandbox, SandboxError
 from workers.worker import build_worker, run_until_signalled
 from workflows.common import SEARCH_ATTRIBUTES, TASK_QUEUE
 
@@ -45,6 +46,11 @@ class DevConfig:
     ui_port: int = 8233
     namespace: str = "default"
     runbooks_dir: Path = Path("runbooks")
+    sandbox: bool = False
+
+    @property
+    def sandbox_dir(self) -> Path:
+        return self.state_dir / "sandbox"
 
     @property
     def address(self) -> str:
@@ -182,10 +188,16 @@ async def register_search_attributes(client: Client, namespace: str) -> list[str
 
 async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], None] | None = None) -> None:
     check_ports(config)
+    sandbox = Sandbox(config.sandbox_dir) if config.sandbox else None
     server = DevServer(config)
-    server.start()
     stop = asyncio.Event()
     try:
+        if sandbox is not None:
+            try:
+                await asyncio.to_thread(sandbox.up)
+            except SandboxError as err:
+                raise DevStackError(f"the sandbox could not start: {err}") from err
+        server.start()
         client = await server.wait_until_serving()
         await register_search_attributes(client, config.namespace)
         worker = build_worker(client, config.runbooks_dir)
@@ -198,6 +210,8 @@ async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], 
             raise DevStackError(f"the Temporal dev server stopped unexpectedly:\n{server.log_tail()}")
     finally:
         server.stop()
+        if sandbox is not None:
+            await asyncio.to_thread(sandbox.down)
 
 
 async def _watch(server: DevServer, stop: asyncio.Event) -> None:
@@ -207,10 +221,23 @@ async def _watch(server: DevServer, stop: asyncio.Event) -> None:
 
 
 def describe(config: DevConfig, server: DevServer) -> list[str]:
-    return [
+    lines = [
         f"drflow dev: Temporal dev server on {config.address}, history in {config.state_dir / 'temporal.db'}",
         f"  Web UI      {config.ui_url}",
         f"  worker      task queue {TASK_QUEUE}, runbooks from {config.runbooks_dir}",
         f"  server log  {server.log_path}",
-        "  Ctrl-C stops everything.",
     ]
+    if config.sandbox:
+        status = Sandbox(config.sandbox_dir).status()
+        for component in status.components:
+            role = f" ({component.role})" if component.role else ""
+            lines.append(f"  sandbox     {component.name:<22} {component.address}{role}")
+        lines += [
+            "  Try it: Web UI > Start Workflow, Workflow ID failover-sandbox-app, task queue drflow,",
+            "          workflow type Failover,",
+            '          input {"service": "sandbox-app", "target": "region-b", "reason": "rehearsal", '
+            '"requested_by": "alice"}',
+            '          then: drflow approve failover-sandbox-app --as bob --reason "go"',
+        ]
+    lines.append("  Ctrl-C stops everything.")
+    return lines

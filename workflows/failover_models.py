@@ -276,3 +276,39 @@ def render_report(report: FailoverReport) -> str:
     if report.plan is not None and report.outcome == "running" and report.open_gate is not None:
         lines += ["", render_plan(report.plan)]
     return "\n".join(lines)
+
+
+def progress_lines(report: FailoverReport) -> list[tuple[str, str]]:
+    """(key, line) pairs for a live view: a follower prints each key once, as things happen."""
+    lines: list[tuple[str, str]] = []
+    for step in report.steps:
+        lines.append((f"start {step.name} {step.attempts}", f"… {step.name}"))
+        if step.outcome != "running":
+            took = f" ({step.duration.total_seconds():.2f}s)" if step.duration is not None else ""
+            detail = f": {step.detail}" if step.detail else ""
+            error = f": {step.error}" if step.error and step.outcome != "ok" else ""
+            key = f"end {step.name} {step.attempts} {step.outcome}"
+            lines.append((key, f"{STEP_MARK[step.outcome]} {step.name}{took}{detail}{error}"))
+    if report.open_gate is not None and report.plan is not None:
+        approve = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
+        lines.append(
+            (
+                f"gate {report.open_gate} {len(report.approvals)}",
+                f"\n{render_plan(report.plan)}\n\nwaiting for approval of the {report.open_gate} gate: "
+                f'drflow {approve} {report.workflow_id} --as <approver> --reason "..."',
+            )
+        )
+    for approval in report.approvals:
+        who = f" by {approval.by} via {approval.channel}" if approval.by else ""
+        lines.append(
+            (f"approval {approval.gate} {approval.at}", f"  {approval.gate}: {approval.decision}{who}")
+        )
+    if report.waiting_step is not None:
+        lines.append(
+            (
+                f"decide {report.waiting_step} {len(report.decisions)}",
+                f"{report.waiting_step} failed; decide: drflow decide {report.workflow_id} retry|skip|abort "
+                '--as <approver> --reason "..."',
+            )
+        )
+    return lines

@@ -12,6 +12,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities import database
     from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
     from activities.health import (
         HealthProbe,
@@ -20,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         probe_budget,
         probe_health,
     )
+    from activities.postgres import ReplicationStatus
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
     from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR, load_runbook
@@ -45,8 +47,10 @@ class ReadinessWorkflow:
         workflow.set_current_details(f"Loading the runbook of {request.service}")
         loaded = await load_runbook(request.service)
         workflow.set_current_details(f"Probing health checks and DNS of {request.service}")
-        health, dns = await asyncio.gather(self._probe_health(loaded), self._read_dns(loaded))
-        report = assess(loaded, health.results, dns, workflow.now())
+        health, dns, replication = await asyncio.gather(
+            self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded)
+        )
+        report = assess(loaded, health.results, dns, workflow.now(), replication)
         self._report = report
         workflow.set_current_details(render_markdown(report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
@@ -75,6 +79,27 @@ class ReadinessWorkflow:
             start_to_close_timeout=probe_budget(probes),
             retry_policy=INFRA_RETRY,
             summary=f"{len(probes)} health checks",
+        )
+
+    async def _measure_replication(self, loaded: LoadedRunbook) -> list[ReplicationStatus]:
+        runbook = loaded.runbook
+        if runbook.database is None:
+            return []
+        db = runbook.database
+        return list(
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        database.measure_replication,
+                        database.ReplicationRequest(database=db, primary=runbook.primary, standby=standby),
+                        start_to_close_timeout=timedelta(seconds=60),
+                        retry_policy=INFRA_RETRY,
+                        summary=f"replication {runbook.primary} → {standby}",
+                    )
+                    for standby in runbook.regions
+                    if standby != runbook.primary
+                )
+            )
         )
 
     async def _read_dns(self, loaded: LoadedRunbook) -> DnsReadout:

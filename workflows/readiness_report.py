@@ -11,6 +11,7 @@ from typing import Literal
 
 from activities.dns_reader import DnsReadout
 from activities.health import HealthProbeResult
+from activities.postgres import ReplicationStatus
 from runbooks.durations import Duration, format_duration
 from runbooks.loader import LoadedRunbook
 from runbooks.model import StrictModel, budget_overrun
@@ -51,10 +52,15 @@ class ReadinessReport(StrictModel):
     dns: DnsReadout
     expected_address: str
     budget: BudgetAssessment
+    replication: list[ReplicationStatus] = []
 
 
 def assess(
-    loaded: LoadedRunbook, health: list[HealthProbeResult], dns: DnsReadout, now: datetime
+    loaded: LoadedRunbook,
+    health: list[HealthProbeResult],
+    dns: DnsReadout,
+    now: datetime,
+    replication: list[ReplicationStatus] | None = None,
 ) -> ReadinessReport:
     runbook = loaded.runbook
     regions = [
@@ -117,6 +123,9 @@ def assess(
             )
         )
 
+    for status in replication or []:
+        _replication_findings(status, runbook.objectives.rpo, blocking, warnings)
+
     verdict: Verdict = "not-ready" if blocking else "degraded" if warnings else "ready"
     return ReadinessReport(
         service=runbook.service,
@@ -129,7 +138,33 @@ def assess(
         dns=dns,
         expected_address=expected,
         budget=budget,
+        replication=replication or [],
     )
+
+
+def _replication_findings(
+    status: ReplicationStatus, rpo: timedelta, blocking: list[str], warnings: list[str]
+) -> None:
+    standby, primary = status.standby_region, status.primary_region
+    if not status.standby_reachable:
+        blocking.append(f"the {standby} database cannot be reached: {'; '.join(status.errors)}")
+        return
+    if status.standby_in_recovery is False:
+        if status.primary_reachable and status.primary_in_recovery is False:
+            blocking.append(f"both {primary} and {standby} databases accept writes (split brain)")
+        else:
+            warnings.append(f"the {standby} database is not a standby (in recovery: no): already promoted?")
+        return
+    if not status.primary_reachable:
+        warnings.append(f"the {primary} database cannot be reached: {'; '.join(status.errors)}")
+    if status.replay_paused:
+        warnings.append(f"WAL replay is paused on {standby}: its lag grows while writes continue")
+    if status.lag_seconds is not None and status.lag_seconds > rpo.total_seconds():
+        warnings.append(
+            f"replication lag {primary} → {standby} is {status.lag_seconds:.1f}s "
+            f"({status.lag_bytes if status.lag_bytes is not None else '?'} bytes), above the RPO of "
+            f"{format_duration(rpo)}"
+        )
 
 
 def _budget(loaded: LoadedRunbook, dns: DnsReadout) -> BudgetAssessment:
@@ -190,6 +225,19 @@ def render_markdown(report: ReadinessReport) -> str:
             values = ", ".join(answer.values) or answer.rcode
             aa = "yes" if answer.authoritative else "no"
             lines.append(f"| {where} | {values} | {answer.ttl} | {aa} | {answer.latency_ms:.0f} ms |")
+    if report.replication:
+        lines += ["", "### Replication", "| primary → standby | lag | replay paused | standby in recovery |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for rep in report.replication:
+            lag = (
+                f"{rep.lag_bytes} bytes / {rep.lag_seconds:.1f}s"
+                if rep.lag_bytes is not None and rep.lag_seconds is not None
+                else "unknown"
+            )
+            lines.append(
+                f"| {rep.primary_region} → {rep.standby_region} | {lag} | "
+                f"{_yes_no(rep.replay_paused)} | {_yes_no(rep.standby_in_recovery)} |"
+            )
     b = report.budget
     lines += [
         "",
@@ -199,3 +247,7 @@ def render_markdown(report: ReadinessReport) -> str:
         f"{'fits within' if b.fits else 'EXCEEDS'} RTO {format_duration(b.rto)}",
     ]
     return "\n".join(lines)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "?" if value is None else "yes" if value else "no"
