@@ -1,0 +1,151 @@
+"""Record workflow histories from real runs on the sandbox into tests/histories/ for the replay tests.
+
+Run by hand after a deliberate, versioned change of workflow behaviour (see docs/versioning.md):
+
+    .venv/bin/python scripts/record_histories.py
+
+Each scenario builds a fresh sandbox, runs the real worker against a real dev server, and saves the full
+history of every workflow involved. tests/test_replay.py then replays them all against the current code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from activities.service_lock import lock_workflow_id
+from tests.support.failover import wait_for_decision, wait_for_gate
+from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
+from tests.support.temporal import venv_binary
+from workers.worker import build_worker
+from workflows.common import SEARCH_ATTRIBUTES
+from workflows.failover import FailoverWorkflow
+from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
+from workflows.readiness import ReadinessWorkflow
+from workflows.readiness_report import ReadinessRequest
+
+HISTORIES = ROOT / "tests" / "histories"
+Handle = WorkflowHandle[FailoverWorkflow, FailoverReport]
+
+
+async def start(client: Client, world: SandboxWorld, queue: str, mode: str = "planned") -> Handle:
+    request = FailoverRequest.model_validate(
+        {
+            "service": world.service,
+            "target": "region-b",
+            "reason": "recorded",
+            "requested_by": "alice",
+            "mode": mode,
+        }
+    )
+    return await client.start_workflow(
+        FailoverWorkflow.run, request, id=f"failover-{world.service}-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+
+
+async def planned(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    handle = await start(client, world, queue)
+    await wait_for_gate(client, handle.id)
+    await handle.execute_update(
+        FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go", channel="cli")
+    )
+    await handle.result()
+    return [handle.id, ("lock", lock_workflow_id(world.service))]
+
+
+async def emergency_data_loss(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    world.write_runbook(objectives__rpo="1s")
+    with world.connect("region-b") as standby:
+        standby.execute("SELECT pg_wal_replay_pause()")
+    writer = Writer(world, "region-a")
+    writer.start()
+    await asyncio.sleep(1.5)  # writes the standby does not replay
+    handle = await start(client, world, queue, mode="emergency")
+    await wait_for_gate(client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="region down"))
+    await wait_for_gate(client, handle.id, gate="data-loss")
+    writer.stop()
+    await handle.execute_update(
+        FailoverWorkflow.accept_data_loss, ApprovalInput(approver="carol", reason="staying down costs more")
+    )
+    await handle.result()
+    return [handle.id]
+
+
+async def aborted(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    world.write_runbook(dns__propagation_budget="2s")
+    world.sandbox._named_pair().stop_secondary()
+    handle = await start(client, world, queue)
+    await wait_for_gate(client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
+    await wait_for_decision(client, handle.id)
+    await handle.execute_update(FailoverWorkflow.decide, DecisionInput(decision="abort", operator="carol"))
+    await handle.result()
+    return [handle.id]
+
+
+async def rejected_and_refused(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    first = await start(client, world, queue)
+    await wait_for_gate(client, first.id)
+    second = await start(client, world, queue)
+    await second.result()
+    await first.execute_update(FailoverWorkflow.reject, ApprovalInput(approver="carol", reason="not today"))
+    await first.result()
+    return [first.id, ("refused", second.id)]
+
+
+async def readiness(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    handle = await client.start_workflow(
+        ReadinessWorkflow.run, ReadinessRequest(service=world.service), id=f"readiness-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )  # fmt: skip
+    await handle.result()
+    return [handle.id]
+
+
+Recorded = list[str | tuple[str, str]]  # workflow ids; (suffix, id) for a second history of the scenario
+SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]] = {
+    "failover-planned": planned,
+    "failover-emergency-data-loss": emergency_data_loss,
+    "failover-aborted": aborted,
+    "failover-rejected-and-refused": rejected_and_refused,
+    "readiness": readiness,
+}
+
+
+async def record() -> None:
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=venv_binary("temporal"),
+        search_attributes=list(SEARCH_ATTRIBUTES),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    try:
+        for name, scenario in SCENARIOS.items():
+            queue = f"record-{uuid.uuid4()}"
+            with sandbox_world() as world:
+                async with build_worker(env.client, world.runbooks, task_queue=queue):
+                    ids = await scenario(env.client, world, queue)
+            for item in ids:
+                suffix, workflow_id = item if isinstance(item, tuple) else ("", item)
+                history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+                path = HISTORIES / f"{name}{f'-{suffix}' if suffix else ''}.json"
+                path.write_text(history.to_json())
+                print(f"{path.relative_to(ROOT)}: {len(history.events)} events ({workflow_id})")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(record())
