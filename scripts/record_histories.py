@@ -105,10 +105,9 @@ async def rejected_and_refused(client: Client, world: SandboxWorld, queue: str) 
 
 
 async def readiness(client: Client, world: SandboxWorld, queue: str) -> Recorded:
-    handle = await client.start_workflow(
-        ReadinessWorkflow.run, ReadinessRequest(service=world.service), id=f"readiness-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-    )  # fmt: skip
+    request = ReadinessRequest(service=world.service)
+    workflow_id = f"readiness-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(ReadinessWorkflow.run, request, id=workflow_id, task_queue=queue)
     await handle.result()
     return [handle.id]
 
