@@ -1,0 +1,172 @@
+"""A new operator starts a failover from the real Temporal Web UI (2.54.1) in headless Chromium.
+
+The UI's Start Workflow form is the surface the input model is designed for: one JSON payload typed by a
+person. The test types it like a person would, approves with the CLI, and reads the outcome back in the UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import BrowserContext, async_playwright, expect
+from playwright.async_api import Error as PlaywrightError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.failover import wait_for_gate
+from tests.support.sandbox import SandboxWorld, sandbox_world
+from tests.support.temporal import venv_binary
+from tests.test_cli_check import drflow, target
+from workers.sandbox.named import free_port
+from workers.worker import build_worker
+from workflows.common import SEARCH_ATTRIBUTES, TASK_QUEUE
+from workflows.failover_models import FailoverReport
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+STEP_MS = 30_000  # one UI step: page load, a click, a field, a status change
+WORKFLOW_ID = "failover-sandbox-app-ui"
+
+
+def chromium_path() -> str:
+    """Debian's Chromium, never a downloaded one: missing is a failure with the fix, not a skip."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install the Debian package `chromium` (apt-get install chromium; "
+            "`make test` does it through scripts/system-deps). This test never downloads a browser."
+        )
+    return CHROMIUM
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
+    """A dev server of its own with the Web UI on a free port; yields the env and the UI's base URL."""
+    ui_port = free_port()
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=venv_binary("temporal"),
+        ui=True,
+        ui_port=ui_port,
+        search_attributes=list(SEARCH_ATTRIBUTES),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env, f"http://127.0.0.1:{ui_port}"
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def world() -> Iterator[SandboxWorld]:
+    with sandbox_world() as built:
+        yield built
+
+
+@pytest_asyncio.fixture
+async def worker(ui_env: tuple[WorkflowEnvironment, str], world: SandboxWorld) -> AsyncIterator[None]:
+    env, _ = ui_env
+    async with build_worker(env.client, world.runbooks, task_queue=TASK_QUEUE):
+        yield
+
+
+@pytest_asyncio.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    executable = chromium_path()
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        context.set_default_timeout(STEP_MS)
+        expect.set_options(timeout=STEP_MS)  # expect() has its own default of 5 s
+        try:
+            yield context
+        finally:
+            for number, page in enumerate(context.pages):  # what the browser showed last, pass or fail
+                with contextlib.suppress(PlaywrightError):  # a debugging aid only: never masks the result
+                    await page.screenshot(path=tmp_path / f"last-page-{number}.png", full_page=True)
+            await context.close()
+
+
+async def test_operator_starts_a_failover_in_the_web_ui_and_sees_it_completed(
+    ui_env: tuple[WorkflowEnvironment, str],
+    world: SandboxWorld,
+    worker: None,
+    browser: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    env, ui = ui_env
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    request = {"service": world.service, "target": "region-b", "reason": "rehearsal", "requested_by": "alice"}
+
+    # The Workflows list, then its "Start Workflow" button (top right; a link in the DOM).
+    await page.goto(f"{ui}/namespaces/default/workflows", wait_until="domcontentloaded")
+    await page.get_by_role("link", name="Start Workflow").click()
+    await expect(page.get_by_role("heading", name="Start Workflow")).to_be_visible()
+
+    # The form: three labelled inputs and a CodeMirror editor (role textbox, aria-label "Data").
+    await page.get_by_label("Workflow ID").fill(WORKFLOW_ID)
+    await page.get_by_label("Task Queue").fill(TASK_QUEUE)
+    await page.get_by_label("Workflow Type").fill("Failover")
+    data = page.get_by_role("textbox", name="Data")
+    await data.click()
+    await data.fill(json.dumps(request))
+    # The editor pretty-prints the JSON when it loses focus and grows, which moves the Start button out
+    # from under a pointer between mousedown and mouseup: leave the editor first, as a person would notice.
+    await data.blur()
+    await expect(data).to_contain_text('"requested_by": "alice"')
+    assert json.loads(await data.inner_text()) == request
+    await page.screenshot(path=tmp_path / "1-start-form.png", full_page=True)
+    start = page.get_by_role("button", name="Start Workflow", exact=True)
+    await expect(start).to_be_enabled()
+    await start.click()
+
+    # The UI stays on the form and confirms with a toast that links to the run.
+    await page.get_by_role("link", name="Workflow started successfully").click()
+    await expect(page.get_by_role("heading", name=WORKFLOW_ID)).to_be_visible()
+    await expect(page.get_by_test_id("execution-status")).to_have_text("Running")
+
+    # The run the UI started is a real failover: it stops at the approval gate, the CLI approves it.
+    gate = await wait_for_gate(env.client, WORKFLOW_ID)
+    assert (gate.service, gate.target, gate.reason, gate.requested_by) == (
+        world.service, "region-b", "rehearsal", "alice",
+    )  # fmt: skip
+    approved = await drflow("approve", WORKFLOW_ID, "--as", "bob", "--reason", "go", "--address", target(env))
+    assert approved.returncode == 0, approved.stderr
+    handle = env.client.get_workflow_handle(WORKFLOW_ID, result_type=FailoverReport)
+    report = await asyncio.wait_for(handle.result(), 60)
+    assert report.outcome == "completed", report.messages
+    assert [(a.gate, a.decision, a.by, a.channel) for a in report.approvals] == [
+        ("failover", "approved", "bob", "cli")
+    ]
+
+    # Back in the browser: the run's page says Completed, and User Metadata shows the current details.
+    await page.reload(wait_until="domcontentloaded")
+    await expect(page.get_by_test_id("execution-status")).to_have_text("Completed")
+    await page.get_by_role("tab", name="User Metadata").click()
+    details = page.frame_locator('iframe[title="output"]')
+    await expect(
+        details.get_by_role("heading", name=re.compile(rf"^Failover {world.service} .*: COMPLETED$"))
+    ).to_be_visible()
+    await expect(details.get_by_text("requested by alice")).to_be_visible()
+    await page.screenshot(path=tmp_path / "2-completed.png", full_page=True)
