@@ -24,6 +24,7 @@ from tests.test_cli_check import drflow, target
 from tests.test_cli_runbooks import DRFLOW
 from workers.sandbox.named import soa_serial
 from workers.worker import build_worker
+from workflows.common import TASK_QUEUE
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
 from workflows.readiness import ReadinessWorkflow
@@ -306,3 +307,42 @@ async def test_readiness_of_a_fresh_sandbox_is_ready_with_the_standby_streaming(
         ("region-a", ["app-live", "app-deep"]),
         ("region-b", ["app-live"]),
     ]
+
+
+async def test_cli_failover_wait_shows_each_step_and_status_prints_the_final_report(
+    dev_env: WorkflowEnvironment, world: SandboxWorld
+) -> None:
+    async with build_worker(dev_env.client, world.runbooks, task_queue=TASK_QUEUE):
+        process = await asyncio.create_subprocess_exec(
+            *DRFLOW, "--runbooks", str(world.runbooks), "failover", world.service, "--to", "region-b",
+            "--reason", "cli rehearsal", "--as", "alice", "--wait", "--address", target(dev_env),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        workflow_id = f"failover-{world.service}"
+        await wait_for_gate(dev_env.client, workflow_id)
+        duplicate = await drflow(
+            "--runbooks", str(world.runbooks), "failover", world.service, "--to", "region-b", "--reason", "again",
+            "--address", target(dev_env),
+        )  # fmt: skip
+        assert duplicate.returncode == 1
+        assert f"a failover of {world.service} is already running ({workflow_id}" in duplicate.stderr
+        approved = await drflow(
+            "approve", workflow_id, "--as", "bob", "--reason", "go", "--address", target(dev_env)
+        )
+        assert approved.returncode == 0, approved.stderr
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == 0, err.decode()
+        status = await drflow("status", workflow_id, "--address", target(dev_env))
+    lines = out.decode().splitlines()
+    assert (
+        lines[0] == f"started {workflow_id}  http://localhost:8233/namespaces/default/workflows/{workflow_id}"
+    )
+    assert "… preflight" in lines
+    assert any(line.startswith("waiting for approval of the failover gate: drflow approve") for line in lines)
+    assert "  failover: approved by bob via cli" in lines
+    assert any(line.startswith("✓ promote region-b") for line in lines)
+    assert any(line.startswith("✓ verify propagation") for line in lines)
+    assert f"## Failover {world.service} region-a → region-b: COMPLETED" in lines
+    assert status.returncode == 0
+    assert status.stdout.startswith(f"## Failover {world.service} region-a → region-b: COMPLETED")
+    assert "**Data-loss window at promotion**: none (proven)." in status.stdout

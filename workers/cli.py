@@ -346,6 +346,9 @@ async def _follow(client: Client, workflow_id: str) -> int:
         raise Failure(
             f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
         )
+    for key, line in progress_lines(report):  # what happened after the last look
+        if key not in printed:
+            click.echo(line)
     click.echo()
     click.echo(render_report(report))
     return EXIT_OK if report.outcome in ("completed", "no-op") else EXIT_ERROR

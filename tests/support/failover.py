@@ -90,6 +90,7 @@ async def wait_for_gate(
     handle: WorkflowHandle[object, object] = client.get_workflow_handle(workflow_id)
     async with asyncio.timeout(timeout):
         while True:
+            report: FailoverReport | None
             try:
                 report = await handle.query("status", result_type=FailoverReport)
             except (WorkflowQueryFailedError, RPCError):  # before the first workflow task: no answer yet
@@ -107,7 +108,7 @@ async def wait_for_decision(client: Client, workflow_id: str, timeout: float = 6
     handle: WorkflowHandle[object, object] = client.get_workflow_handle(workflow_id)
     async with asyncio.timeout(timeout):
         while True:
-            report = await handle.query("status", result_type=FailoverReport)
+            report: FailoverReport = await handle.query("status", result_type=FailoverReport)
             if report.waiting_step is not None:
                 return report
             if report.outcome != "running":
