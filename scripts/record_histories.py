@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,9 +24,8 @@ sys.path.insert(0, str(ROOT))
 from activities.service_lock import lock_workflow_id
 from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
-from tests.support.temporal import venv_binary
+from tests.support.temporal import start_dev_server
 from workers.worker import build_worker
-from workflows.common import SEARCH_ATTRIBUTES
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
 from workflows.readiness import ReadinessWorkflow
@@ -124,12 +121,7 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
 
 async def record() -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=venv_binary("temporal"),
-        search_attributes=list(SEARCH_ATTRIBUTES),
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
+    env = await start_dev_server()
     try:
         for name, scenario in SCENARIOS.items():
             queue = f"record-{uuid.uuid4()}"

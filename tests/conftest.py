@@ -12,18 +12,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.dns import dns_world  # noqa: F401  (session fixture)
 from tests.support.postgres import pg_pair  # noqa: F401
-from tests.support.temporal import add_search_attributes, venv_binary
+from tests.support.temporal import add_search_attributes, start_dev_server, venv_binary
 from workflows.common import SEARCH_ATTRIBUTES
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=venv_binary("temporal"),
-        search_attributes=list(SEARCH_ATTRIBUTES),
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
+    env = await start_dev_server()
     try:
         yield env
     finally:

@@ -17,16 +17,15 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, sandbox_world
-from tests.support.temporal import venv_binary
+from tests.support.temporal import start_dev_server
 from tests.test_cli_check import drflow, target
 from workers.sandbox.named import free_port
 from workers.worker import build_worker
-from workflows.common import SEARCH_ATTRIBUTES, TASK_QUEUE
+from workflows.common import TASK_QUEUE
 from workflows.failover_models import FailoverReport
 
 CHROMIUM = "/usr/bin/chromium"
@@ -57,14 +56,7 @@ def chromium_path() -> str:
 async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
     """A dev server of its own with the Web UI on a free port; yields the env and the UI's base URL."""
     ui_port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=venv_binary("temporal"),
-        ui=True,
-        ui_port=ui_port,
-        search_attributes=list(SEARCH_ATTRIBUTES),
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
+    env = await start_dev_server(ui=True, ui_port=ui_port)
     try:
         yield env, f"http://127.0.0.1:{ui_port}"
     finally:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.postgres import searchable_tmp_dir
 from workers.sandbox.named import free_ports
-from workers.sandbox.postgres import pid_alive
+from workers.sandbox.processes import pid_alive
 from workers.sandbox.world import REGIONS, SandboxPorts
 
 DRFLOW = str(Path(sys.executable).parent / "drflow")

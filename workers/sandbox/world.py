@@ -47,9 +47,8 @@ from workers.sandbox.postgres import (
     PostgresPairConfig,
     PostgresServer,
     find_pg_bindir,
-    pid_alive,
 )
-from workers.sandbox.processes import spawn_detached, stop_process
+from workers.sandbox.processes import pid_alive, spawn_detached, stop_process
 
 DEFAULT_STATE_DIR = Path(".drflow/sandbox")
 LOOPBACK = "127.0.0.1"
