@@ -217,7 +217,6 @@ def _fence_by_shutdown(req: FenceRequest, data_dir: Path, deadline: float) -> Fe
             remaining = _remaining(deadline)
             budget = remaining * 0.7 if emergency else remaining
             actions.append(f"fast shutdown of {region} (pg_ctl stop -m fast, up to {budget:.0f}s)")
-            _heartbeat(f"stopping {region}")
             try:
                 pg_ctl_stop(data_dir, "fast", budget)
             except PostgresCommandError as err:
@@ -462,7 +461,6 @@ def promote(req: PromoteRequest) -> PromoteResult:
                 replay_lsn = row[1] if row else None
                 wait = max(1, math.floor(_remaining(deadline)))
                 actions.append(f"{region} in recovery at replay LSN {replay_lsn}: pg_promote (wait {wait}s)")
-                _heartbeat(f"promoting {region}")
                 done = conn.execute("SELECT pg_promote(wait => true, wait_seconds => %s)", (wait,)).fetchone()
                 if not (done and done[0]):
                     raise ApplicationError(
@@ -547,7 +545,6 @@ def unfence(req: UnfenceRequest) -> UnfenceResult:
         try:
             if pg_ctl_status(data_dir) == "stopped":
                 was_running = False
-                _heartbeat(f"starting {region}")
                 pg_ctl_start(data_dir, node.port, timeout=max(1.0, _remaining(deadline)))
                 actions.append(f"started {region} (pg_ctl start on port {node.port})")
             else:

@@ -11,6 +11,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from runbooks.model import StrictModel
+from workflows.common import run_attributes
 
 
 def lock_workflow_id(service: str) -> str:
@@ -77,6 +78,7 @@ class ServiceLockActivities:
             task_queue=request.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"Lock: one failover, failback or drill of {request.service} at a time",
+            search_attributes=run_attributes(request.service, "lock", "held"),
             execution_timeout=timedelta(days=30),
             result_type=LockHistory,
         )

@@ -24,7 +24,7 @@ from tests.test_cli_check import drflow, target
 from tests.test_cli_runbooks import DRFLOW
 from workers.sandbox.named import soa_serial
 from workers.worker import build_worker
-from workflows.common import TASK_QUEUE
+from workflows.common import KIND_ATTR, SERVICE_ATTR, STEP_ATTR, TASK_QUEUE
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
 from workflows.readiness import ReadinessWorkflow
@@ -333,6 +333,12 @@ async def test_cli_failover_wait_shows_each_step_and_status_prints_the_final_rep
         out, err = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode == 0, err.decode()
         status = await drflow("status", workflow_id, "--address", target(dev_env))
+    attributes = (await dev_env.client.get_workflow_handle(workflow_id).describe()).typed_search_attributes
+    assert (attributes.get(SERVICE_ATTR), attributes.get(KIND_ATTR), attributes.get(STEP_ATTR)) == (
+        world.service,
+        "failover",
+        "completed",
+    )
     lines = out.decode().splitlines()
     assert (
         lines[0] == f"started {workflow_id}  http://localhost:8233/namespaces/default/workflows/{workflow_id}"

@@ -33,7 +33,7 @@ from runbooks.loader import (
 )
 from runbooks.model import Runbook
 from workers.connection import ConnectionSettingsError, TemporalSettings
-from workflows.common import TASK_QUEUE
+from workflows.common import TASK_QUEUE, run_attributes
 from workflows.readiness_report import ReadinessReport, ReadinessRequest, render_markdown
 
 EXIT_OK, EXIT_ERROR, EXIT_DEGRADED, EXIT_NOT_READY = 0, 1, 3, 4
@@ -224,6 +224,7 @@ async def _run_checks(
             task_queue=TASK_QUEUE,
             result_type=ReadinessReport,
             static_summary=f"Readiness check of {service}",
+            search_attributes=run_attributes(service, "readiness", "checking"),
         )
         click.echo(f"started {handle.id}  {workflow_link(settings, handle.id)}", err=True)
         handles.append(handle)
@@ -305,6 +306,7 @@ async def _start_failover(settings: TemporalSettings, request: Any, wait: bool) 
             result_type=FailoverReport,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             static_summary=f"Failover {request.service} → {request.target} ({request.mode})",
+            search_attributes=run_attributes(request.service, "failover", "preflight"),
             static_details=f"Requested by {request.requested_by}: {request.reason}",
         )
     except WorkflowAlreadyStartedError as err:

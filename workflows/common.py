@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -48,3 +48,26 @@ async def load_runbook(service: str) -> LoadedRunbook:
         ):
             raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
         raise
+
+
+def run_attributes(service: str, kind: str, step: str) -> TypedSearchAttributes:
+    """What a starter (CLI, lock activity) sets at start, so the run needs no upsert of its own."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SERVICE_ATTR, service),
+            SearchAttributePair(KIND_ATTR, kind),
+            SearchAttributePair(STEP_ATTR, step),
+        ]
+    )
+
+
+def tag_run(service: str, kind: str, step: str) -> None:
+    """Set the search attributes a starter did not (a run started from the Web UI form).
+
+    Each upsert is a billable action on Temporal Cloud; the branch depends only on the start event, so
+    replaying any history takes the same branch.
+    """
+    if workflow.info().typed_search_attributes.get(SERVICE_ATTR) is None:
+        workflow.upsert_search_attributes(
+            [SERVICE_ATTR.value_set(service), KIND_ATTR.value_set(kind), STEP_ATTR.value_set(step)]
+        )

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.service_lock import lock_workflow_id as lock_id
     from runbooks.loader import LoadedRunbook
     from runbooks.model import Gate, Runbook, render_url
-    from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR, load_runbook
+    from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
     from workflows.failover_models import (
         ApprovalInput,
         ApprovalRecord,
@@ -106,13 +106,7 @@ class FailoverWorkflow:
     # ------------------------------------------------------------------------------------------ the run
     @workflow.run
     async def run(self, request: FailoverRequest) -> FailoverReport:
-        workflow.upsert_search_attributes(
-            [
-                SERVICE_ATTR.value_set(request.service),
-                KIND_ATTR.value_set("failover"),
-                STEP_ATTR.value_set("preflight"),
-            ]
-        )
+        tag_run(request.service, "failover", "preflight")
         loaded = await self._load(request)
         holder = await self._acquire_lock(request.service)
         try:

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.postgres import ReplicationStatus
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
-    from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR, STEP_ATTR, load_runbook
+    from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
     from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
 
 DNS_QUERY_TIMEOUT = 2.0
@@ -37,13 +37,7 @@ class ReadinessWorkflow:
 
     @workflow.run
     async def run(self, request: ReadinessRequest) -> ReadinessReport:
-        workflow.upsert_search_attributes(
-            [
-                SERVICE_ATTR.value_set(request.service),
-                KIND_ATTR.value_set("readiness"),
-                STEP_ATTR.value_set("checking"),
-            ]
-        )
+        tag_run(request.service, "readiness", "checking")
         workflow.set_current_details(f"Loading the runbook of {request.service}")
         loaded = await load_runbook(request.service)
         workflow.set_current_details(f"Probing health checks and DNS of {request.service}")

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ServiceLockActivities,
         lock_workflow_id,
     )
-    from workflows.common import INFRA_RETRY, KIND_ATTR, SERVICE_ATTR
+    from workflows.common import INFRA_RETRY, tag_run
 
 
 __all__ = ["ServiceLockWorkflow", "lock_workflow_id"]
@@ -42,9 +42,7 @@ class ServiceLockWorkflow:
 
     @workflow.run
     async def run(self, request: LockRequest) -> LockHistory:
-        workflow.upsert_search_attributes(
-            [SERVICE_ATTR.value_set(request.service), KIND_ATTR.value_set("lock")]
-        )
+        tag_run(request.service, "lock", "held")
         # Started by update-with-start: the first acquire arrives with the first task. The lock ends when it
         # is free again, so an idle service has no running lock workflow.
         await workflow.wait_condition(
