@@ -8,13 +8,11 @@ arrives as an Update whose validator refuses bad input before anything changes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities import database
@@ -40,55 +38,41 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.postgres import FenceResult, ReplicationStatus, WaitForReplayResult, lsn_diff
     from activities.propagation import PropagationRequest, PropagationResult, verify_propagation
-    from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
-    from activities.service_lock import lock_workflow_id as lock_id
     from runbooks.loader import LoadedRunbook
-    from runbooks.model import Gate, Runbook, render_url
-    from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
+    from runbooks.model import Runbook, render_url
+    from workflows.common import STEP_ATTR, load_runbook, tag_run
     from workflows.failover_models import (
-        ApprovalInput,
-        ApprovalRecord,
         DatabasePlan,
         DataLossWindow,
-        DecisionInput,
-        DecisionRecord,
         FailoverPlan,
         FailoverReport,
         FailoverRequest,
         FinalState,
         Outcome,
         StepRecord,
-        UpdateOutcome,
         plan_checksum,
         render_plan,
         render_report,
     )
+    from workflows.run_control import ControlledRun, Ended, failure_message
 
 T = TypeVar("T")
 
 INVALID_REQUEST = "InvalidFailoverRequest"
-SKIPPABLE_STEPS = frozenset({"verify propagation", "validate health"})
-HEARTBEAT = timedelta(seconds=10)
 REPLAY_WAIT_PLANNED = timedelta(seconds=60)
 REPLAY_WAIT_EMERGENCY = timedelta(seconds=5)
 
 
-class _Ended(Exception):
-    """Stops the run with an outcome; steps already done stay done and are reported."""
-
-    def __init__(self, outcome: Outcome, message: str) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-
-
 @workflow.defn(name="Failover")
-class FailoverWorkflow:
+class FailoverWorkflow(ControlledRun[FailoverReport]):
+    kind = "failover"
+    skippable_steps = frozenset({"verify propagation", "validate health"})
+
     @workflow.init
     def __init__(self, request: FailoverRequest) -> None:
         info = workflow.info()
         self._request = request
-        self._runbook: Runbook | None = None
-        self._report = FailoverReport(
+        report = FailoverReport(
             service=request.service,
             target=request.target,
             mode=request.mode,
@@ -98,10 +82,17 @@ class FailoverWorkflow:
             run_id=info.run_id,
             started_at=workflow.now(),
         )
-        self._gate_answer: ApprovalRecord | None = None
-        self._decision: DecisionRecord | None = None
-        self._skippable = False
-        self._holds_lock = False
+        self._init_control(report, request.requested_by)
+
+    def _render(self) -> str:
+        return render_report(self._report)
+
+    def _emergency(self) -> bool:
+        return self._request.mode == "emergency"
+
+    @workflow.query
+    def status(self) -> FailoverReport:
+        return self._report
 
     # ------------------------------------------------------------------------------------------ the run
     @workflow.run
@@ -111,21 +102,21 @@ class FailoverWorkflow:
         holder = await self._acquire_lock(request.service)
         try:
             if holder is not None:
-                raise _Ended(
+                raise Ended(
                     "refused", f"another run holds the lock of {request.service}: {holder.workflow_id}"
                 )
             plan = await self._preflight(loaded)
-            await self._gate("failover", plan)
+            await self._gate("failover", plan.checksum)
             workflow.upsert_search_attributes([STEP_ATTR.value_set("executing")])
             if plan.database is not None:
                 await self._fence(plan)
-                await self._gate("promote", plan)
+                await self._gate("promote", plan.checksum)
                 await self._promote(plan)
             await self._cut_over_dns(plan)
             await self._verify_propagation(plan)
             await asyncio.gather(self._wait_out_old_ttl(plan), self._validate_health(plan))
             self._finish("completed")
-        except _Ended as ended:
+        except Ended as ended:
             await self._end_early(ended)
         finally:
             await self._release_lock(request.service)
@@ -149,28 +140,6 @@ class FailoverWorkflow:
         if request.requested_by is None and runbook.approvals.separation_of_duties:
             self._note("requested_by was not given: separation of duties cannot be checked for this run")
         return loaded
-
-    async def _acquire_lock(self, service: str) -> LockHolder | None:
-        """Returns the holder when the lock is taken by another run, None when this run holds it."""
-        info = workflow.info()
-        result = await workflow.execute_activity_method(
-            ServiceLockActivities.acquire,
-            AcquireLockRequest(
-                service=service,
-                contender=LockHolder(workflow_id=info.workflow_id, run_id=info.run_id, kind="failover"),
-                task_queue=info.task_queue,
-            ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=INFRA_RETRY,
-            summary=f"take the lock of {service}",
-        )
-        if result.note:
-            self._note(result.note)
-        if result.granted:
-            self._holds_lock = True
-            return None
-        self._update(lock_holder=result.holder)
-        return result.holder
 
     async def _preflight(self, loaded: LoadedRunbook) -> FailoverPlan:
         runbook = loaded.runbook
@@ -224,9 +193,9 @@ class FailoverWorkflow:
         )
         self._update(plan=plan)
         if problems:
-            raise _Ended("not-ready", "; ".join(problems))
+            raise Ended("not-ready", "; ".join(problems))
         if source == target and dns_plan.no_op:
-            raise _Ended("no-op", f"{runbook.service} already runs in {target}: DNS answers {target_address}")
+            raise Ended("no-op", f"{runbook.service} already runs in {target}: DNS answers {target_address}")
         return plan
 
     async def _probe_target(self, runbook: Runbook, target: str) -> HealthProbeResults:
@@ -240,194 +209,7 @@ class FailoverWorkflow:
         return results
 
     # --------------------------------------------------------------------------------------- approvals
-    async def _gate(self, gate: Gate, plan: FailoverPlan, *, always: bool = False) -> None:
-        runbook = self._require_runbook()
-        approvals = runbook.approvals
-        if gate not in approvals.gates and not always:
-            return
-        if self._request.mode == "emergency" and gate in approvals.skip_in_emergency:
-            self._record_approval(
-                ApprovalRecord(
-                    gate=gate, decision="skipped-in-emergency", by=None, at=workflow.now(), channel=None,
-                    reason="the runbook lets an emergency failover pass this gate",
-                    plan_checksum=plan.checksum,
-                )
-            )  # fmt: skip
-            return
-        opened = workflow.now()
-        self._gate_answer = None
-        self._update(open_gate=gate)
-        workflow.upsert_search_attributes([STEP_ATTR.value_set("awaiting-approval")])
-        self._show(render_report(self._report))
-        try:
-            await workflow.wait_condition(lambda: self._gate_answer is not None, timeout=approvals.timeout)
-        except TimeoutError:
-            self._gate_answer = ApprovalRecord(
-                gate=gate, decision="expired", by=None, at=workflow.now(), channel=None,
-                reason=f"nobody answered within {approvals.timeout}", plan_checksum=plan.checksum,
-            )  # fmt: skip
-        answer = self._gate_answer
-        assert answer is not None
-        self._record_approval(answer)
-        self._update(
-            open_gate=None,
-            approval_wait_seconds=self._report.approval_wait_seconds
-            + (workflow.now() - opened).total_seconds(),
-        )
-        if answer.decision == "expired":
-            raise _Ended("expired", f"the {gate} gate expired: nobody approved within {approvals.timeout}")
-        if answer.decision == "rejected":
-            raise _Ended("rejected", f"{answer.by} rejected the {gate} gate: {answer.reason}")
-
-    @workflow.update
-    async def approve(self, answer: ApprovalInput) -> UpdateOutcome:
-        return self._answer_gate(answer, "approved")
-
-    @approve.validator
-    def _validate_approve(self, answer: ApprovalInput) -> None:
-        gate = self._check_gate_answer(answer)
-        if gate == "data-loss":
-            raise ValueError("this gate accepts data loss: send accept_data_loss (with a reason) to pass it")
-
-    @workflow.update
-    async def reject(self, answer: ApprovalInput) -> UpdateOutcome:
-        return self._answer_gate(answer, "rejected")
-
-    @reject.validator
-    def _validate_reject(self, answer: ApprovalInput) -> None:
-        self._check_gate_answer(answer)
-
-    @workflow.update
-    async def accept_data_loss(self, answer: ApprovalInput) -> UpdateOutcome:
-        return self._answer_gate(answer, "data-loss-accepted")
-
-    @accept_data_loss.validator
-    def _validate_accept_data_loss(self, answer: ApprovalInput) -> None:
-        gate = self._check_gate_answer(answer)
-        if gate != "data-loss":
-            raise ValueError(f"the open gate is {gate!r}, not data-loss: send approve")
-        if not answer.reason.strip():
-            raise ValueError("accepting data loss needs a reason; it is kept in the audit record")
-
-    def _check_gate_answer(self, answer: ApprovalInput) -> Gate:
-        gate = self._report.open_gate
-        if gate is None:
-            raise ValueError(f"no approval is pending for this run (it is {self._where()})")
-        if answer.gate is not None and answer.gate != gate:
-            raise ValueError(f"the open gate is {gate!r}, not {answer.gate!r}")
-        self._check_person(answer.approver, "approve")
-        plan = self._report.plan
-        if (
-            answer.plan_checksum is not None
-            and plan is not None
-            and answer.plan_checksum != plan.checksum[: len(answer.plan_checksum)]
-        ):
-            raise ValueError(
-                "the plan changed since you saw it: read the current plan (drflow status) and approve again"
-            )
-        return gate
-
-    def _check_person(self, who: str, action: str) -> None:
-        runbook = self._require_runbook()
-        allowed = list(runbook.approvals.approvers)
-        if runbook.approvals.slack is not None:
-            allowed += runbook.approvals.slack.approvers
-        if who not in allowed:
-            raise ValueError(
-                f"{who} is not an approver for {runbook.service} (approvers: {', '.join(allowed)})"
-            )
-        if (
-            action == "approve"
-            and runbook.approvals.separation_of_duties
-            and self._request.requested_by is not None
-            and who == self._request.requested_by
-        ):
-            raise ValueError(f"separation of duties: {who} requested this failover and cannot approve it")
-
-    def _answer_gate(self, answer: ApprovalInput, decision: Any) -> UpdateOutcome:
-        gate = self._report.open_gate
-        assert gate is not None
-        plan = self._report.plan
-        self._gate_answer = ApprovalRecord(
-            gate=gate, decision=decision, by=answer.approver, at=workflow.now(), channel=answer.channel,
-            reason=answer.reason, plan_checksum=plan.checksum if plan else None,
-        )  # fmt: skip
-        return UpdateOutcome(accepted=True, message=f"{gate} gate {decision} by {answer.approver}")
-
     # ---------------------------------------------------------------------------------- step failures
-    @workflow.update
-    async def decide(self, decision: DecisionInput) -> UpdateOutcome:
-        step = self._report.waiting_step
-        assert step is not None
-        self._decision = DecisionRecord(
-            step=step, error=self._last_error(), decision=decision.decision, by=decision.operator,
-            at=workflow.now(), channel=decision.channel, reason=decision.reason,
-        )  # fmt: skip
-        return UpdateOutcome(accepted=True, message=f"{decision.decision} of {step} by {decision.operator}")
-
-    @decide.validator
-    def _validate_decide(self, decision: DecisionInput) -> None:
-        step = self._report.waiting_step
-        if step is None:
-            raise ValueError(f"no step is waiting for a decision (the run is {self._where()})")
-        self._check_person(decision.operator, "decide")
-        if decision.decision == "skip" and not self._skippable:
-            raise ValueError(f"{step} cannot be skipped: retry or abort")
-
-    @workflow.query
-    def status(self) -> FailoverReport:
-        return self._report
-
-    async def _step(
-        self, name: str, action: Callable[[], Awaitable[T]], detail: Callable[[T], str] | None = None
-    ) -> T:
-        """Run a step that cannot be skipped; on failure an operator retries or aborts it."""
-        result = await self._optional_step(name, action, detail)
-        assert result is not None, f"{name} is not skippable"
-        return result
-
-    async def _optional_step(
-        self, name: str, action: Callable[[], Awaitable[T]], detail: Callable[[T], str] | None = None
-    ) -> T | None:
-        """Run a step; on failure wait for an operator: retry, skip (where allowed: None) or abort."""
-        attempts = 0
-        while True:
-            attempts += 1
-            self._set_step(StepRecord(name=name, started_at=workflow.now(), attempts=attempts))
-            try:
-                result = await action()
-            except ActivityError as err:
-                message = _failure_message(err)
-                self._finish_step(name, "failed", error=message)
-                decision = await self._await_decision(name, message)
-                if decision == "retry":
-                    continue
-                if decision == "skip":
-                    self._finish_step(name, "skipped", error=message)
-                    return None
-                raise _Ended("aborted", f"{name} failed and was aborted: {message}") from None
-            self._finish_step(name, "ok", detail=detail(result) if detail else "")
-            return result
-
-    async def _await_decision(self, step: str, error: str) -> str:
-        runbook = self._require_runbook()
-        self._decision = None
-        self._skippable = step in SKIPPABLE_STEPS
-        self._update(waiting_step=step)
-        self._show(render_report(self._report))
-        try:
-            await workflow.wait_condition(
-                lambda: self._decision is not None, timeout=runbook.approvals.timeout
-            )
-        except TimeoutError:
-            self._decision = DecisionRecord(
-                step=step, error=error, decision="expired", by=None, at=workflow.now(), channel=None,
-                reason=f"no decision within {runbook.approvals.timeout}: aborting",
-            )  # fmt: skip
-        record = self._decision
-        assert record is not None
-        self._update(waiting_step=None, decisions=[*self._report.decisions, record])
-        return "abort" if record.decision == "expired" else record.decision
 
     # ------------------------------------------------------------------------------------ the changes
     async def _fence(self, plan: FailoverPlan) -> None:
@@ -478,7 +260,7 @@ class FailoverWorkflow:
         self._update(data_loss=window)
         if not window.within_rpo:
             self._note(f"RPO guard: {window.basis}")
-            await self._gate("data-loss", plan, always=True)
+            await self._gate("data-loss", plan.checksum, always=True)
 
     async def _data_loss_window(
         self, plan: FailoverPlan, fence: FenceResult, replay: WaitForReplayResult | None
@@ -600,7 +382,7 @@ class FailoverWorkflow:
     # ----------------------------------------------------------------------------------- compensation
     async def _unfence_and_end(self, plan: FailoverPlan, why: str) -> NoReturn:
         await self._compensate(plan)
-        raise _Ended("aborted", why)
+        raise Ended("aborted", why)
 
     async def _compensate(self, plan: FailoverPlan) -> None:
         """Fenced but not promoted: giving the old primary its service back is safe and is done at once."""
@@ -615,12 +397,12 @@ class FailoverWorkflow:
                 f"compensate: unfence {plan.source}",
             )
         except ActivityError as err:
-            self._note(f"could not unfence {plan.source}: {_failure_message(err)}")
+            self._note(f"could not unfence {plan.source}: {failure_message(err)}")
             return
         self._update(compensation=result)
         self._note(f"compensated: {plan.source} serves again ({'; '.join(result.actions)})")
 
-    async def _end_early(self, ended: _Ended) -> None:
+    async def _end_early(self, ended: Ended) -> None:
         plan = self._report.plan
         if plan is not None and ended.outcome in ("aborted", "rejected", "expired"):
             await self._compensate(plan)
@@ -642,7 +424,7 @@ class FailoverWorkflow:
                 "final state: DNS",
             )
         except ActivityError as err:
-            notes.append(f"DNS could not be read: {_failure_message(err)}")
+            notes.append(f"DNS could not be read: {failure_message(err)}")
         if runbook.database is not None:
             try:
                 replication = await self._activity(
@@ -653,89 +435,17 @@ class FailoverWorkflow:
                     "final state: databases",
                 )
             except ActivityError as err:
-                notes.append(f"databases could not be read: {_failure_message(err)}")
+                notes.append(f"databases could not be read: {failure_message(err)}")
         return FinalState(dns=dns_state, replication=replication, notes=notes)
 
-    async def _release_lock(self, service: str) -> None:
-        if not self._holds_lock:
-            return
-        info = workflow.info()
-        try:
-            await workflow.get_external_workflow_handle(lock_id(service)).signal(
-                "release", ReleaseRequest(workflow_id=info.workflow_id, run_id=info.run_id)
-            )
-        except FailureError as err:  # the lock run is gone (terminated by hand): nothing to release
-            self._note(f"lock release: {err.message}")
-
     # ---------------------------------------------------------------------------------------- helpers
-    async def _activity(
-        self,
-        activity: Callable[..., Any],
-        arg: Any,
-        summary: str,
-        *,
-        timeout: timedelta = timedelta(seconds=60),
-        heartbeat: bool = False,
-        retry: RetryPolicy = INFRA_RETRY,
-    ) -> Any:
-        return await workflow.execute_activity(
-            activity,
-            arg,
-            start_to_close_timeout=timeout,
-            heartbeat_timeout=HEARTBEAT if heartbeat else None,
-            retry_policy=retry,
-            summary=summary,
-        )
-
-    def _require_runbook(self) -> Runbook:
-        assert self._runbook is not None, "the runbook is loaded before any step"
-        return self._runbook
-
-    def _update(self, **changes: Any) -> None:
-        self._report = self._report.model_copy(update=changes)
-
-    def _note(self, message: str) -> None:
-        self._update(messages=[*self._report.messages, message])
-
-    def _record_approval(self, record: ApprovalRecord) -> None:
-        self._update(approvals=[*self._report.approvals, record])
-
-    def _set_step(self, record: StepRecord) -> None:
-        """Start a step; a retry replaces the failed record of the same step."""
-        steps = [s for s in self._report.steps if not (s.name == record.name and s.outcome == "failed")]
-        self._update(steps=[*steps, record])
-        self._show(render_report(self._report))
-
-    def _finish_step(self, name: str, outcome: Any, detail: str = "", error: str | None = None) -> None:
-        """Close the latest record of the step (a retried step keeps one record, with its attempt count)."""
-        steps = list(self._report.steps)
-        index = max(i for i, s in enumerate(steps) if s.name == name)
-        steps[index] = steps[index].model_copy(
-            update={"finished_at": workflow.now(), "outcome": outcome, "detail": detail, "error": error}
-        )
-        self._update(steps=steps)
-        self._show(render_report(self._report))
-
     def _finish(self, outcome: Outcome) -> None:
         now = workflow.now()
         rto = (now - self._report.started_at).total_seconds() if outcome == "completed" else None
         self._update(
             outcome=outcome, finished_at=now, achieved_rto_seconds=rto, open_gate=None, waiting_step=None
         )
-        self._show(render_report(self._report))
-
-    def _show(self, markdown: str) -> None:
-        workflow.set_current_details(markdown)
-
-    def _where(self) -> str:
-        running = [s.name for s in self._report.steps if s.outcome == "running"]
-        if self._report.outcome != "running":
-            return f"finished: {self._report.outcome}"
-        return f"at step {running[-1]}" if running else "between steps"
-
-    def _last_error(self) -> str:
-        failed = [s.error for s in self._report.steps if s.error]
-        return failed[-1] if failed else ""
+        self._show(self._render())
 
 
 def _probes(runbook: Runbook, region: str, serving: bool) -> list[HealthProbe]:
@@ -814,15 +524,6 @@ def _describe_propagation(result: PropagationResult) -> str:
 
 def _describe_health(result: HealthValidationResult) -> str:
     return ", ".join(f"{c.check} {c.required}x in {c.passed_after_ms or 0:.0f} ms" for c in result.checks)
-
-
-def _failure_message(err: ActivityError) -> str:
-    cause = err.cause
-    while cause is not None and not isinstance(cause, ApplicationError) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, ApplicationError):
-        return cause.message
-    return str(cause or err)
 
 
 __all__ = ["FailoverWorkflow", "render_plan"]

@@ -132,11 +132,10 @@ class FinalState(StrictModel):
     notes: list[str]
 
 
-class FailoverReport(StrictModel):
+class RunReport(StrictModel):
+    """What every run that changes things reports: who asked, the steps, the approvals and decisions."""
+
     service: str
-    target: str
-    source: str | None = None
-    mode: Mode
     outcome: Outcome = "running"
     reason: str
     requested_by: str | None
@@ -145,11 +144,21 @@ class FailoverReport(StrictModel):
     runbook_sha256: str | None = None
     started_at: datetime
     finished_at: datetime | None = None
-    achieved_rto_seconds: float | None = None
     approval_wait_seconds: float = 0.0
     steps: list[StepRecord] = Field(default_factory=list)
     approvals: list[ApprovalRecord] = Field(default_factory=list)
     decisions: list[DecisionRecord] = Field(default_factory=list)
+    lock_holder: LockHolder | None = None
+    open_gate: Gate | None = None
+    waiting_step: str | None = None
+    messages: list[str] = Field(default_factory=list)
+
+
+class FailoverReport(RunReport):
+    target: str
+    source: str | None = None
+    mode: Mode
+    achieved_rto_seconds: float | None = None
     plan: FailoverPlan | None = None
     fence: FenceResult | None = None
     replay: WaitForReplayResult | None = None
@@ -161,10 +170,6 @@ class FailoverReport(StrictModel):
     health: HealthValidationResult | None = None
     compensation: UnfenceResult | None = None
     final_state: FinalState | None = None
-    lock_holder: LockHolder | None = None
-    open_gate: Gate | None = None
-    waiting_step: str | None = None
-    messages: list[str] = Field(default_factory=list)
 
 
 def plan_checksum(

@@ -1,0 +1,356 @@
+"""What every drflow run that changes things shares: the service lock, approval gates, operator decisions.
+
+A mixin for the Failover and Failback workflows. Approvals and decisions arrive as Updates whose validators
+refuse bad input before anything changes; steps that fail wait for a person instead of failing the run.
+Subclasses provide ``kind``, ``skippable_steps``, ``_render()`` and set ``_report``, ``_runbook`` and
+``_requested_by`` in their ``__init__`` (through ``_init_control``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, ClassVar, Generic, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
+    from activities.service_lock import lock_workflow_id as lock_id
+    from runbooks.model import Gate, Runbook
+    from workflows.common import INFRA_RETRY, STEP_ATTR
+    from workflows.failover_models import (
+        ApprovalInput,
+        ApprovalRecord,
+        DecisionInput,
+        DecisionRecord,
+        Outcome,
+        RunReport,
+        StepRecord,
+        UpdateOutcome,
+    )
+
+T = TypeVar("T")
+R = TypeVar("R", bound=RunReport)
+HEARTBEAT = timedelta(seconds=10)
+
+
+class Ended(Exception):
+    """Stops the run with an outcome; steps already done stay done and are reported."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class ControlledRun(Generic[R]):
+    kind: ClassVar[str] = "run"
+    skippable_steps: ClassVar[frozenset[str]] = frozenset()
+
+    _report: R
+
+    def _init_control(self, report: R, requested_by: str | None) -> None:
+        self._report = report
+        self._requested_by = requested_by
+        self._runbook: Runbook | None = None
+        self._gate_answer: ApprovalRecord | None = None
+        self._gate_checksum: str | None = None
+        self._decision: DecisionRecord | None = None
+        self._skippable = False
+        self._holds_lock = False
+
+    def _render(self) -> str:
+        raise NotImplementedError
+
+    def _emergency(self) -> bool:
+        return False
+
+    async def _acquire_lock(self, service: str) -> LockHolder | None:
+        """Returns the holder when the lock is taken by another run, None when this run holds it."""
+        info = workflow.info()
+        result = await workflow.execute_activity_method(
+            ServiceLockActivities.acquire,
+            AcquireLockRequest(
+                service=service,
+                contender=LockHolder(workflow_id=info.workflow_id, run_id=info.run_id, kind=self.kind),
+                task_queue=info.task_queue,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=INFRA_RETRY,
+            summary=f"take the lock of {service}",
+        )
+        if result.note:
+            self._note(result.note)
+        if result.granted:
+            self._holds_lock = True
+            return None
+        self._update(lock_holder=result.holder)
+        return result.holder
+
+    async def _gate(self, gate: Gate, checksum: str | None, *, always: bool = False) -> None:
+        """Wait for a person to pass the gate; expiry and rejection end the run (``Ended``)."""
+        runbook = self._require_runbook()
+        approvals = runbook.approvals
+        if gate not in approvals.gates and not always:
+            return
+        if self._emergency() and gate in approvals.skip_in_emergency:
+            self._record_approval(
+                ApprovalRecord(
+                    gate=gate, decision="skipped-in-emergency", by=None, at=workflow.now(), channel=None,
+                    reason="the runbook lets an emergency run pass this gate",
+                    plan_checksum=checksum,
+                )
+            )  # fmt: skip
+            return
+        opened = workflow.now()
+        self._gate_answer = None
+        self._gate_checksum = checksum
+        self._update(open_gate=gate)
+        workflow.upsert_search_attributes([STEP_ATTR.value_set("awaiting-approval")])
+        self._show(self._render())
+        try:
+            await workflow.wait_condition(lambda: self._gate_answer is not None, timeout=approvals.timeout)
+        except TimeoutError:
+            self._gate_answer = ApprovalRecord(
+                gate=gate, decision="expired", by=None, at=workflow.now(), channel=None,
+                reason=f"nobody answered within {approvals.timeout}", plan_checksum=checksum,
+            )  # fmt: skip
+        answer = self._gate_answer
+        assert answer is not None
+        self._record_approval(answer)
+        self._update(
+            open_gate=None,
+            approval_wait_seconds=self._report.approval_wait_seconds
+            + (workflow.now() - opened).total_seconds(),
+        )
+        if answer.decision == "expired":
+            raise Ended("expired", f"the {gate} gate expired: nobody approved within {approvals.timeout}")
+        if answer.decision == "rejected":
+            raise Ended("rejected", f"{answer.by} rejected the {gate} gate: {answer.reason}")
+
+    @workflow.update
+    async def approve(self, answer: ApprovalInput) -> UpdateOutcome:
+        return self._answer_gate(answer, "approved")
+
+    @approve.validator
+    def _validate_approve(self, answer: ApprovalInput) -> None:
+        gate = self._check_gate_answer(answer)
+        if gate == "data-loss":
+            raise ValueError("this gate accepts data loss: send accept_data_loss (with a reason) to pass it")
+
+    @workflow.update
+    async def reject(self, answer: ApprovalInput) -> UpdateOutcome:
+        return self._answer_gate(answer, "rejected")
+
+    @reject.validator
+    def _validate_reject(self, answer: ApprovalInput) -> None:
+        self._check_gate_answer(answer)
+
+    @workflow.update
+    async def accept_data_loss(self, answer: ApprovalInput) -> UpdateOutcome:
+        return self._answer_gate(answer, "data-loss-accepted")
+
+    @accept_data_loss.validator
+    def _validate_accept_data_loss(self, answer: ApprovalInput) -> None:
+        gate = self._check_gate_answer(answer)
+        if gate != "data-loss":
+            raise ValueError(f"the open gate is {gate!r}, not data-loss: send approve")
+        if not answer.reason.strip():
+            raise ValueError("accepting data loss needs a reason; it is kept in the audit record")
+
+    def _check_gate_answer(self, answer: ApprovalInput) -> Gate:
+        gate = self._report.open_gate
+        if gate is None:
+            raise ValueError(f"no approval is pending for this run (it is {self._where()})")
+        if answer.gate is not None and answer.gate != gate:
+            raise ValueError(f"the open gate is {gate!r}, not {answer.gate!r}")
+        self._check_person(answer.approver, "approve")
+        checksum = self._gate_checksum
+        if (
+            answer.plan_checksum is not None
+            and checksum is not None
+            and answer.plan_checksum != checksum[: len(answer.plan_checksum)]
+        ):
+            raise ValueError(
+                "the plan changed since you saw it: read the current plan (drflow status) and approve again"
+            )
+        return gate
+
+    def _check_person(self, who: str, action: str) -> None:
+        runbook = self._require_runbook()
+        allowed = list(runbook.approvals.approvers)
+        if runbook.approvals.slack is not None:
+            allowed += runbook.approvals.slack.approvers
+        if who not in allowed:
+            raise ValueError(
+                f"{who} is not an approver for {runbook.service} (approvers: {', '.join(allowed)})"
+            )
+        if (
+            action == "approve"
+            and runbook.approvals.separation_of_duties
+            and self._requested_by is not None
+            and who == self._requested_by
+        ):
+            raise ValueError(f"separation of duties: {who} requested this {self.kind} and cannot approve it")
+
+    def _answer_gate(self, answer: ApprovalInput, decision: Any) -> UpdateOutcome:
+        gate = self._report.open_gate
+        assert gate is not None
+        self._gate_answer = ApprovalRecord(
+            gate=gate, decision=decision, by=answer.approver, at=workflow.now(), channel=answer.channel,
+            reason=answer.reason, plan_checksum=self._gate_checksum,
+        )  # fmt: skip
+        return UpdateOutcome(accepted=True, message=f"{gate} gate {decision} by {answer.approver}")
+
+    @workflow.update
+    async def decide(self, decision: DecisionInput) -> UpdateOutcome:
+        step = self._report.waiting_step
+        assert step is not None
+        self._decision = DecisionRecord(
+            step=step, error=self._last_error(), decision=decision.decision, by=decision.operator,
+            at=workflow.now(), channel=decision.channel, reason=decision.reason,
+        )  # fmt: skip
+        return UpdateOutcome(accepted=True, message=f"{decision.decision} of {step} by {decision.operator}")
+
+    @decide.validator
+    def _validate_decide(self, decision: DecisionInput) -> None:
+        step = self._report.waiting_step
+        if step is None:
+            raise ValueError(f"no step is waiting for a decision (the run is {self._where()})")
+        self._check_person(decision.operator, "decide")
+        if decision.decision == "skip" and not self._skippable:
+            raise ValueError(f"{step} cannot be skipped: retry or abort")
+
+    async def _step(
+        self, name: str, action: Callable[[], Awaitable[T]], detail: Callable[[T], str] | None = None
+    ) -> T:
+        """Run a step that cannot be skipped; on failure an operator retries or aborts it."""
+        result = await self._optional_step(name, action, detail)
+        assert result is not None, f"{name} is not skippable"
+        return result
+
+    async def _optional_step(
+        self, name: str, action: Callable[[], Awaitable[T]], detail: Callable[[T], str] | None = None
+    ) -> T | None:
+        """Run a step; on failure wait for an operator: retry, skip (where allowed: None) or abort."""
+        attempts = 0
+        while True:
+            attempts += 1
+            self._set_step(StepRecord(name=name, started_at=workflow.now(), attempts=attempts))
+            try:
+                result = await action()
+            except ActivityError as err:
+                message = failure_message(err)
+                self._finish_step(name, "failed", error=message)
+                decision = await self._await_decision(name, message)
+                if decision == "retry":
+                    continue
+                if decision == "skip":
+                    self._finish_step(name, "skipped", error=message)
+                    return None
+                raise Ended("aborted", f"{name} failed and was aborted: {message}") from None
+            self._finish_step(name, "ok", detail=detail(result) if detail else "")
+            return result
+
+    async def _await_decision(self, step: str, error: str) -> str:
+        runbook = self._require_runbook()
+        self._decision = None
+        self._skippable = step in self.skippable_steps
+        self._update(waiting_step=step)
+        self._show(self._render())
+        try:
+            await workflow.wait_condition(
+                lambda: self._decision is not None, timeout=runbook.approvals.timeout
+            )
+        except TimeoutError:
+            self._decision = DecisionRecord(
+                step=step, error=error, decision="expired", by=None, at=workflow.now(), channel=None,
+                reason=f"no decision within {runbook.approvals.timeout}: aborting",
+            )  # fmt: skip
+        record = self._decision
+        assert record is not None
+        self._update(waiting_step=None, decisions=[*self._report.decisions, record])
+        return "abort" if record.decision == "expired" else record.decision
+
+    async def _release_lock(self, service: str) -> None:
+        if not self._holds_lock:
+            return
+        info = workflow.info()
+        try:
+            await workflow.get_external_workflow_handle(lock_id(service)).signal(
+                "release", ReleaseRequest(workflow_id=info.workflow_id, run_id=info.run_id)
+            )
+        except FailureError as err:  # the lock run is gone (terminated by hand): nothing to release
+            self._note(f"lock release: {err.message}")
+
+    async def _activity(
+        self,
+        activity: Callable[..., Any],
+        arg: Any,
+        summary: str,
+        *,
+        timeout: timedelta = timedelta(seconds=60),
+        heartbeat: bool = False,
+        retry: RetryPolicy = INFRA_RETRY,
+    ) -> Any:
+        return await workflow.execute_activity(
+            activity,
+            arg,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=HEARTBEAT if heartbeat else None,
+            retry_policy=retry,
+            summary=summary,
+        )
+
+    def _require_runbook(self) -> Runbook:
+        assert self._runbook is not None, "the runbook is loaded before any step"
+        return self._runbook
+
+    def _update(self, **changes: Any) -> None:
+        self._report = self._report.model_copy(update=changes)
+
+    def _note(self, message: str) -> None:
+        self._update(messages=[*self._report.messages, message])
+
+    def _record_approval(self, record: ApprovalRecord) -> None:
+        self._update(approvals=[*self._report.approvals, record])
+
+    def _set_step(self, record: StepRecord) -> None:
+        """Start a step; a retry replaces the failed record of the same step."""
+        steps = [s for s in self._report.steps if not (s.name == record.name and s.outcome == "failed")]
+        self._update(steps=[*steps, record])
+        self._show(self._render())
+
+    def _finish_step(self, name: str, outcome: Any, detail: str = "", error: str | None = None) -> None:
+        """Close the latest record of the step (a retried step keeps one record, with its attempt count)."""
+        steps = list(self._report.steps)
+        index = max(i for i, s in enumerate(steps) if s.name == name)
+        steps[index] = steps[index].model_copy(
+            update={"finished_at": workflow.now(), "outcome": outcome, "detail": detail, "error": error}
+        )
+        self._update(steps=steps)
+        self._show(self._render())
+
+    def _show(self, markdown: str) -> None:
+        workflow.set_current_details(markdown)
+
+    def _where(self) -> str:
+        running = [s.name for s in self._report.steps if s.outcome == "running"]
+        if self._report.outcome != "running":
+            return f"finished: {self._report.outcome}"
+        return f"at step {running[-1]}" if running else "between steps"
+
+    def _last_error(self) -> str:
+        failed = [s.error for s in self._report.steps if s.error]
+        return failed[-1] if failed else ""
+
+
+def failure_message(err: ActivityError) -> str:
+    cause = err.cause
+    while cause is not None and not isinstance(cause, ApplicationError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause or err)
