@@ -8,6 +8,7 @@ converter. Rules that span fields live in ``rule_problems``, so each problem nam
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import string
 from datetime import timedelta
@@ -21,7 +22,7 @@ from runbooks.secrets import SecretRef
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lowercase letters, digits and dashes")]
-Gate = Literal["failover", "promote", "data-loss", "failback-100"]
+Gate = Literal["failover", "promote", "data-loss", "failback", "failback-100"]
 URL_PLACEHOLDERS = frozenset({"region", "address"})
 DEFAULT_GATES: tuple[Gate, ...] = ("failover", "data-loss")
 
@@ -197,6 +198,50 @@ class SlackApprovals(StrictModel):
     escalation_group: str | None = None
 
 
+class HaproxyTraffic(StrictModel):
+    """HAProxy in front of the regions (on-prem sites, the sandbox): weights through its runtime API."""
+
+    provider: Literal["haproxy"]
+    runtime_api: str = Field(
+        pattern=r"^(unix:.+|tcp:[^:]+:\d+)$", description="unix:/path/to/admin.sock or tcp:host:port"
+    )
+    backend: str = Field(min_length=1)
+    servers: dict[str, str] = Field(description="HAProxy server name per region")
+    frontend_url: str = Field(description="where clients (and the canary analysis) send requests")
+
+
+TrafficConfig = Annotated[HaproxyTraffic, Field(discriminator="provider")]
+
+
+class CanaryAnalysis(StrictModel):
+    """Synthetic traffic sent through the traffic manager at each stage, and what it must show."""
+
+    path: str = Field(default="/", description="path on the frontend; answers JSON with a region field")
+    requests: int = Field(default=200, ge=10, le=100_000)
+    duration: Duration = Field(default=timedelta(seconds=5), description="the analysis window per stage")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p95_latency: Duration = timedelta(milliseconds=500)
+    split_tolerance: float = Field(
+        default=0.1, ge=0, le=1, description="allowed gap between a region's weight and its measured share"
+    )
+
+
+class Failback(StrictModel):
+    stages: list[int] = Field(
+        default_factory=lambda: [5, 25, 50, 100], description="percent of traffic to the home region"
+    )
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing_to_100(cls, value: list[int]) -> list[int]:
+        if not value or value[-1] != 100 or any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("stages rise strictly and end at 100, e.g. [5, 25, 50, 100]")
+        if value[0] <= 0:
+            raise ValueError("the first stage sends some traffic: more than 0")
+        return value
+
+
 class Approvals(StrictModel):
     approvers: list[str] = Field(default_factory=list, description="identities allowed to approve (CLI, UI)")
     slack: SlackApprovals | None = None
@@ -220,6 +265,10 @@ class Runbook(StrictModel):
     regions: dict[str, Region] = Field(min_length=2)
     dns: DnsConfig
     database: DatabaseConfig | None = None
+    traffic: TrafficConfig | None = Field(
+        default=None, description="a traffic manager with weights, for canary failback"
+    )
+    failback: Failback | None = Field(default=None, description="canary stages when traffic comes home")
     health: list[HealthCheck] = Field(min_length=1)
     approvals: Approvals
 
@@ -313,6 +362,21 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
             problems.append(
                 (("health", index, "timeout"), "timeout is longer than the interval between checks")
             )
+
+    traffic = runbook.traffic
+    if runbook.failback is not None and len(runbook.failback.stages) > 1 and traffic is None:
+        problems.append(
+            (
+                ("failback", "stages"),
+                f"canary stages need traffic weights, which {runbook.dns.provider} DNS alone does not give: "
+                "add a traffic section (haproxy) or use one stage [100]",
+            )
+        )
+    if traffic is not None:
+        for missing in sorted(regions - set(traffic.servers)):
+            problems.append((("traffic", "servers"), f"region {missing!r} has no server"))
+        for extra in sorted(set(traffic.servers) - regions):
+            problems.append((("traffic", "servers", extra), f"{extra!r} is not one of the regions ({known})"))
 
     approvals = runbook.approvals
     slack_approvers = approvals.slack is not None and bool(
