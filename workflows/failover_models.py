@@ -154,21 +154,26 @@ class RunReport(StrictModel):
     messages: list[str] = Field(default_factory=list)
 
 
-class FailoverReport(RunReport):
-    target: str
-    source: str | None = None
-    mode: Mode
-    achieved_rto_seconds: float | None = None
-    plan: FailoverPlan | None = None
+class MoveReport(RunReport):
+    """The fields the moves (workflows/moves.py) fill, in every run that moves data or traffic."""
+
     fence: FenceResult | None = None
     replay: WaitForReplayResult | None = None
     data_loss: DataLossWindow | None = None
     promotion: PromoteResult | None = None
+    compensation: UnfenceResult | None = None
     dns_change: DnsChangeResult | None = None
     propagation: PropagationResult | None = None
     ttl_wait_seconds: float | None = None
     health: HealthValidationResult | None = None
-    compensation: UnfenceResult | None = None
+    achieved_rto_seconds: float | None = None
+
+
+class FailoverReport(MoveReport):
+    target: str
+    source: str | None = None
+    mode: Mode
+    plan: FailoverPlan | None = None
     final_state: FinalState | None = None
 
 

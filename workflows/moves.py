@@ -1,0 +1,276 @@
+"""The moves every failover and failback makes: fence and switch the database, move DNS, prove it.
+
+A mixin over ``ControlledRun``: each move is a step (retry / skip / abort on failure) made of idempotent
+activities, and records its result under the same report field in every kind of run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import NoReturn, Protocol, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import database
+    from activities.dns_providers import (
+        ApplyDnsChangeRequest,
+        DnsChangePlan,
+        DnsChangeResult,
+        apply_dns_change,
+    )
+    from activities.dns_reader import DnsQuery
+    from activities.health import (
+        HealthProbe,
+        HealthValidationRequest,
+        HealthValidationResult,
+        ValidatedProbe,
+        validate_health,
+    )
+    from activities.postgres import FenceResult, WaitForReplayResult, lsn_diff
+    from activities.propagation import PropagationRequest, PropagationResult, verify_propagation
+    from runbooks.model import Runbook, render_url
+    from workflows.failover_models import DatabasePlan, DataLossWindow, Mode, MoveReport, StepRecord
+    from workflows.run_control import ControlledRun, Ended, failure_message
+
+REPLAY_WAIT_PLANNED = timedelta(seconds=60)
+REPLAY_WAIT_EMERGENCY = timedelta(seconds=5)
+
+
+M = TypeVar("M", bound=MoveReport)
+
+
+class MovePlan(Protocol):
+    """What a move needs from a plan; FailoverPlan and FailbackPlan both provide it."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def target_address(self) -> str: ...
+    @property
+    def dns(self) -> DnsChangePlan: ...
+    @property
+    def database(self) -> DatabasePlan | None: ...
+    @property
+    def rpo(self) -> timedelta: ...
+    @property
+    def checksum(self) -> str: ...
+
+
+class Moves(ControlledRun[M]):
+    def _mode(self) -> Mode:
+        return "planned"
+
+    async def _fence(self, plan: MovePlan) -> None:
+        runbook = self._require_runbook()
+        db = runbook.database
+        assert db is not None and plan.database is not None
+        mode = self._mode()
+        fence: FenceResult = await self._step(
+            f"fence {plan.source}",
+            lambda: self._activity(
+                database.fence,
+                database.DatabaseFenceRequest(database=db, region=plan.source, mode=mode),
+                f"fence {plan.source} ({mode})",
+            ),
+            lambda r: (
+                f"{r.method}, final LSN {r.final_lsn or 'unknown'}"
+                + ("" if r.fenced else f"; NOT fenced: {'; '.join(r.errors)}")
+            ),
+        )
+        self._update(fence=fence)
+        wait = REPLAY_WAIT_EMERGENCY if mode == "emergency" else REPLAY_WAIT_PLANNED
+        replay: WaitForReplayResult | None = None
+        if fence.final_lsn is not None:
+            final_lsn = fence.final_lsn
+            replayed = await self._step(
+                f"wait for {plan.target} to replay {final_lsn}",
+                lambda: self._activity(
+                    database.wait_for_replay,
+                    database.ReplayRequest(
+                        database=db,
+                        region=plan.target,
+                        position=final_lsn,
+                        timeout_seconds=wait.total_seconds(),
+                    ),
+                    f"wait for {plan.target} to replay up to {final_lsn}",
+                    timeout=wait + timedelta(seconds=30),
+                    heartbeat=True,
+                ),
+                _describe_replay,
+            )
+            replay = replayed
+            self._update(replay=replay)
+        if mode != "emergency" and (replay is None or not replay.reached):
+            await self._unfence_and_end(
+                plan, "the standby did not replay the fenced primary's last write in time"
+            )
+        window = await self._data_loss_window(plan, fence, replay)
+        self._update(data_loss=window)
+        if not window.within_rpo:
+            self._note(f"RPO guard: {window.basis}")
+            await self._gate("data-loss", plan.checksum, always=True)
+
+    async def _data_loss_window(
+        self, plan: MovePlan, fence: FenceResult, replay: WaitForReplayResult | None
+    ) -> DataLossWindow:
+        rpo = plan.rpo.total_seconds()
+        if fence.final_lsn is not None and replay is not None and replay.reached:
+            return DataLossWindow(
+                zero_proven=True, bytes=0, seconds=0.0, within_rpo=True,
+                basis=f"{plan.target} replayed {replay.replay_lsn}, at or past the fenced primary's final "
+                f"LSN {fence.final_lsn}",
+            )  # fmt: skip
+        db = self._require_runbook().database
+        assert db is not None
+        status = await self._activity(
+            database.measure_replication,
+            database.ReplicationRequest(database=db, primary=plan.source, standby=plan.target),
+            f"measure what {plan.target} lacks",
+        )
+        lost_bytes = None
+        if fence.final_lsn is not None and status.standby_replay_lsn is not None:
+            lost_bytes = max(lsn_diff(fence.final_lsn, status.standby_replay_lsn), 0)
+        elif status.lag_bytes is not None:
+            lost_bytes = status.lag_bytes
+        seconds = status.lag_seconds
+        within = seconds is not None and seconds <= rpo and lost_bytes is not None
+        basis = (
+            f"{plan.target} lacks {lost_bytes if lost_bytes is not None else 'an unknown amount of'} bytes"
+            f" ({f'{seconds:.1f}s' if seconds is not None else 'age unknown'}) of {plan.source}'s WAL; "
+            f"RPO {rpo:g}s"
+        )
+        return DataLossWindow(
+            zero_proven=False, bytes=lost_bytes, seconds=seconds, within_rpo=within, basis=basis
+        )
+
+    async def _promote(self, plan: MovePlan) -> None:
+        db = self._require_runbook().database
+        assert db is not None
+        promotion = await self._step(
+            f"promote {plan.target}",
+            lambda: self._activity(
+                database.promote,
+                database.DatabasePromoteRequest(database=db, region=plan.target),
+                f"promote {plan.target}",
+                timeout=timedelta(seconds=120),
+            ),
+            lambda r: (
+                ("already primary" if r.already_primary else f"promoted at {r.replay_lsn_at_promotion}")
+                + f", timeline {r.timeline}, writable {r.writable}"
+            ),
+        )
+        self._update(promotion=promotion)
+
+    async def _cut_over_dns(self, plan: MovePlan) -> None:
+        runbook = self._require_runbook()
+        change: DnsChangeResult = await self._step(
+            f"cut DNS over to {plan.target_address}",
+            lambda: self._activity(
+                apply_dns_change,
+                ApplyDnsChangeRequest(dns=runbook.dns, plan=plan.dns),
+                f"{runbook.dns.provider}: {runbook.dns.record} → {plan.target_address}",
+            ),
+            lambda r: (
+                f"{', '.join(r.before.values) or '-'} → {', '.join(r.after.values)}"
+                + ("" if r.applied else " (already in place)")
+            ),
+        )
+        self._update(dns_change=change)
+
+    async def _verify_propagation(self, plan: MovePlan) -> None:
+        runbook = self._require_runbook()
+        dns = runbook.dns
+        budget = dns.propagation_budget
+        query = DnsQuery(record=dns.record, type=dns.type, zone=dns.zone, nameservers=dns.nameservers)
+        result = await self._optional_step(
+            "verify propagation",
+            lambda: self._activity(
+                verify_propagation,
+                PropagationRequest(
+                    query=query, expected=[plan.target_address], timeout_seconds=budget.total_seconds()
+                ),
+                f"every authoritative nameserver answers {plan.target_address}",
+                timeout=budget + timedelta(seconds=30),
+                heartbeat=True,
+            ),
+            _describe_propagation,
+        )
+        self._update(propagation=result)
+
+    async def _wait_out_old_ttl(self, plan: MovePlan) -> None:
+        ttl = plan.dns.current.ttl or self._require_runbook().dns.ttl
+        started = workflow.now()
+        self._set_step(StepRecord(name=f"wait out the old TTL ({ttl}s)", started_at=started))
+        await workflow.sleep(timedelta(seconds=ttl), summary="resolvers may serve the old answer this long")
+        self._finish_step(f"wait out the old TTL ({ttl}s)", "ok", detail="clients moved")
+        self._update(ttl_wait_seconds=(workflow.now() - started).total_seconds())
+
+    async def _validate_health(self, plan: MovePlan) -> None:
+        runbook = self._require_runbook()
+        checks = {c.name: c for c in runbook.checks_for(plan.target)}
+        validated = [
+            ValidatedProbe(probe=p, consecutive_successes=checks[p.check].consecutive_successes,
+                           interval=checks[p.check].interval)
+            for p in probes(runbook, plan.target, serving=True)
+        ]  # fmt: skip
+        budget = max(runbook.health_minimum * 3, timedelta(seconds=30))
+        result = await self._optional_step(
+            "validate health",
+            lambda: self._activity(
+                validate_health,
+                HealthValidationRequest(probes=validated, timeout=budget),
+                f"{len(validated)} health checks on {plan.target}, consecutive successes",
+                timeout=budget + timedelta(seconds=30),
+                heartbeat=True,
+            ),
+            _describe_health,
+        )
+        self._update(health=result)
+
+    async def _unfence_and_end(self, plan: MovePlan, why: str) -> NoReturn:
+        await self._compensate(plan)
+        raise Ended("aborted", why)
+
+    async def _compensate(self, plan: MovePlan) -> None:
+        """Fenced but not promoted: giving the old primary its service back is safe and is done at once."""
+        db = self._require_runbook().database
+        fence = self._report.fence
+        if db is None or fence is None or not fence.fenced or self._report.promotion is not None:
+            return
+        try:
+            result = await self._activity(
+                database.unfence,
+                database.DatabaseUnfenceRequest(database=db, region=plan.source),
+                f"compensate: unfence {plan.source}",
+            )
+        except ActivityError as err:
+            self._note(f"could not unfence {plan.source}: {failure_message(err)}")
+            return
+        self._update(compensation=result)
+        self._note(f"compensated: {plan.source} serves again ({'; '.join(result.actions)})")
+
+
+def probes(runbook: Runbook, region: str, serving: bool) -> list[HealthProbe]:
+    spec = runbook.regions[region]
+    return [
+        HealthProbe(
+            region=region, check=c.name, url=render_url(c, region, spec), http=c.http, timeout=c.timeout
+        )
+        for c in runbook.checks_for(region, serving=serving)
+    ]
+
+
+def _describe_replay(result: WaitForReplayResult) -> str:
+    return f"replayed {result.replay_lsn} in {result.waited_ms:.0f} ms" if result.reached else "not reached"
+
+
+def _describe_propagation(result: PropagationResult) -> str:
+    return ", ".join(f"{n.name} {n.converged_after_ms or 0:.0f} ms" for n in result.nameservers)
+
+
+def _describe_health(result: HealthValidationResult) -> str:
+    return ", ".join(f"{c.check} {c.required}x in {c.passed_after_ms or 0:.0f} ms" for c in result.checks)
