@@ -312,21 +312,16 @@ async def test_an_unreachable_primary_is_a_retryable_error_naming_it(
     assert f"ns-gone.drflow.test. (127.0.0.1:{closed.port})" in raised.value.message
 
 
-def test_the_runbook_provider_key_picks_the_provider_and_the_cloud_ones_are_not_supported_yet(
-    dns_world: NamedPair,
-) -> None:
+def test_the_runbook_provider_key_picks_the_provider(dns_world: NamedPair) -> None:
+    from activities.clouddns import CloudDnsProvider
+    from activities.route53 import Route53Provider
+
     assert isinstance(provider_for(runbook_dns(dns_world, f"app.{ZONE}")), Rfc2136Provider)
     common = {"zone": ZONE, "record": f"app.{ZONE}", "ttl": 30}
-    unsupported: list[DnsConfig] = [
-        Route53Dns.model_validate(common | {"provider": "route53", "hosted_zone_id": "Z0123456789ABC"}),
-        CloudDns.model_validate(common | {"provider": "clouddns", "project": "p", "managed_zone": "z"}),
-    ]
-    for config in unsupported:
-        with pytest.raises(ApplicationError) as raised:
-            provider_for(config)
-        assert raised.value.type == "DnsProviderNotSupported"
-        assert raised.value.non_retryable
-        assert config.provider in raised.value.message
+    route53 = Route53Dns.model_validate(common | {"provider": "route53", "hosted_zone_id": "Z0123456789ABC"})
+    clouddns = CloudDns.model_validate(common | {"provider": "clouddns", "project": "p", "managed_zone": "z"})
+    assert isinstance(provider_for(route53), Route53Provider)
+    assert isinstance(provider_for(clouddns), CloudDnsProvider)
 
 
 def test_targets_are_compared_as_nameservers_print_them() -> None:

@@ -1,0 +1,110 @@
+"""What the cloud providers share, whatever the vendor: retrying throttled calls, and the preflight report.
+
+Cloud APIs throttle bursts (Route53 allows five requests a second per account, Cloud DNS has per-minute
+quotas), and a failover is exactly such a burst. A throttled call did not run, so it is always safe to retry;
+a call that failed on the way back (5xx, connection lost) may have run, so only reads and conditional writes
+are retried here. Delays grow exponentially with full jitter, so workers throttled together do not retry
+together.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from pydantic import Field
+from temporalio import activity
+
+from runbooks.model import StrictModel
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits uniformly between 0 and min(cap, base * 2^n)."""
+
+    attempts: int = 8
+    base_seconds: float = 0.25
+    cap_seconds: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+Verdict = Literal["retry", "raise"]
+
+
+def with_backoff(
+    call: Callable[[], T], classify: Callable[[Exception], Verdict], backoff: Backoff, what: str
+) -> T:
+    """Run ``call``; while ``classify`` says an error is worth retrying, wait and run it again.
+
+    Blocking by design: providers run it in a worker thread (sync activities or ``asyncio.to_thread``). Each
+    wait heartbeats (where a heartbeat timeout is set), so a long throttling spell is not taken for a dead
+    worker.
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            attempt += 1
+            if classify(error) == "raise" or attempt >= backoff.attempts:
+                raise
+            delay = backoff.delay(attempt)
+            if activity.in_activity():
+                activity.logger.info(
+                    "%s: %s, retry %d of %d in %.2fs",
+                    what,
+                    _short(error),
+                    attempt,
+                    backoff.attempts - 1,
+                    delay,
+                )
+            heartbeat(f"{what}: retry {attempt} after {type(error).__name__}")
+            time.sleep(delay)
+
+
+def heartbeat(*details: object) -> None:
+    """Heartbeat only where the caller set a heartbeat timeout: otherwise nobody waits on it, and each
+    heartbeat still reaches the server as a (billable) action."""
+    if activity.in_activity() and activity.info().heartbeat_timeout:
+        activity.heartbeat(*details)
+
+
+def _short(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# -------------------------------------------------------------------------------------------- preflight
+class PreflightCheck(StrictModel):
+    name: str = Field(description="what was checked, e.g. 'hosted zone Z123 exists'")
+    ok: bool | None = Field(description="None: could not be verified without changing something")
+    detail: str
+
+
+class PreflightReport(StrictModel):
+    """What a provider verified before anything changes; ``ok`` is False when any check failed."""
+
+    provider: str
+    ok: bool
+    checks: list[PreflightCheck]
+
+    @classmethod
+    def of(cls, provider: str, checks: list[PreflightCheck]) -> PreflightReport:
+        return cls(provider=provider, ok=all(check.ok is not False for check in checks), checks=checks)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{check.name}: {check.detail}" for check in self.checks if check.ok is False]
+
+    def markdown(self) -> str:
+        mark = {True: "✓", False: "✗", None: "?"}
+        return "\n".join(f"- {mark[check.ok]} {check.name}: {check.detail}" for check in self.checks)

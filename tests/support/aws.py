@@ -1,0 +1,381 @@
+"""AWS emulators as real HTTP servers for the whole session, and the small tools tests use with them.
+
+- ``moto_endpoint``: moto's ``ThreadedMotoServer`` (Route53 records and weights, RDS instances, CloudWatch).
+- ``ministack_endpoint``: ministack as a child process (Aurora global switchover/failover state changes, and
+  Route53 changes that are PENDING before INSYNC, and that refuse a DELETE of values no longer there).
+- ``ThrottlingProxy``: an HTTP proxy in front of either that answers chosen requests with AWS throttling
+  errors (nothing forwarded) or forwards them and then loses the answer, counting what reached the emulator.
+- ``route53_nameserver``: a UDP nameserver answering from the emulator's Route53 zone, standing in for the
+  awsdns servers so propagation can be checked offline.
+
+Neither emulator is optional: a missing one fails the session loudly, it never skips.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+from botocore.stub import Stubber
+
+from activities.aws import AwsClients
+from runbooks.model import Nameserver
+from workers.sandbox.named import LOOPBACK, free_port
+
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+SERVICES = ("route53", "rds", "cloudwatch", "sts")
+
+
+def session() -> boto3.session.Session:
+    return boto3.session.Session(region_name="us-east-1", **CREDENTIALS)
+
+
+def clients_for(endpoint: str) -> AwsClients:
+    """The product's client factory, every service pointed at one emulator."""
+    return AwsClients(session=session(), endpoints=dict.fromkeys(SERVICES, endpoint))
+
+
+def client(service: str, endpoint: str, region: str = "us-east-1") -> Any:
+    """A plain boto3 client for setting up the emulator's world (what an operator or AWS itself did)."""
+    return session().client(service, region_name=region, endpoint_url=endpoint)  # type: ignore[call-overload]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# ----------------------------------------------------------------------------------------------- moto
+@pytest.fixture(scope="session", name="moto_endpoint")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
+    server.start()
+    try:
+        _wait_for_port(port, "moto")
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------ ministack
+@pytest.fixture(scope="session", name="ministack_endpoint")
+def ministack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if importlib.util.find_spec("ministack") is None:
+        raise RuntimeError("ministack is not installed: run `make test`, which installs the dev extras")
+    directory = tmp_path_factory.mktemp("ministack")
+    port = free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(port),
+        "BIND_HOST": LOOPBACK,
+        "SERVICES": ",".join(SERVICES),
+        "IOT_MTLS_ENABLED": "0",
+        "LOG_LEVEL": "WARNING",
+        "TMPDIR": str(directory),
+    }
+    log = (directory / "ministack.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ministack"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=directory
+    )
+    try:
+        _wait_for_port(port, "ministack", process=process, log=directory / "ministack.log")
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+def _wait_for_port(
+    port: int, what: str, process: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            break
+        with socket.socket() as probe:
+            probe.settimeout(0.2)
+            if probe.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.1)
+    tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+    raise RuntimeError(f"{what} did not start on port {port}:\n{tail}")
+
+
+# ------------------------------------------------------------------------------------ Stubber clients
+@dataclass
+class StubbedClients:
+    """Real botocore clients whose answers come from a ``Stubber`` (where no emulator behaves like AWS)."""
+
+    stubs: dict[tuple[str, str], Stubber] = field(default_factory=dict)
+    clients: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def stub(self, service: str, region: str) -> Stubber:
+        key = (service, region)
+        if key not in self.clients:
+            self.clients[key] = session().client(service, region_name=region)  # type: ignore[call-overload]
+            self.stubs[key] = Stubber(self.clients[key])
+            self.stubs[key].activate()
+        return self.stubs[key]
+
+    def _get(self, service: str, region: str) -> Any:
+        self.stub(service, region)
+        return self.clients[(service, region)]
+
+    def route53(self) -> Any:
+        return self._get("route53", "us-east-1")
+
+    def rds(self, region: str) -> Any:
+        return self._get("rds", region)
+
+    def cloudwatch(self, region: str) -> Any:
+        return self._get("cloudwatch", region)
+
+    def sts(self) -> Any:
+        return self._get("sts", "us-east-1")
+
+    def assert_all_used(self) -> None:
+        for stubber in self.stubs.values():
+            stubber.assert_no_pending_responses()
+
+
+# ----------------------------------------------------------------------------------- throttling proxy
+THROTTLED = """<?xml version="1.0" encoding="UTF-8"?>
+<ErrorResponse xmlns="https://route53.amazonaws.com/doc/2013-04-01/"><Error><Type>Sender</Type><Code>{code}</Code>
+<Message>{message}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"""
+
+Match = Callable[[str, str, str], bool]  # (method, path, body)
+
+
+@dataclass
+class Rule:
+    """The next ``count`` requests that ``match`` get ``action`` instead of a plain answer."""
+
+    match: Match
+    count: int
+    action: str  # "Throttling", "PriorRequestNotComplete": refused unforwarded; "lose": forwarded, then 503
+
+
+@dataclass
+class ThrottlingProxy:
+    upstream: str
+    port: int = 0
+    rules: list[Rule] = field(default_factory=list)
+    forwarded: list[tuple[str, str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def add(self, match: Match, count: int, action: str) -> None:
+        self.rules.append(Rule(match, count, action))
+
+    def count(self, match: Match) -> int:
+        return sum(1 for request in self.forwarded if match(*request))
+
+    def _take(self, method: str, path: str, body: str) -> str | None:
+        for rule in self.rules:
+            if rule.count > 0 and rule.match(method, path, body):
+                rule.count -= 1
+                return rule.action
+        return None
+
+
+@contextmanager
+def throttling_proxy(upstream: str) -> Iterator[ThrottlingProxy]:
+    proxy = ThrottlingProxy(upstream)
+    host, _, port = upstream.removeprefix("http://").partition(":")
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            method, path = self.command, self.path
+            with lock:
+                action = proxy._take(method, path, body.decode(errors="replace"))
+            if action in ("Throttling", "PriorRequestNotComplete"):
+                with lock:
+                    proxy.refused.append((method, path, action))
+                payload = THROTTLED.format(
+                    code=action, message="Rate exceeded", request_id=uuid.uuid4()
+                ).encode()
+                self._answer(400, {"Content-Type": "text/xml"}, payload)
+                return
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+            finally:
+                connection.close()
+            with lock:
+                proxy.forwarded.append((method, path, body.decode(errors="replace")))
+            if action == "lose":
+                self._answer(503, {"Content-Type": "text/plain"}, b"upstream connection reset")
+                return
+            kept = {
+                k: v for k, v in response.getheaders() if k.lower() not in ("transfer-encoding", "connection")
+            }
+            self._answer(response.status, kept, payload)
+
+        def _answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() != "content-length":
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    server.daemon_threads = True
+    proxy.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# ------------------------------------------------------------------------------- Route53 nameserver
+@contextmanager
+def route53_nameserver(endpoint: str, hosted_zone_id: str, zone: str) -> Iterator[Nameserver]:
+    """Answers authoritatively, per query, what the emulator's hosted zone holds (simple records only)."""
+    route53 = client("route53", endpoint)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer(query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        if not name.endswith(zone):
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        listed = route53.list_resource_record_sets(
+            HostedZoneId=hosted_zone_id,
+            StartRecordName=name,
+            StartRecordType=dns.rdatatype.to_text(question.rdtype),
+        )["ResourceRecordSets"]
+        found = [
+            rs for rs in listed
+            if rs["Name"].lower() == name and rs["Type"] == dns.rdatatype.to_text(question.rdtype)
+            and "SetIdentifier" not in rs
+        ]  # fmt: skip
+        if found:
+            values = [rr["Value"] for rr in found[0].get("ResourceRecords", [])]
+            response.answer.append(
+                dns.rrset.from_text_list(name, found[0]["TTL"], "IN", question.rdtype, values)
+            )
+        elif not any(rs["Name"].lower() == name for rs in listed):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        return response
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                wire, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.sendto(answer(dns.message.from_wire(wire)).to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield Nameserver(name="ns-1.awsdns.test.", address=LOOPBACK, port=sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+# ------------------------------------------------------------------------------------- environment
+ENDPOINT_VARIABLES = {
+    "route53": "AWS_ENDPOINT_URL_ROUTE_53",
+    "rds": "AWS_ENDPOINT_URL_RDS",
+    "cloudwatch": "AWS_ENDPOINT_URL_CLOUDWATCH",
+    "sts": "AWS_ENDPOINT_URL_STS",
+}
+
+
+def isolate_aws_environment(monkeypatch: pytest.MonkeyPatch, *, credentials: bool = True) -> None:
+    """Only what the test sets: no profile, config file, instance metadata or endpoint from the machine."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/drflow-test-aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/drflow-test-aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if credentials:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", CREDENTIALS["aws_access_key_id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["aws_secret_access_key"])
+
+
+def point_aws_at(monkeypatch: pytest.MonkeyPatch, **endpoints: str) -> None:
+    """What an operator does for VPC endpoints, here for emulators: botocore's per-service endpoint settings."""
+    isolate_aws_environment(monkeypatch)
+    for service, endpoint in endpoints.items():
+        monkeypatch.setenv(ENDPOINT_VARIABLES[service], endpoint)
+
+
+def hosted_zone(endpoint: str, zone: str) -> str:
+    """A new hosted zone; its id starts with Z as AWS's do (moto draws from all letters unless told)."""
+    route53 = client("route53", endpoint)
+    wanted = "Z" + uuid.uuid4().hex[:20].upper()
+    _register_moto_zone_id(zone, wanted)
+    created = route53.create_hosted_zone(Name=zone, CallerReference=unique("ref"))
+    zone_id: str = created["HostedZone"]["Id"].removeprefix("/hostedzone/")
+    if not zone_id.startswith("Z"):
+        raise AssertionError(f"hosted zone id {zone_id} does not look like AWS's (Z...)")
+    return zone_id
+
+
+def _register_moto_zone_id(zone: str, zone_id: str) -> None:
+    """moto runs in this process: tell its id generator the id the next zone of this name gets."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.route53.models import HostedZoneIdentifier
+    from moto.utilities.id_generator import moto_id_manager
+
+    moto_id_manager.set_custom_id(HostedZoneIdentifier(DEFAULT_ACCOUNT_ID, zone, None), zone_id)
