@@ -1,0 +1,178 @@
+"""DR drills: the quarterly schedule, a drill run end to end on the sandbox, cleanup after a worker crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.sandbox import SandboxWorld, sandbox_world
+from tests.test_cli_check import drflow, target
+from tests.test_cli_runbooks import DRFLOW
+from tests.test_failover_sandbox import answers, in_recovery
+from workers.worker import build_worker
+from workflows.common import TASK_QUEUE
+from workflows.drill import DrillWorkflow
+from workflows.drill_models import DrillReport, DrillRequest
+from workflows.failover_models import ApprovalInput
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxWorld]:
+    monkeypatch.setenv("DRFLOW_DRILL_REPORTS", str(tmp_path / "drills"))
+    with sandbox_world() as built:
+        built.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
+        yield built
+
+
+def first_tuesdays_of_quarters(after: datetime, count: int) -> list[datetime]:
+    found: list[datetime] = []
+    year = after.year
+    while len(found) < count:
+        for month in (1, 4, 7, 10):
+            day = date(year, month, 1)
+            day += timedelta(days=(1 - day.weekday()) % 7)  # Monday is 0: Tuesday is 1
+            moment = datetime(day.year, day.month, day.day, 9, tzinfo=UTC)
+            if moment > after and len(found) < count:
+                found.append(moment)
+        year += 1
+    return found
+
+
+async def test_quarterly_schedule_lists_the_first_tuesdays_and_can_be_paused_and_deleted(
+    dev_env: WorkflowEnvironment, world: SandboxWorld
+) -> None:
+    runbooks, address = str(world.runbooks), target(dev_env)
+    created = await drflow("--runbooks", runbooks, "drill", "schedule", world.service, "--address", address)
+    assert created.returncode == 0, created.stderr
+    expected = first_tuesdays_of_quarters(datetime.now(UTC), 4)
+    assert created.stdout.splitlines()[1:] == [f"  {d:%Y-%m-%d} 09:00 UTC (Tuesday)" for d in expected]
+    description = await dev_env.client.get_schedule_handle(f"drill-{world.service}").describe()
+    policy = description.schedule.policy
+    assert policy.catchup_window == timedelta(hours=4)
+    again = await drflow("--runbooks", runbooks, "drill", "schedule", world.service, "--address", address)
+    assert again.returncode == 1 and "already has a drill schedule" in again.stderr
+    paused = await drflow("drill", "pause", world.service, "--address", address)
+    assert paused.returncode == 0
+    listed = await drflow("drill", "list", "--address", address)
+    assert f"drill-{world.service}  paused  next: {expected[0]:%Y-%m-%d} 09:00" in listed.stdout
+    assert "last: never ran" in listed.stdout
+    deleted = await drflow("drill", "delete", world.service, "--address", address)
+    assert deleted.returncode == 0
+
+
+async def approve_children(client: Client, drill_id: str) -> None:
+    """Answer every gate the drill's children open: approvals in a drill are real, a person answers them."""
+    gates = [(f"{drill_id}-failover", "failover", "bob"), (f"{drill_id}-failback", "failback", "carol"),
+             (f"{drill_id}-failback", "failback-100", "carol")]  # fmt: skip
+    for child, gate, approver in gates:
+        handle = client.get_workflow_handle(child)
+        async with asyncio.timeout(180):
+            while True:
+                try:
+                    report = await handle.query("status", result_type=dict)
+                except (WorkflowQueryFailedError, RPCError):  # the child has not started yet
+                    await asyncio.sleep(0.2)
+                    continue
+                if report["open_gate"] == gate:
+                    break
+                await asyncio.sleep(0.1)
+        await handle.execute_update("approve", ApprovalInput(approver=approver, reason=f"drill {gate}"))
+
+
+async def drill_handle(client: Client, service: str) -> WorkflowHandle[DrillWorkflow, DrillReport]:
+    async with asyncio.timeout(60):
+        while True:
+            async for execution in client.list_workflows(
+                f"WorkflowType = 'Drill' AND DrflowService = '{service}'"
+            ):
+                return client.get_workflow_handle_for(DrillWorkflow.run, execution.id)
+            await asyncio.sleep(0.2)
+
+
+async def test_triggered_drill_fails_over_and_back_and_writes_its_report(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, tmp_path: Path
+) -> None:
+    address = target(dev_env)
+    async with build_worker(dev_env.client, world.runbooks, task_queue=TASK_QUEUE):
+        created = await drflow(
+            "--runbooks", str(world.runbooks), "drill", "schedule", world.service, "--address", address
+        )
+        assert created.returncode == 0, created.stderr
+        assert (await drflow("drill", "run", world.service, "--address", address)).returncode == 0
+        handle = await drill_handle(dev_env.client, world.service)
+        assert (
+            await drflow("drill", "run", world.service, "--address", address)
+        ).returncode == 0  # overlaps: skipped
+        await approve_children(dev_env.client, handle.id)
+        report = await handle.result()
+        description = await dev_env.client.get_schedule_handle(f"drill-{world.service}").describe()
+        await dev_env.client.get_schedule_handle(f"drill-{world.service}").delete()
+    assert report.outcome in ("passed", "findings"), report.deviations
+    assert report.restored
+    assert report.failover is not None and report.failover.outcome == "completed"
+    assert report.failback is not None and report.failback.outcome == "completed"
+    assert report.rto_achieved_seconds is not None and report.rto_objective_seconds == 120
+    assert report.rpo_achieved_seconds == 0.0
+    assert description.info.num_actions_skipped_overlap >= 1
+    assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
+    assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
+    json_path, md_path = (Path(p) for p in report.report_files)
+    assert json.loads(json_path.read_text())["drill_id"] == handle.id
+    markdown = md_path.read_text()
+    assert markdown.startswith(f"# DR drill {handle.id}: {world.service}:")
+    assert "| RTO | 120.0s |" in markdown and "Starting state restored: yes" in markdown
+
+
+async def test_drill_survives_a_killed_worker_and_restores_the_starting_state(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, task_queue: str
+) -> None:
+    env = {**os.environ, "TEMPORAL_ADDRESS": target(dev_env), "DRFLOW_RUNBOOKS": str(world.runbooks)}
+
+    async def spawn() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *DRFLOW, "worker", "--task-queue", task_queue, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+    first = await spawn()
+    handle = await dev_env.client.start_workflow(
+        DrillWorkflow.run,
+        DrillRequest(service=world.service),
+        id=f"drill-{world.service}-crash",
+        task_queue=task_queue,
+    )
+    approving = asyncio.create_task(approve_children(dev_env.client, handle.id))
+    failover = dev_env.client.get_workflow_handle(f"{handle.id}-failover")
+    async with asyncio.timeout(120):
+        while True:
+            try:
+                report = await failover.query("status", result_type=dict)
+            except (WorkflowQueryFailedError, RPCError):  # not started yet
+                report = None
+            if report is not None and any(
+                s["name"].startswith("wait out the old TTL") for s in report["steps"]
+            ):
+                break
+            await asyncio.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    second = await spawn()
+    try:
+        await approving
+        result = await asyncio.wait_for(handle.result(), 300)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+    assert result.restored, result.deviations
+    assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
+    assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]

@@ -1,0 +1,286 @@
+"""``drflow drill``: quarterly DR drills on Temporal Schedules, and their history."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+    ScheduleState,
+    WorkflowExecutionStatus,
+)
+from temporalio.service import RPCError
+
+from workers.cli import EXIT_OK, Failure, _services_to_check, connect, connection_options, settings_from
+from workers.connection import TemporalSettings
+from workflows.common import TASK_QUEUE, run_attributes
+from workflows.drill_models import DrillReport, DrillRequest
+
+CATCHUP_WINDOW = timedelta(hours=4)  # a drill missed during an outage must not fire days later
+QUARTERLY = ScheduleCalendarSpec(
+    second=(ScheduleRange(0),),
+    minute=(ScheduleRange(0),),
+    hour=(ScheduleRange(9),),
+    # Temporal ANDs day of month with day of week: days 1-7 that are Tuesdays = the first Tuesday.
+    day_of_month=(ScheduleRange(1, 7),),
+    month=(ScheduleRange(1), ScheduleRange(4), ScheduleRange(7), ScheduleRange(10)),
+    day_of_week=(ScheduleRange(2),),
+    comment="first Tuesday of January, April, July and October, 09:00 UTC",
+)
+WEEKDAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
+
+
+def schedule_id(service: str) -> str:
+    return f"drill-{service}"
+
+
+def parse_calendar(text: str) -> ScheduleCalendarSpec:
+    """``month=1,4,7,10 day_of_month=1-7 day_of_week=TUE hour=9 minute=0`` (UTC)."""
+    fields: dict[str, tuple[ScheduleRange, ...]] = {}
+    allowed = {"second", "minute", "hour", "day_of_month", "month", "day_of_week"}
+    for part in text.split():
+        key, _, value = part.partition("=")
+        if key not in allowed or not value:
+            raise click.BadParameter(f"{part!r}: use key=value with keys {', '.join(sorted(allowed))}")
+        ranges = []
+        for item in value.split(","):
+            low, _, high = item.partition("-")
+            try:
+                start = _number(key, low)
+                end = _number(key, high) if high else start
+            except ValueError as err:
+                raise click.BadParameter(f"{part!r}: {item!r} is not a number or range") from err
+            ranges.append(ScheduleRange(start, end))
+        fields[key] = tuple(ranges)
+    fields.setdefault("second", (ScheduleRange(0),))
+    fields.setdefault("minute", (ScheduleRange(0),))
+    return ScheduleCalendarSpec(**fields, comment=text)
+
+
+def _number(key: str, text: str) -> int:
+    if key == "day_of_week" and text.upper() in WEEKDAYS:
+        return WEEKDAYS[text.upper()]
+    return int(text)
+
+
+@click.group()
+def drill() -> None:
+    """Quarterly DR drills on Temporal Schedules: schedule, list, run, pause, unpause, delete, report."""
+
+
+@drill.command("schedule")
+@click.argument("service")
+@click.option("--calendar", help='UTC, e.g. "month=1,4,7,10 day_of_month=1-7 day_of_week=TUE hour=9"')
+@click.option("--cron", help='cron expression (UTC), e.g. "0 9 1-7 1,4,7,10 2"')
+@click.option("--target", help="region to fail over to (default: the runbook's first standby)")
+@click.option("--approver-unavailable", help="scenario: this approver cannot answer during the drill")
+@connection_options
+@click.pass_obj
+def schedule(
+    directory: Path, /, service: str, calendar: str | None, cron: str | None, target: str | None,
+    approver_unavailable: str | None, **options: Any,
+) -> int:  # fmt: skip
+    """Create the drill schedule of SERVICE (default: first Tuesday of each quarter, 09:00 UTC)."""
+    if calendar and cron:
+        raise click.UsageError("give --calendar or --cron, not both")
+    _services_to_check(directory, service)
+    spec = (
+        ScheduleSpec(cron_expressions=[cron])
+        if cron
+        else ScheduleSpec(calendars=[parse_calendar(calendar) if calendar else QUARTERLY])
+    )
+    request = DrillRequest(service=service, target=target, approver_unavailable=approver_unavailable)
+    return asyncio.run(_create(settings_from(options), request, spec))
+
+
+async def _create(settings: TemporalSettings, request: DrillRequest, spec: ScheduleSpec) -> int:
+    client = await connect(settings)
+    action = ScheduleActionStartWorkflow(
+        "Drill",
+        request,
+        id=schedule_id(request.service),
+        task_queue=TASK_QUEUE,
+        typed_search_attributes=run_attributes(request.service, "drill", "failover"),
+        static_summary=f"DR drill of {request.service}",
+    )
+    try:
+        handle = await client.create_schedule(
+            schedule_id(request.service),
+            Schedule(
+                action=action,
+                spec=spec,
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=CATCHUP_WINDOW),
+                state=ScheduleState(note=f"DR drills of {request.service}"),
+            ),
+        )
+    except ScheduleAlreadyRunningError as err:
+        raise Failure(
+            f"{request.service} already has a drill schedule ({schedule_id(request.service)}): "
+            "`drflow drill delete` it first to change it"
+        ) from err
+    description = await handle.describe()
+    click.echo(f"scheduled {handle.id}; next drills:")
+    for when in description.info.next_action_times[:4]:
+        click.echo(f"  {when:%Y-%m-%d %H:%M} UTC ({when:%A})")
+    return EXIT_OK
+
+
+@drill.command("list")
+@connection_options
+def list_schedules(**options: Any) -> int:
+    """Each drill schedule: paused or not, next runs, last result."""
+    return asyncio.run(_list(settings_from(options)))
+
+
+async def _list(settings: TemporalSettings) -> int:
+    client = await connect(settings)
+    found = False
+    async for entry in await client.list_schedules():
+        if not entry.id.startswith("drill-"):
+            continue
+        found = True
+        description = await client.get_schedule_handle(entry.id).describe()
+        info = description.info
+        state = "paused" if description.schedule.state.paused else "active"
+        upcoming = ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in info.next_action_times[:4]) or "-"
+        started = [getattr(a.action, "workflow_id", "") for a in info.recent_actions]
+        last = await _last_result(client, [w for w in started if w])
+        click.echo(f"{entry.id}  {state}  next: {upcoming} UTC  last: {last}")
+    if not found:
+        click.echo("no drill schedules: create one with `drflow drill schedule SERVICE`")
+    return EXIT_OK
+
+
+async def _last_result(client: Client, workflow_ids: list[str]) -> str:
+    if not workflow_ids:
+        return "never ran"
+    handle = client.get_workflow_handle(workflow_ids[-1])
+    description = await handle.describe()
+    if description.status != WorkflowExecutionStatus.COMPLETED:
+        return description.status.name.lower() if description.status else "unknown"
+    report = await client.get_workflow_handle(workflow_ids[-1], result_type=DrillReport).result()
+    return f"{report.outcome} ({len(report.findings)} findings) at {description.close_time:%Y-%m-%d %H:%M}"
+
+
+def _schedule_command(name: str, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @click.argument("service")
+    @connection_options
+    def command(service: str, **options: Any) -> int:
+        return asyncio.run(_act(settings_from(options), name, service))
+
+    return command
+
+
+async def _act(settings: TemporalSettings, action: str, service: str) -> int:
+    client = await connect(settings)
+    handle = client.get_schedule_handle(schedule_id(service))
+    try:
+        if action == "run":
+            await handle.trigger()
+        elif action == "pause":
+            await handle.pause(note="paused with drflow drill pause")
+        elif action == "unpause":
+            await handle.unpause(note="unpaused with drflow drill unpause")
+        else:
+            await handle.delete()
+    except RPCError as err:
+        raise Failure(f"{schedule_id(service)}: {err.message}") from err
+    click.echo(f"{schedule_id(service)}: {action} done")
+    return EXIT_OK
+
+
+for _name, _help in (
+    ("run", "Start a drill of SERVICE now (through its schedule: overlap skip applies)."),
+    ("pause", "Pause the drill schedule of SERVICE."),
+    ("unpause", "Resume the drill schedule of SERVICE."),
+    ("delete", "Delete the drill schedule of SERVICE (past drills and reports stay)."),
+):
+    drill.add_command(_schedule_command(_name, _help))
+
+
+@drill.command("report")
+@click.argument("service")
+@click.option("--chart", type=click.Path(dir_okay=False), help="write the RTO chart here (.svg)")
+@connection_options
+def report(service: str, chart: str | None, **options: Any) -> int:
+    """The history of SERVICE's drills as a table, and a chart of achieved RTO against the objective."""
+    return asyncio.run(_report(settings_from(options), service, chart))
+
+
+async def _report(settings: TemporalSettings, service: str, chart: str | None) -> int:
+    client = await connect(settings)
+    reports: list[DrillReport] = []
+    query = f"WorkflowType = 'Drill' AND DrflowService = '{service}' AND ExecutionStatus = 'Completed'"
+    async for execution in client.list_workflows(query):
+        result = await client.get_workflow_handle(
+            execution.id, run_id=execution.run_id, result_type=DrillReport
+        ).result()
+        reports.append(result)
+    reports.sort(key=lambda r: r.started_at)
+    if not reports:
+        click.echo(f"no completed drills of {service} yet")
+        return EXIT_OK
+    click.echo("| drill | date | outcome | RTO achieved / objective | RPO achieved / objective | findings |")
+    click.echo("|---|---|---|---|---|---|")
+    for r in reports:
+        click.echo(
+            f"| {r.drill_id} | {r.started_at:%Y-%m-%d} | {r.outcome} | {_seconds(r.rto_achieved_seconds)} / "
+            f"{_seconds(r.rto_objective_seconds)} | {_seconds(r.rpo_achieved_seconds)} / "
+            f"{_seconds(r.rpo_objective_seconds)} | {len(r.findings)} |"
+        )
+    if chart:
+        await asyncio.to_thread(Path(chart).write_text, rto_chart_svg(service, reports))
+        click.echo(f"chart: {chart}")
+    return EXIT_OK
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def rto_chart_svg(service: str, reports: list[DrillReport]) -> str:
+    """A small bar chart, no plotting library: achieved RTO per drill, the objective as a red line."""
+    width, height, margin = 640, 320, 48
+    objective = next((r.rto_objective_seconds for r in reports if r.rto_objective_seconds), 1.0) or 1.0
+    values = [r.rto_achieved_seconds or 0.0 for r in reports]
+    top = max([objective, *values]) * 1.15
+    step = (width - 2 * margin) / max(len(reports), 1)
+
+    def y(value: float) -> float:
+        return height - margin - (value / top) * (height - 2 * margin)
+
+    bars = []
+    for index, (r, value) in enumerate(zip(reports, values, strict=True)):
+        x = margin + index * step + step * 0.15
+        colour = "#2f855a" if value <= objective else "#c05621"
+        bars.append(
+            f'<rect x="{x:.1f}" y="{y(value):.1f}" width="{step * 0.7:.1f}" '
+            f'height="{height - margin - y(value):.1f}" '
+            f'fill="{colour}"><title>{r.drill_id}: {value:.1f}s</title></rect>'
+            f'<text x="{x + step * 0.35:.1f}" y="{height - margin + 16}" font-size="10" text-anchor="middle">'
+            f"{r.started_at:%Y-%m-%d}</text>"
+        )
+    line = y(objective)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
+        f'<text x="{margin}" y="24" font-size="14">Achieved RTO per drill: {service}</text>'
+        f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" '
+        'stroke="#333"/>'
+        + "".join(bars)
+        + f'<line x1="{margin}" y1="{line:.1f}" x2="{width - margin}" y2="{line:.1f}" stroke="#e53e3e" '
+        f'stroke-dasharray="6 4"/><text x="{width - margin}" y="{line - 6:.1f}" font-size="11" '
+        f'text-anchor="end" fill="#e53e3e">objective {objective:.0f}s</text></svg>'
+    )

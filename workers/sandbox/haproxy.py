@@ -1,0 +1,244 @@
+"""HAProxy in front of both regions' apps: the sandbox's traffic manager, so the canary of a failback is real.
+
+One frontend on loopback, one backend ``app`` with a server per region, ``balance roundrobin`` (weights are
+honoured per request) and the runtime API on a Unix socket (``level admin``: weights change there). Layout
+under the directory (``<state>/haproxy``)::
+
+    haproxy.cfg   generated at every start
+    admin.sock    the runtime API (mode 0600)
+    haproxy.pid   written by us: in foreground mode (``-db``) HAProxy writes no pid file itself
+    haproxy.log   HAProxy's own output and its request log (``log stdout``)
+    weights.json  the weights at the last stop, so a restarted sandbox serves as it did
+
+No ``check`` on the servers, on purpose: a health check would take a failing region out of the rotation and
+hide its errors from the canary analysis, which must see what clients of that region would see. For the same
+reason ``retries 0``: a refused connection is answered 503 at once, not retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from activities.haproxy import HaproxyError, HaproxyRuntime
+from workers.sandbox.processes import pid_alive, spawn_detached, stop_process
+
+PACKAGE = "haproxy"
+DEBIAN_PATH = Path("/usr/sbin/haproxy")
+LOOPBACK = "127.0.0.1"
+BACKEND = "app"
+_UNIX_SOCKET_PATH_MAX = 107
+_LOG_TAIL_LINES = 20
+
+
+class HaproxyNotInstalledError(RuntimeError):
+    """The haproxy program is missing; the message names the Debian package."""
+
+
+class HaproxyStartError(RuntimeError):
+    """HAProxy refused its configuration or did not come up; the message carries its output."""
+
+
+def find_haproxy() -> Path:
+    """``haproxy`` on PATH, else Debian's /usr/sbin (not on an ordinary user's PATH)."""
+    on_path = shutil.which("haproxy")
+    if on_path is not None:
+        return Path(on_path)
+    if DEBIAN_PATH.is_file():
+        return DEBIAN_PATH
+    raise HaproxyNotInstalledError(
+        f"haproxy was not found on PATH or at {DEBIAN_PATH}; install it with `apt-get install {PACKAGE}` "
+        "(Debian/Ubuntu)"
+    )
+
+
+@dataclass(frozen=True)
+class HaproxyConfig:
+    directory: Path
+    port: int = 18090
+    servers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """region -> (address, port) of its app; the HAProxy server is named after the region."""
+    initial_weights: dict[str, int] = field(default_factory=dict)
+    """region -> weight for a fresh world (later starts restore the weights of the last stop)."""
+    host: str = LOOPBACK
+    backend: str = BACKEND
+
+
+class HaproxyServer:
+    def __init__(self, config: HaproxyConfig) -> None:
+        self.config = config
+        self.directory = Path(config.directory).absolute()
+
+    # ---- paths and addresses
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "haproxy.cfg"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "admin.sock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.directory / "haproxy.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "haproxy.log"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / "weights.json"
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    @property
+    def frontend_url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def runtime_api(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def runtime(self, timeout: float = 2.0) -> HaproxyRuntime:
+        return HaproxyRuntime(self.runtime_api, timeout)
+
+    # ---- state
+    @property
+    def pid(self) -> int | None:
+        """The pid from our pid file if it is a live haproxy running this directory's configuration."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        ours = str(self.config_path).encode() in cmdline and any(
+            arg.endswith(b"haproxy") for arg in cmdline[:1]
+        )
+        return pid if ours and pid_alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid is not None
+
+    def weights(self) -> dict[str, int]:
+        """Each region's current weight, from the runtime API."""
+        runtime = self.runtime()
+        return {
+            region: runtime.get_weight(self.config.backend, region).current for region in self.config.servers
+        }
+
+    # ---- lifecycle
+    def render(self, weights: dict[str, int]) -> str:
+        servers = "\n".join(
+            f"    server {region} {address}:{port} weight {weights.get(region, 0)}"
+            for region, (address, port) in self.config.servers.items()
+        )
+        return f"""# Generated by drflow (workers/sandbox/haproxy.py) at every start: edits are lost.
+global
+    log stdout format raw local0 info
+    stats socket {self.socket_path} mode 600 level admin
+    stats timeout 10s
+    maxconn 512
+
+defaults
+    mode http
+    log global
+    option httplog
+    # A refused connection is a 503 at once: no retry, no redispatch to the other region.
+    retries 0
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+
+frontend clients
+    bind {self.address}
+    default_backend {self.config.backend}
+    # Also on HAProxy's own errors (a 503 for a region that refused): the canary reports which one failed.
+    http-after-response set-header X-Served-By %s
+
+# No `check` on the servers: a failing region must stay in the rotation so that the canary sees its errors.
+backend {self.config.backend}
+    balance roundrobin
+{servers}
+"""
+
+    def start(self, timeout: float = 10.0) -> None:
+        if len(str(self.socket_path)) > _UNIX_SOCKET_PATH_MAX:
+            raise HaproxyStartError(
+                f"the runtime socket path {self.socket_path} is longer than {_UNIX_SOCKET_PATH_MAX} bytes: "
+                "choose a shorter state directory"
+            )
+        program = str(find_haproxy())
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.render(self._weights_to_start_with()))
+        checked = subprocess.run(
+            [program, "-c", "-q", "-f", str(self.config_path)],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+        )  # fmt: skip
+        if checked.returncode != 0:
+            raise HaproxyStartError(
+                f"haproxy refused {self.config_path}: {(checked.stderr or checked.stdout).strip()[-800:]}"
+            )
+        # -db: foreground, no master-worker; the process we spawn is the one that serves.
+        process = spawn_detached([program, "-db", "-f", str(self.config_path)], self.log_path)
+        self.pid_path.write_text(f"{process.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                raise HaproxyStartError(f"haproxy exited with status {code}\n{self.log_tail()}")
+            if self._answers():
+                return
+            time.sleep(0.05)
+        stop_process(process.pid, timeout)
+        raise HaproxyStartError(
+            f"haproxy did not answer on {self.address} and {self.socket_path} within {timeout:g}s\n"
+            + self.log_tail()
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Remember the weights (a canary in progress survives `down`/`up`), then stop."""
+        pid = self.pid
+        if pid is None:
+            return
+        with contextlib.suppress(HaproxyError):
+            self.weights_path.write_text(json.dumps(self.weights(), indent=2) + "\n")
+        stop_process(pid, timeout)
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "(no log output)"
+        return f"--- {self.log_path} ---\n" + "\n".join(tail)
+
+    # ---- internals
+    def _weights_to_start_with(self) -> dict[str, int]:
+        weights = dict(self.config.initial_weights)
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            saved = json.loads(self.weights_path.read_text())
+            weights.update(
+                {
+                    region: int(saved[region])
+                    for region in self.config.servers
+                    if isinstance(saved.get(region), int)
+                }
+            )
+        return weights
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((self.config.host, self.config.port), timeout=0.5):
+                pass
+            self.runtime(timeout=0.5).command("show info")
+        except (OSError, HaproxyError):
+            return False
+        return True

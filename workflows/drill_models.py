@@ -1,0 +1,149 @@
+"""A DR drill: what it rehearses, what it measured against the objectives, what should improve."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from runbooks.model import StrictModel
+from workflows.failback_models import FailbackReport
+from workflows.failover_models import FailoverReport
+
+
+class DrillRequest(StrictModel):
+    service: str = Field(min_length=1)
+    target: str | None = Field(default=None, description="region to fail over to; default the first standby")
+    reason: str = "scheduled DR drill"
+    requested_by: str = "drill-schedule"
+    approver_unavailable: str | None = Field(
+        default=None, description="scenario: this approver cannot answer, someone else must"
+    )
+
+
+class Finding(StrictModel):
+    objective: Literal["rto", "rpo", "restore", "procedure"]
+    summary: str
+    remediation: str
+
+
+class DrillReport(StrictModel):
+    service: str
+    drill_id: str
+    scenario: str
+    runbook_sha256: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: Literal["running", "passed", "findings", "failed"] = "running"
+    target: str | None = None
+    rto_objective_seconds: float | None = None
+    rto_achieved_seconds: float | None = None
+    rto_without_approval_seconds: float | None = None
+    rpo_objective_seconds: float | None = None
+    rpo_achieved_seconds: float | None = None
+    restored: bool = False
+    failover: FailoverReport | None = None
+    failback: FailbackReport | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    deviations: list[str] = Field(default_factory=list)
+    report_files: list[str] = Field(default_factory=list)
+
+
+def assess_drill(report: DrillReport) -> list[Finding]:
+    """Objectives missed become findings with a remediation, never a crash."""
+    findings: list[Finding] = []
+    failover = report.failover
+    if failover is None or failover.outcome != "completed":
+        outcome = failover.outcome if failover is not None else "not started"
+        findings.append(
+            Finding(
+                objective="procedure",
+                summary=f"the failover did not complete ({outcome})",
+                remediation="read the failover's report and decisions; fix the cause and re-run the drill",
+            )
+        )
+    rto, rto_goal = report.rto_achieved_seconds, report.rto_objective_seconds
+    if rto is not None and rto_goal is not None and rto > rto_goal:
+        waited = failover.approval_wait_seconds if failover is not None else 0.0
+        cause = (
+            f"approval took {waited:.0f}s of it: page approvers sooner (escalate_after) or let emergency "
+            "mode skip the gate"
+            if waited > rto / 2
+            else "lower the DNS TTL, the propagation budget or the health-check minimum; speed up promotion"
+        )
+        findings.append(
+            Finding(
+                objective="rto",
+                summary=f"RTO {report.rto_achieved_seconds:.1f}s missed the objective "
+                f"{report.rto_objective_seconds:.0f}s",
+                remediation=cause,
+            )
+        )
+    rpo, rpo_goal = report.rpo_achieved_seconds, report.rpo_objective_seconds
+    if rpo is not None and rpo_goal is not None and rpo > rpo_goal:
+        findings.append(
+            Finding(
+                objective="rpo",
+                summary=f"data-loss window {report.rpo_achieved_seconds:.1f}s exceeded the RPO "
+                f"{report.rpo_objective_seconds:.0f}s",
+                remediation="investigate replication lag (network, standby I/O), consider synchronous "
+                "replication for this service",
+            )
+        )
+    if not report.restored:
+        findings.append(
+            Finding(
+                objective="restore",
+                summary="the starting state was not restored",
+                remediation="run `drflow failback SERVICE --prepare`, then `drflow check SERVICE`",
+            )
+        )
+    return findings
+
+
+def render_drill(report: DrillReport) -> str:
+    lines = [
+        f"# DR drill {report.drill_id}: {report.service}: {report.outcome.upper()}",
+        "",
+        f"- scenario: {report.scenario}",
+        f"- runbook sha256: {report.runbook_sha256 or '-'}",
+        f"- started {report.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        + (f", finished {report.finished_at:%H:%M:%S} UTC" if report.finished_at else ""),
+        "",
+        "| objective | target | achieved | met |",
+        "|---|---|---|---|",
+        _row("RTO", report.rto_objective_seconds, report.rto_achieved_seconds),
+        _row("RTO without approval wait", report.rto_objective_seconds, report.rto_without_approval_seconds),
+        _row("RPO (data-loss window)", report.rpo_objective_seconds, report.rpo_achieved_seconds),
+        "",
+        f"Starting state restored: {'yes' if report.restored else 'NO'}",
+    ]
+    for title, run in (("Failover", report.failover), ("Failback", report.failback)):
+        if run is None:
+            continue
+        lines += ["", f"## {title}: {run.outcome}", "", "| step | duration | outcome |", "|---|---|---|"]
+        for step in run.steps:
+            took = f"{step.duration.total_seconds():.2f}s" if step.duration is not None else "-"
+            lines.append(f"| {step.name} | {took} | {step.outcome} |")
+        for approval in run.approvals:
+            who = f" by {approval.by} via {approval.channel}" if approval.by else ""
+            lines.append(
+                f"\n- approval {approval.gate}: {approval.decision}{who} at {approval.at:%H:%M:%S} UTC"
+            )
+    if report.deviations:
+        lines += ["", "## Deviations", *[f"- {d}" for d in report.deviations]]
+    lines += ["", "## Findings"]
+    lines += [f"- **{f.objective}**: {f.summary}. Remediation: {f.remediation}" for f in report.findings] or [
+        "- none: every objective was met"
+    ]
+    return "\n".join(lines)
+
+
+def _row(name: str, objective: float | None, achieved: float | None) -> str:
+    met = "-" if objective is None or achieved is None else ("yes" if achieved <= objective else "NO")
+    return f"| {name} | {_seconds(objective)} | {_seconds(achieved)} | {met} |"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"

@@ -1,0 +1,314 @@
+"""Failback: bring a service home after a failover, data first with zero loss, then traffic in canary stages.
+
+The home region's database must stream from the current primary (``prepare`` re-syncs it with pg_rewind
+when asked). After approval the database switches back (fence, replay to the fenced LSN, promote) and the
+old primary becomes the standby again; traffic then moves back stage by stage through the traffic manager,
+each stage judged by an analysis window of synthetic traffic. A failed analysis sets the home weight back
+to 0 by itself. An approval stands before 100 %; DNS follows at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import canary, database
+    from activities.dns_providers import DnsChangePlan, PlanDnsChangeRequest, plan_dns_change
+    from activities.health import HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
+    from activities.postgres import PrepareStandbyResult, ReplicationStatus
+    from runbooks.model import Failback, Runbook, TrafficConfig
+    from workflows.common import STEP_ATTR, load_runbook, tag_run
+    from workflows.failback_models import (
+        FailbackPlan,
+        FailbackReport,
+        FailbackRequest,
+        StageRecord,
+        render_failback,
+    )
+    from workflows.failover_models import DatabasePlan, Mode, Outcome
+    from workflows.moves import Moves, probes
+    from workflows.run_control import Ended
+
+INVALID_REQUEST = "InvalidFailbackRequest"
+SINGLE_STAGE = Failback(stages=[100])
+
+
+@workflow.defn(name="Failback")
+class FailbackWorkflow(Moves[FailbackReport]):
+    kind = "failback"
+    skippable_steps = frozenset({"verify propagation", "validate health"})
+
+    @workflow.init
+    def __init__(self, request: FailbackRequest) -> None:
+        info = workflow.info()
+        self._request = request
+        report = FailbackReport(
+            service=request.service,
+            home=request.home or "?",
+            mode=request.mode,
+            reason=request.reason,
+            requested_by=request.requested_by,
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            started_at=workflow.now(),
+        )
+        self._init_control(report, request.requested_by)
+
+    def _render(self) -> str:
+        return render_failback(self._report)
+
+    def _mode(self) -> Mode:
+        return self._request.mode
+
+    @workflow.query
+    def status(self) -> FailbackReport:
+        return self._report
+
+    # ------------------------------------------------------------------------------------------ the run
+    @workflow.run
+    async def run(self, request: FailbackRequest) -> FailbackReport:
+        tag_run(request.service, "failback", "preflight")
+        runbook = await self._load(request)
+        home = self._report.home
+        holder = await self._acquire_lock(request.service)
+        try:
+            if holder is not None:
+                raise Ended(
+                    "refused", f"another run holds the lock of {request.service}: {holder.workflow_id}"
+                )
+            plan = await self._preflight(runbook, home)
+            await self._gate("failback", plan.checksum, always=True)
+            workflow.upsert_search_attributes([STEP_ATTR.value_set("executing")])
+            if plan.database is not None:
+                await self._fence(plan)
+                await self._promote(plan)
+                await self._resync_old_primary(plan)
+            await self._shift_traffic(runbook, plan)
+            await self._cut_over_dns(plan)
+            await self._verify_propagation(plan)
+            await asyncio.gather(self._wait_out_old_ttl(plan), self._validate_health(plan))
+            self._finish("completed")
+        except Ended as ended:
+            plan_or_none = self._report.plan
+            if plan_or_none is not None and ended.outcome in ("aborted", "rejected", "expired"):
+                await self._compensate(plan_or_none)
+            self._note(str(ended))
+            self._finish(ended.outcome)
+        finally:
+            await self._release_lock(request.service)
+        await self._close_slack()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
+        return self._report
+
+    # -------------------------------------------------------------------------------------- preflight
+    async def _load(self, request: FailbackRequest) -> Runbook:
+        loaded = await load_runbook(request.service)
+        runbook = loaded.runbook
+        home = request.home or runbook.primary
+        if home not in runbook.regions:
+            raise ApplicationError(
+                f"{home!r} is not a region of {request.service} (regions: {', '.join(runbook.regions)})",
+                type=INVALID_REQUEST,
+                non_retryable=True,
+            )
+        self._runbook = runbook
+        self._update(runbook_sha256=loaded.sha256, home=home)
+        return runbook
+
+    def _check_person(self, who: str, action: str) -> None:
+        if who in self._request.excluded_approvers:
+            raise ValueError(f"{who} is unavailable in this drill's scenario: someone else must answer")
+        super()._check_person(who, action)
+
+    async def _preflight(self, runbook: Runbook, home: str) -> FailbackPlan:
+        address = runbook.regions[home].address
+
+        async def observe() -> tuple[DnsChangePlan, HealthProbeResults]:
+            dns_plan, health = await asyncio.gather(
+                self._activity(
+                    plan_dns_change,
+                    PlanDnsChangeRequest(dns=runbook.dns, target_address=address),
+                    f"plan DNS {runbook.dns.record} → {address}",
+                ),
+                self._probe(runbook, home),
+            )
+            return dns_plan, health
+
+        dns_plan, health = await self._step("preflight", observe)
+        source = next(
+            (n for n, r in runbook.regions.items() if n != home and dns_plan.current.values == [r.address]),
+            next(n for n in runbook.regions if n != home),
+        )
+        self._update(source=source)
+        if dns_plan.no_op:
+            raise Ended("no-op", f"{runbook.service} already runs in {home}: DNS answers {address}")
+        failing = [f"{r.check} ({r.error})" for r in health.results if not r.ok]
+        if failing:
+            raise Ended("not-ready", f"home region {home} fails its health checks: {', '.join(failing)}")
+        replication = await self._home_as_standby(runbook, source, home)
+        stages = (runbook.failback or SINGLE_STAGE).stages
+        database_plan = (
+            None
+            if runbook.database is None or replication is None
+            else DatabasePlan(
+                provider=runbook.database.provider, source=source, target=home, replication=replication
+            )
+        )
+        plan = FailbackPlan(
+            service=runbook.service, mode=self._request.mode, source=source, target=home,
+            target_address=address, dns=dns_plan, database=database_plan, rpo=runbook.objectives.rpo,
+            stages=stages, checksum=_checksum(runbook.service, source, home, dns_plan, stages),
+        )  # fmt: skip
+        self._update(plan=plan)
+        return plan
+
+    async def _probe(self, runbook: Runbook, region: str) -> HealthProbeResults:
+        targets = probes(runbook, region, serving=False)
+        results: HealthProbeResults = await self._activity(
+            probe_health,
+            HealthProbeRequest(probes=targets),
+            f"health of {region}",
+            timeout=probe_budget(targets),
+        )
+        return results
+
+    async def _home_as_standby(self, runbook: Runbook, source: str, home: str) -> ReplicationStatus | None:
+        """The home database must stream from the current primary; ``prepare`` makes it so."""
+        db = runbook.database
+        if db is None:
+            return None
+        status: ReplicationStatus = await self._activity(
+            database.measure_replication,
+            database.ReplicationRequest(database=db, primary=source, standby=home),
+            f"replication {source} → {home}",
+        )
+        if status.standby_reachable and status.standby_in_recovery and status.primary_in_recovery is False:
+            return status
+        if not self._request.prepare:
+            raise Ended(
+                "not-ready",
+                f"the {home} database is not a streaming standby of {source}: re-sync it first "
+                f"(drflow failback {runbook.service} --prepare does it with pg_rewind)",
+            )
+        prepared: PrepareStandbyResult = await self._step(
+            f"re-sync {home} as a standby of {source}",
+            lambda: self._activity(
+                database.prepare_standby,
+                database.PrepareStandbyDatabaseRequest(database=db, region=home, source=source),
+                f"pg_rewind {home} from {source}, stream",
+                timeout=timedelta(minutes=10),
+            ),
+            _describe_prepared,
+        )
+        self._update(prepared=prepared)
+        refreshed: ReplicationStatus = await self._activity(
+            database.measure_replication,
+            database.ReplicationRequest(database=db, primary=source, standby=home),
+            f"replication {source} → {home}",
+        )
+        return refreshed
+
+    # ------------------------------------------------------------------------------------ the changes
+    async def _resync_old_primary(self, plan: FailbackPlan) -> None:
+        """After the switch the old primary becomes the standby again, so the service keeps a replica."""
+        db = self._require_runbook().database
+        assert db is not None
+        resynced: PrepareStandbyResult = await self._step(
+            f"re-sync {plan.source} as a standby of {plan.target}",
+            lambda: self._activity(
+                database.prepare_standby,
+                database.PrepareStandbyDatabaseRequest(database=db, region=plan.source, source=plan.target),
+                f"pg_rewind {plan.source} from {plan.target}, stream",
+                timeout=timedelta(minutes=10),
+            ),
+            _describe_prepared,
+        )
+        self._update(resynced=resynced)
+
+    async def _shift_traffic(self, runbook: Runbook, plan: FailbackPlan) -> None:
+        traffic = runbook.traffic
+        if traffic is None:
+            return
+        analysis = (runbook.failback or SINGLE_STAGE).analysis
+        for percent in plan.stages:
+            if percent == 100:
+                await self._gate("failback-100", plan.checksum, always=True)
+            weights = {plan.target: percent, plan.source: 100 - percent}
+            stage = StageRecord(percent=percent)
+            self._stages([*self._report.stages, stage])
+            applied = await self._step(
+                f"canary {percent}%",
+                lambda w=weights: self._activity(  # type: ignore[misc]
+                    canary.set_weights,
+                    canary.SetWeightsRequest(traffic=traffic, weights=w),
+                    f"weights {', '.join(f'{r} {v}%' for r, v in w.items())}",
+                ),
+            )
+            result = await self._activity(
+                canary.analyse,
+                canary.CanaryRequest(
+                    url=traffic.frontend_url,
+                    analysis=analysis,
+                    expected_share={region: value / 100 for region, value in weights.items()},
+                ),
+                f"analysis window at {percent}%",
+                timeout=analysis.duration + timedelta(seconds=60),
+                heartbeat=True,
+            )
+            passed = bool(result.passed)
+            judged = stage.model_copy(
+                update={"weights": applied, "analysis": result, "outcome": "passed" if passed else "failed"}
+            )
+            self._stages([*self._report.stages[:-1], judged])
+            if not passed:
+                await self._roll_back_canary(traffic, plan, percent, result.reasons)
+
+    async def _roll_back_canary(
+        self, traffic: TrafficConfig, plan: FailbackPlan, percent: int, reasons: list[str]
+    ) -> None:
+        rollback = {plan.target: 0, plan.source: 100}
+        await self._step(
+            f"roll back canary from {percent}%",
+            lambda: self._activity(
+                canary.set_weights,
+                canary.SetWeightsRequest(traffic=traffic, weights=rollback),
+                f"weights back: {plan.target} 0%",
+            ),
+        )
+        last = self._report.stages[-1].model_copy(update={"outcome": "rolled-back"})
+        self._stages([*self._report.stages[:-1], last])
+        raise Ended(
+            "aborted",
+            f"the canary analysis at {percent}% failed ({'; '.join(reasons)}): traffic is back on "
+            f"{plan.source}; the database stays on {plan.target} (primary), {plan.source} streams from it",
+        )
+
+    def _stages(self, stages: list[StageRecord]) -> None:
+        self._update(stages=stages)
+        self._show(self._render())
+
+    def _finish(self, outcome: Outcome) -> None:
+        now = workflow.now()
+        took = (now - self._report.started_at).total_seconds() if outcome == "completed" else None
+        self._update(
+            outcome=outcome, finished_at=now, achieved_rto_seconds=took, open_gate=None, waiting_step=None
+        )
+        self._show(self._render())
+
+
+def _checksum(service: str, source: str, home: str, dns: DnsChangePlan, stages: list[int]) -> str:
+    payload = {"service": service, "source": source, "home": home, "dns": dns.checksum, "stages": stages}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _describe_prepared(result: PrepareStandbyResult) -> str:
+    if result.already_standby:
+        return "already streaming"
+    return f"{'rewound, ' if result.rewound else ''}{'streaming' if result.streaming else 'NOT streaming'}"

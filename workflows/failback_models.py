@@ -1,0 +1,119 @@
+"""What a failback takes and reports: the home region's return, stage by stage."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from activities.canary import CanaryResult, SetWeightsResult
+from activities.dns_providers import DnsChangePlan
+from activities.postgres import PrepareStandbyResult
+from runbooks.model import StrictModel
+from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport
+
+
+class FailbackRequest(StrictModel):
+    service: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    requested_by: str | None = None
+    home: str | None = Field(
+        default=None, description="the region traffic returns to; default the runbook's primary"
+    )
+    prepare: bool = Field(
+        default=False,
+        description="re-sync the home database as a standby first (pg_rewind) when it is not one",
+    )
+    mode: Literal["planned", "drill"] = "planned"
+    excluded_approvers: list[str] = Field(default_factory=list, description="unavailable in a drill scenario")
+
+
+class StageRecord(StrictModel):
+    percent: int
+    weights: SetWeightsResult | None = None
+    analysis: CanaryResult | None = None
+    outcome: Literal["running", "passed", "failed", "rolled-back"] = "running"
+
+
+class FailbackPlan(StrictModel):
+    """Shaped like a failover plan (source → target), so the same moves apply; target is the home region."""
+
+    service: str
+    mode: Literal["planned", "drill"]
+    source: str
+    target: str
+    target_address: str
+    dns: DnsChangePlan
+    database: DatabasePlan | None
+    rpo: timedelta
+    stages: list[int]
+    checksum: str
+
+
+class FailbackReport(MoveReport):
+    home: str
+    source: str | None = None
+    mode: Literal["planned", "drill"] = "planned"
+    plan: FailbackPlan | None = None
+    prepared: PrepareStandbyResult | None = None
+    resynced: PrepareStandbyResult | None = None
+    stages: list[StageRecord] = Field(default_factory=list)
+
+
+def render_failback(report: FailbackReport) -> str:
+    lines = [
+        f"## Failback {report.service} {report.source or '?'} → {report.home}: {report.outcome.upper()}",
+        "",
+        f"{report.mode} · requested by {report.requested_by or 'unknown'} · {report.reason}",
+        "",
+    ]
+    for step in report.steps:
+        took = f" ({step.duration.total_seconds():.2f}s)" if step.duration is not None else ""
+        detail = f": {step.detail}" if step.detail else ""
+        lines.append(f"- {STEP_MARK[step.outcome]} {step.name}{took}{detail}")
+        if step.error and step.outcome in ("failed", "skipped"):
+            lines.append(f"  - error: {step.error}")
+    if report.stages:
+        lines += ["", "### Canary", "| stage | weights | requests | errors | p95 | split | result |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for stage in report.stages:
+            weights = stage.weights.after.describe() if stage.weights else "-"
+            result = stage.analysis
+            if result is None:
+                lines.append(f"| {stage.percent}% | {weights} | - | - | - | - | {stage.outcome} |")
+                continue
+            split = ", ".join(f"{r} {share:.0%}" for r, share in sorted(result.split.items()))
+            p95 = f"{result.p95_ms:.0f} ms" if result.p95_ms is not None else "-"
+            why = f": {'; '.join(result.reasons)}" if result.reasons else ""
+            lines.append(
+                f"| {stage.percent}% | {weights} | {result.requests} | {result.error_rate:.1%} | {p95} | "
+                f"{split} | {stage.outcome}{why} |"
+            )
+    if report.open_gate is not None:
+        lines += [
+            "",
+            f"### Waiting for approval: gate `{report.open_gate}`",
+            f'CLI: `drflow approve {report.workflow_id} --as <you> --reason "..."`',
+        ]
+    if report.waiting_step is not None:
+        lines += [
+            "",
+            f"### Step `{report.waiting_step}` failed: waiting for an operator decision",
+            f'CLI: `drflow decide {report.workflow_id} retry|skip|abort --as <you> --reason "..."`',
+        ]
+    if report.approvals:
+        lines += ["", "### Approvals"]
+        for approval in report.approvals:
+            who = f" by {approval.by} via {approval.channel}" if approval.by else ""
+            when = f"{approval.at:%H:%M:%S} UTC"
+            lines.append(f"- {approval.gate}: {approval.decision}{who} at {when}. {approval.reason}".rstrip())
+    if report.data_loss is not None:
+        loss = "none (proven)" if report.data_loss.zero_proven else "see basis"
+        lines += ["", f"**Data loss at switchover**: {loss}. {report.data_loss.basis}"]
+    if report.achieved_rto_seconds is not None:
+        lines += ["", f"**Duration**: {report.achieved_rto_seconds:.1f}s "
+                  f"(approval wait {report.approval_wait_seconds:.1f}s)"]  # fmt: skip
+    if report.messages:
+        lines += ["", "### Notes", *[f"- {m}" for m in report.messages]]
+    return "\n".join(lines)
