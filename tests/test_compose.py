@@ -38,6 +38,7 @@ SERVICES = {
     "temporal-admin-tools",
     "temporal-ui",
     "drflow-worker",
+    "drflow-gateway",
 }
 # Run once to completion; everything else is long-running and must have a healthcheck.
 ONE_SHOT_JOBS = {"temporal-schema", "temporal-admin-tools"}
@@ -245,7 +246,11 @@ def test_env_files_are_optional_uncommitted_and_have_templates(raw_compose: dict
                 f"{name}: env file {path} outside {ENV_DIR}"
             )
             referenced.add(entry["path"])
-    assert referenced == {"infra/compose/postgres.env", "infra/compose/drflow-worker.env"}
+    assert referenced == {
+        "infra/compose/postgres.env",
+        "infra/compose/drflow-worker.env",
+        "infra/compose/drflow-gateway.env",
+    }
     for real in referenced:
         assert (REPO / f"{real}.example").is_file(), f"{real}.example (the committed template) is missing"
     assert "*.env" in (REPO / ENV_DIR / ".gitignore").read_text().splitlines(), (
@@ -310,6 +315,24 @@ def test_worker_builds_from_the_repo_dockerfile_and_runs_worker(
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
     assert any("pip install --no-cache-dir ." in line for line in instructions)
     assert any(line.startswith("COPY runbooks/ /app/runbooks") for line in instructions)
+
+
+def test_gateway_runs_the_worker_image_with_slack_secrets_from_its_env_file(
+    config: dict[str, Any], config_with_env_files: dict[str, Any]
+) -> None:
+    gateway, worker = config["services"]["drflow-gateway"], config["services"]["drflow-worker"]
+    assert gateway["image"] == worker["image"] and gateway["build"] == worker["build"]
+    assert gateway["pull_policy"] == "build"
+    assert gateway["command"] == ["gateway"]
+    assert gateway["environment"]["TEMPORAL_ADDRESS"] == worker["environment"]["TEMPORAL_ADDRESS"]
+    assert gateway["environment"]["DRFLOW_GATEWAY_MODE"] in ("socket", "http")
+    assert [p["host_ip"] for p in gateway["ports"]] == ["127.0.0.1"], "published on loopback only"
+    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    with_files = config_with_env_files["services"]
+    assert {k for k in with_files["drflow-gateway"]["environment"] if k.startswith("SLACK_")} == {
+        "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN",
+    }  # fmt: skip
+    assert with_files["drflow-worker"]["environment"]["SLACK_BOT_TOKEN"] == PLACEHOLDER
 
 
 def test_admin_job_registers_drflow_search_attributes(config: dict[str, Any]) -> None:

@@ -1,0 +1,246 @@
+"""Approval latency: from a signed Slack click arriving at the gateway to the workflow's Update accepted.
+
+Run by hand from the repository root (never from the tests):
+
+    .venv/bin/python benchmarks/approval.py --clicks 200
+
+It starts a fresh Temporal dev server (in memory, or ``--db-file`` for SQLite), the Slack stand-in of the
+tests (``tests/support/slack_standin.py``), an in-process worker and the real gateway in HTTP mode, all on
+loopback. One workflow runs the real approval gates of ``workflows/run_control.py`` (``ControlledRun._gate``,
+with its Slack mirror: approvers looked up, the gate message posted, then updated) ``--clicks`` times in a
+row. For each gate the benchmark waits until the stand-in holds the gate message, builds the
+``block_actions`` payload Slack would send for a click on its Approve button, signs it with the signing
+secret, and POSTs it to the gateway's Request URL. Figures (ms):
+
+- click → HTTP 200: the POST's round trip. The gateway answers after the Update has completed (validator,
+  then handler), so this is the click's full effect as Slack sees it, plus the loopback HTTP hop.
+- click → UpdateAccepted: from the moment the POST was sent to the ``WorkflowExecutionUpdateAccepted``
+  event's time in the history (same host clock; the server stamps events in milliseconds).
+- bare Update: the same gates approved with ``execute_update`` straight from the client, for reference.
+
+Figures are printed; nothing is asserted. Target (from the issue): p99 ≤ 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx
+from pydantic import Field
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.slack import SLACK_ACTIVITIES
+from runbooks.model import Runbook, StrictModel
+from tests.support.slack_standin import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    Message,
+    SlackStandIn,
+    signed,
+    slack_standin,
+)
+from tests.support.temporal import start_dev_server
+from workers.gateway import GatewayConfig, running_gateway
+from workflows.failover_models import ApprovalInput, RunReport
+from workflows.run_control import ControlledRun
+
+RUNBOOK = {
+    "service": "bench",
+    "objectives": {"rto": "5m", "rpo": "30s"},
+    "primary": "region-a",
+    "regions": {"region-a": {"address": "192.0.2.10"}, "region-b": {"address": "192.0.2.20"}},
+    "dns": {
+        "provider": "rfc2136", "zone": "bench.test.", "record": "app.bench.test.", "ttl": 30,
+        "server": {"name": "ns1.bench.test.", "address": "127.0.0.1"},
+        "tsig": {"name": "bench", "secret": "env:UNUSED"},
+    },
+    "health": [{"name": "app", "http": {"url": "http://{address}/healthz"}}],
+    "approvals": {
+        "approvers": ["bob"], "separation_of_duties": True, "timeout": "30m",
+        "slack": {"channel": "C0DRFLOW", "approvers": ["U02BOB"], "usergroup": "S0ONCALL",
+                  "identities": {"U01ALICE": "alice"}},
+    },
+}  # fmt: skip
+
+
+class BenchInput(StrictModel):
+    runbook: Runbook
+    gates: int = Field(ge=1)
+
+
+@workflow.defn(name="ApprovalBench", sandboxed=False)
+class ApprovalBench(ControlledRun[RunReport]):
+    """The real gate, ``gates`` times in a row: nothing else, so the click path is all that is measured."""
+
+    kind = "approval benchmark"
+
+    @workflow.init
+    def __init__(self, request: BenchInput) -> None:
+        info = workflow.info()
+        report = RunReport(
+            service=request.runbook.service, reason="benchmark", requested_by="alice",
+            workflow_id=info.workflow_id, run_id=info.run_id, started_at=workflow.now(),
+        )  # fmt: skip
+        self._init_control(report, "alice")
+        self._runbook = request.runbook
+
+    def _render(self) -> str:
+        return f"gate {len(self._report.approvals) + 1}"
+
+    @workflow.run
+    async def run(self, request: BenchInput) -> int:
+        for n in range(request.gates):
+            await self._gate("failover", f"{n:064x}")
+        self._update(outcome="completed", finished_at=workflow.now())
+        await self._close_slack()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return len(self._report.approvals)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))  # nearest rank
+    return ordered[rank]
+
+
+def describe(name: str, values: Sequence[float]) -> str:
+    return (
+        f"{name:<28} n={len(values):<4} p50 {percentile(values, 50):6.1f}  "
+        f"p90 {percentile(values, 90):6.1f}  p99 {percentile(values, 99):6.1f}  max {max(values):6.1f}  "
+        f"mean {statistics.fmean(values):6.1f} ms"
+    )
+
+
+async def next_gate(slack: SlackStandIn, workflow_id: str, seen: set[str]) -> Message:
+    while True:
+        for message in slack.top_level():
+            if (
+                message.ts not in seen
+                and message.buttons()
+                and workflow_id in message.text + str(message.buttons())
+            ):
+                seen.add(message.ts)
+                return message
+        await asyncio.sleep(0.002)
+
+
+async def accepted_times(client: Client, workflow_id: str) -> list[datetime]:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        e.event_time.ToDatetime(tzinfo=UTC)
+        for e in history.events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+
+
+async def clicks_through_gateway(
+    client: Client, slack: SlackStandIn, task_queue: str, count: int, think: float
+) -> None:
+    config = GatewayConfig(mode="http", port=0, signing_secret=SIGNING_SECRET, api_url=slack.api_url)
+    runbook = Runbook.model_validate(RUNBOOK)
+    async with running_gateway(client, config) as gateway, httpx.AsyncClient(trust_env=False) as http:
+        handle = await client.start_workflow(
+            ApprovalBench.run, BenchInput(runbook=runbook, gates=count),
+            id=f"approval-bench-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
+        )  # fmt: skip
+        seen: set[str] = set()
+        round_trips: list[float] = []
+        sent_at: list[datetime] = []
+        for _ in range(count):
+            message = await next_gate(slack, handle.id, seen)
+            await asyncio.sleep(think)
+            body, headers = signed(slack.block_actions(message, "drflow_approve", "U02BOB", "bob"))
+            sent_at.append(datetime.now(UTC))
+            started = time.perf_counter()
+            response = await http.post(f"{gateway.url}/slack/actions", content=body, headers=headers)
+            round_trips.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise SystemExit(f"the gateway answered {response.status_code}: {response.text}")
+        approved = await handle.result()
+        accepted = await accepted_times(client, handle.id)
+    if approved != count or len(accepted) != count or slack.ephemerals:
+        raise SystemExit(f"expected {count} approvals, got {approved} ({len(slack.ephemerals)} refusals)")
+    to_accepted = [(a - s).total_seconds() * 1000 for s, a in zip(sent_at, accepted, strict=True)]
+    print(describe("click -> HTTP 200", round_trips))
+    print(describe("click -> UpdateAccepted", to_accepted))
+
+
+async def bare_updates(
+    client: Client, slack: SlackStandIn, task_queue: str, count: int, think: float
+) -> None:
+    runbook = Runbook.model_validate(RUNBOOK)
+    handle = await client.start_workflow(
+        ApprovalBench.run, BenchInput(runbook=runbook, gates=count),
+        id=f"approval-bench-bare-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
+    )  # fmt: skip
+    seen: set[str] = set()
+    round_trips: list[float] = []
+    for _ in range(count):
+        await next_gate(slack, handle.id, seen)
+        await asyncio.sleep(think)
+        started = time.perf_counter()
+        await handle.execute_update(ApprovalBench.approve, ApprovalInput(approver="U02BOB", channel="api"))
+        round_trips.append((time.perf_counter() - started) * 1000)
+    await handle.result()
+    print(describe("bare execute_update", round_trips))
+
+
+async def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--clicks", type=int, default=200)
+    parser.add_argument(
+        "--db-file", action="store_true", help="dev server on a SQLite file (default: memory)"
+    )
+    parser.add_argument(
+        "--think", type=float, default=0.1,
+        help="seconds between the message appearing and the click (a person takes longer; the workflow is "
+        "then idle, as it is when a real click arrives)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp, slack_standin() as slack:
+        slack.world.usergroups = {"S0ONCALL": ["U03CAROL"]}
+        slack.world.users = {"U02BOB": "Bob"}
+        os.environ["SLACK_API_URL"] = slack.api_url
+        os.environ["SLACK_BOT_TOKEN"] = BOT_TOKEN
+        options = {"dev_server_database_filename": str(Path(tmp) / "temporal.db")} if args.db_file else {}
+        env = await start_dev_server(**options)
+        task_queue = f"approval-bench-{uuid.uuid4().hex[:6]}"
+        try:
+            worker = Worker(
+                env.client, task_queue=task_queue, workflows=[ApprovalBench], activities=SLACK_ACTIVITIES,
+                activity_executor=ThreadPoolExecutor(max_workers=8),
+                graceful_shutdown_timeout=timedelta(seconds=5),
+            )  # fmt: skip
+            async with worker:
+                print(
+                    f"{args.clicks} approvals, dev server {'SQLite file' if args.db_file else 'in memory'}, "
+                    f"one worker, gateway in HTTP mode, all on loopback"
+                )
+                await clicks_through_gateway(env.client, slack, task_queue, args.clicks, args.think)
+                await bare_updates(env.client, slack, task_queue, args.clicks, args.think)
+        finally:
+            await env.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,484 @@
+"""Mirror a run's approval gates and progress into Slack, without ever holding the run up.
+
+One background task per run makes Slack show the run's state: the gate message (posted when the gate opens,
+edited in place when it is answered or expires), an escalation re-post, one thread line per step (edited as
+the step finishes) and a final summary. Each change is an activity with bounded retries; a failure is noted
+in the report and the run carries on, so approving through the CLI or the Web UI never waits for Slack.
+
+The mirror exists only for runbooks with ``approvals.slack`` and only behind the ``slack-approvals`` patch,
+so histories recorded before it (and runs still open from before) replay unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.slack import (
+        FATAL_ERRORS,
+        NON_RETRYABLE_ERRORS,
+        Approvers,
+        Escalation,
+        Fact,
+        GateFacts,
+        GateMessageRequest,
+        GateStatus,
+        ProgressLine,
+        ProgressRequest,
+        ResolveApproversRequest,
+        SummaryRequest,
+        post_gate,
+        post_summary,
+        resolve_approvers,
+        sync_progress,
+        update_gate,
+    )
+    from runbooks.durations import format_duration
+    from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook, SlackApprovals
+    from workflows.failover_models import STEP_MARK, ApprovalRecord, MoveReport, RunReport, StepRecord
+
+SLACK_PATCH = "slack-approvals"
+SLACK_TIMEOUT = timedelta(seconds=30)
+# Bounded: a rate limit waits Slack's Retry-After, an outage a few seconds; then the run moves on without it.
+SLACK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=4,
+    non_retryable_error_types=NON_RETRYABLE_ERRORS,
+)
+MAX_FAILURES = 3
+T = TypeVar("T")
+
+
+@dataclass
+class GateView:
+    """One gate as Slack shows it: its messages (the post, then an escalation re-post) and what they show."""
+
+    facts: GateFacts
+    record: ApprovalRecord | None = None
+    timeout: timedelta | None = None
+    resolved: bool = False
+    posted: bool = False
+    messages: list[str] = field(default_factory=list)
+    shown: str | None = None
+    escalation: Escalation | None = None
+    escalated: bool = False
+
+    @property
+    def state(self) -> str:
+        return "open" if self.record is None else self.record.decision
+
+
+class SlackMirror:
+    """What Slack shows of one run; validators read ``members`` (they cannot do I/O themselves)."""
+
+    def __init__(
+        self, runbook: Runbook, kind: str, report: Callable[[], RunReport], note: Callable[[str], None]
+    ) -> None:
+        assert runbook.approvals.slack is not None
+        self._runbook = runbook
+        self.slack: SlackApprovals = runbook.approvals.slack
+        self._kind = kind
+        self._report = report
+        self._note = note
+        self.members: frozenset[str] | None = None
+        self.names: dict[str, str] = {}
+        self.lookup_problem: str | None = None
+        self._gates: list[GateView] = []
+        self._lines: dict[str, ProgressLine] = {}
+        self._blocked_lines: list[ProgressLine] | None = None
+        self._thread_ts: str | None = None
+        self._summary_done = False
+        self._disabled = False
+        self._failures = 0
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --------------------------------------------------------------------------- what the run tells it
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def gate_opened(self, facts: GateFacts, timeout: timedelta) -> GateView:
+        view = GateView(facts=facts, timeout=timeout)
+        self._gates.append(view)
+        return view
+
+    def gate_skipped(self, facts: GateFacts, record: ApprovalRecord) -> None:
+        self._gates.append(GateView(facts=facts, record=record, resolved=True))
+
+    def escalate(self, view: GateView, after: timedelta) -> None:
+        slack = self.slack
+        if slack.escalation_group:
+            mention = [f"<!subteam^{slack.escalation_group}>"]
+        elif slack.usergroup:
+            mention = [f"<!subteam^{slack.usergroup}>"]
+        else:
+            mention = [f"<@{user}>" for user in slack.approvers] or ["<!here>"]
+        view.escalation = Escalation(after=after, mention=mention)
+        self._note(f"the {view.facts.gate} gate was escalated in Slack after {format_duration(after)}")
+
+    def gate_answered(self, view: GateView, record: ApprovalRecord) -> None:
+        view.record = record
+
+    async def close(self) -> None:
+        """Let Slack catch up with the end of the run (final statuses, last lines, the summary)."""
+        self._closing = True
+        if self._task is not None:
+            await self._task
+
+    def requester_slack_id(self, requested_by: str | None) -> str | None:
+        if requested_by is None:
+            return None
+        if re.fullmatch(SLACK_USER_PATTERN, requested_by):
+            return requested_by
+        return next((uid for uid, name in self.slack.identities.items() if name == requested_by), None)
+
+    def person(self, who: str) -> str:
+        """One person's name across channels: a Slack user id maps to the runbook's identity for it."""
+        return self.slack.identities.get(who, who)
+
+    # ----------------------------------------------------------------------------------------- the loop
+    async def _run(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: self._closing or self._next() is not None)
+            action = self._next()
+            if action is None:
+                return
+            try:
+                await action()
+            except Exception as err:  # a bug here must not hold a failover up: say so and stop mirroring
+                self._disable(f"Slack mirror stopped after an internal error: {err!r}")
+
+    def _next(self) -> Callable[[], Awaitable[None]] | None:
+        """The next thing Slack lacks, in the order a reader needs it; None when Slack is up to date."""
+        if self._disabled:
+            return None
+        for view in self._gates:
+            if not view.resolved:
+                return partial(self._resolve, view)
+            if not view.posted:
+                return partial(self._post, view)
+            if view.messages and view.shown != view.state:
+                return partial(self._update, view)
+            if view.escalation is not None and not view.escalated and view.record is None:
+                return partial(self._escalate, view)
+        lines = self._pending_lines()
+        if lines:
+            return partial(self._sync_progress, lines)
+        if self._report().outcome != "running" and not self._summary_done and self._thread_ts is not None:
+            return self._summary
+        return None
+
+    async def _resolve(self, view: GateView) -> None:
+        view.resolved = True
+        slack = self.slack
+        if slack.usergroup is None and not slack.approvers:
+            return
+        directory = await self._call(
+            "look up the Slack approvers",
+            resolve_approvers,
+            ResolveApproversRequest(usergroup=slack.usergroup, user_ids=list(slack.approvers)),
+            f"slack: look up approvers ({slack.usergroup or 'listed'})",
+        )
+        if directory is None:
+            self.lookup_problem = self.lookup_problem or "Slack could not be asked"
+            return
+        self.lookup_problem = None
+        if directory.members is not None:
+            self.members = frozenset(directory.members)
+        self.names.update(directory.names)
+        for problem in directory.problems:
+            self._note(f"Slack: {problem}")
+
+    async def _post(self, view: GateView) -> None:
+        view.posted = True
+        state = view.state
+        posted = await self._call(
+            f"post the {view.facts.gate} gate",
+            post_gate,
+            self._message(view),
+            f"slack: post the {view.facts.gate} gate",
+        )
+        if posted is None:
+            return
+        view.messages.append(posted.ts)
+        view.shown = state
+        if self._thread_ts is None:
+            self._thread_ts = posted.ts
+
+    async def _update(self, view: GateView) -> None:
+        state = view.state
+        view.shown = state  # one attempt per change: a failure is noted, never retried in a loop
+        await self._call(
+            f"update the {view.facts.gate} gate message",
+            update_gate,
+            self._message(view),
+            f"slack: {view.facts.gate} gate {state}",
+        )
+
+    async def _escalate(self, view: GateView) -> None:
+        view.escalated = True
+        state = view.state
+        posted = await self._call(
+            f"escalate the {view.facts.gate} gate",
+            post_gate,
+            self._message(view, messages=[]),
+            f"slack: escalate the {view.facts.gate} gate",
+        )
+        if posted is not None:
+            view.messages.append(posted.ts)
+            if view.state != state:  # answered meanwhile: the re-post must show it too
+                view.shown = None
+
+    async def _sync_progress(self, lines: list[ProgressLine]) -> None:
+        assert self._thread_ts is not None
+        result = await self._call(
+            "post progress",
+            sync_progress,
+            ProgressRequest(channel=self.slack.channel, thread_ts=self._thread_ts, lines=lines),
+            f"slack: {len(lines)} progress line{'s' if len(lines) != 1 else ''}",
+        )
+        if result is None:
+            self._blocked_lines = lines
+            return
+        for line in result.lines:
+            self._lines[line.key] = line
+        if result.error is not None:
+            self._blocked_lines = self._pending_lines(ignore_blocked=True)
+            if result.error_type in FATAL_ERRORS:
+                self._disable(f"Slack: {result.error}")
+            else:
+                self._failed_once(f"could not post progress: {result.error}")
+
+    async def _summary(self) -> None:
+        self._summary_done = True
+        assert self._thread_ts is not None
+        report = self._report()
+        await self._call(
+            "post the summary",
+            post_summary,
+            SummaryRequest(
+                channel=self.slack.channel,
+                thread_ts=self._thread_ts,
+                title=f"{self._title()}: {report.outcome.upper()}",
+                outcome=report.outcome,
+                lines=summary_lines(report, self._runbook),
+                workflow_id=report.workflow_id,
+                run_id=report.run_id,
+            ),
+            "slack: summary",
+        )
+
+    # --------------------------------------------------------------------------------------- helpers
+    def _message(self, view: GateView, messages: list[str] | None = None) -> GateMessageRequest:
+        record = view.record
+        status = None
+        if record is not None:
+            status = GateStatus(
+                decision=record.decision, by=record.by, channel=record.channel, at=record.at,
+                reason=record.reason if record.decision != "expired" else "", timeout=view.timeout,
+            )  # fmt: skip
+        return GateMessageRequest(
+            channel=self.slack.channel,
+            facts=view.facts,
+            approvers=Approvers(
+                user_ids=list(self.slack.approvers), names=dict(self.names), usergroup=self.slack.usergroup
+            ),
+            status=status,
+            escalation=view.escalation,
+            messages=list(view.messages) if messages is None else messages,
+        )
+
+    def _pending_lines(self, ignore_blocked: bool = False) -> list[ProgressLine]:
+        if self._thread_ts is None:
+            return []
+        pending = []
+        for step in self._report().steps:
+            text = step_line(step)
+            posted = self._lines.get(step.name)
+            if posted is None or posted.text != text:
+                pending.append(ProgressLine(key=step.name, text=text, ts=posted.ts if posted else None))
+        if not ignore_blocked and pending == self._blocked_lines:
+            return []  # the same lines failed last time: wait for the run to change before trying again
+        return pending
+
+    def _title(self) -> str:
+        return self._gates[0].facts.title if self._gates else f"{self._kind.capitalize()}"
+
+    async def _call(self, what: str, activity: Callable[[Any], T], arg: Any, summary: str) -> T | None:
+        try:
+            result: T = await workflow.execute_activity(
+                activity,
+                arg,
+                start_to_close_timeout=SLACK_TIMEOUT,
+                retry_policy=SLACK_RETRY,
+                summary=summary,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            while (
+                cause is not None and not isinstance(cause, ApplicationError) and cause.__cause__ is not None
+            ):
+                cause = cause.__cause__
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            if isinstance(cause, ApplicationError) and cause.type in FATAL_ERRORS:
+                self._disable(f"Slack: {message}")
+            else:
+                self._failed_once(f"could not {what}: {message}")
+            return None
+        self._failures = 0
+        return result
+
+    def _failed_once(self, message: str) -> None:
+        self._failures += 1
+        self._note(f"Slack: {message}")
+        if self._failures >= MAX_FAILURES:
+            self._disable(f"Slack: {MAX_FAILURES} failures in a row, no more Slack messages for this run")
+
+    def _disable(self, message: str) -> None:
+        if self._disabled:
+            return
+        self._disabled = True
+        self.lookup_problem = self.lookup_problem or message
+        self._note(f"{message}; approvals continue through the CLI and the Web UI")
+
+
+# ------------------------------------------------------------------------------------------ rendering
+def step_line(step: StepRecord) -> str:
+    took = f" ({step.duration.total_seconds():.2f}s)" if step.duration is not None else ""
+    retries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
+    detail = f": {step.detail}" if step.detail else ""
+    error = f": {step.error}" if step.error and step.outcome != "ok" else ""
+    return f"{STEP_MARK[step.outcome]} {step.name}{took}{retries}{detail}{error}"
+
+
+def gate_facts(
+    report: RunReport,
+    runbook: Runbook,
+    kind: str,
+    gate: Gate,
+    checksum: str | None,
+    requester: str | None,
+    *,
+    with_plan: bool = True,
+) -> GateFacts:
+    """The facts of the gate message, from any run whose report has a move plan (failover, failback).
+
+    Plans differ by kind (a failback has canary stages, no warnings): every part is optional here.
+    """
+    plan: Any = getattr(report, "plan", None) if with_plan else None
+    title = f"{kind.capitalize()} {report.service}"
+    facts: list[Fact] = []
+    if plan is not None:
+        mode = getattr(plan, "mode", None)
+        title += f": {plan.source} → {plan.target}" + (f" ({mode})" if mode else "")
+        facts += _plan_facts(plan, runbook, mode)
+    data_loss = report.data_loss if isinstance(report, MoveReport) else None
+    if gate == "data-loss" and data_loss is not None:
+        facts.append(
+            Fact(
+                label="Data loss",
+                text=f"{data_loss.basis}. The RPO guard stopped the run: passing this gate accepts losing "
+                "these writes.",
+            )
+        )
+    return GateFacts(
+        service=report.service,
+        kind=kind,
+        workflow_id=report.workflow_id,
+        run_id=report.run_id,
+        gate=gate,
+        title=title,
+        reason=report.reason,
+        requested_by=report.requested_by,
+        requested_by_slack=requester,
+        facts=facts,
+        plan_checksum=checksum,
+    )
+
+
+def _plan_facts(plan: Any, runbook: Runbook, mode: str | None) -> list[Fact]:
+    facts: list[Fact] = []
+    dns = getattr(plan, "dns", None)
+    if dns is not None:
+        facts.append(Fact(label="DNS change", text=str(dns.markdown()), code=True))
+    db = getattr(plan, "database", None)
+    if db is not None:
+        fence = (
+            f"{db.source}: best effort within seconds (the region may be gone); what could not be done "
+            "is recorded"
+            if mode == "emergency"
+            else f"{db.source}: stop writes, then wait until {db.target} has replayed the final LSN "
+            "(zero data loss, proven)"
+        )
+        facts.append(Fact(label="Fencing", text=fence))
+        facts.append(Fact(label="Promotion", text=f"promote {db.target} ({db.provider})"))
+        rpo = getattr(plan, "rpo", runbook.objectives.rpo)
+        facts.append(Fact(label="Replication lag vs RPO", text=lag_text(db.replication, rpo)))
+    stages = getattr(plan, "stages", None)
+    if stages:
+        facts.append(Fact(label="Canary stages", text=" → ".join(f"{s}%" for s in stages)))
+    if dns is not None:
+        facts.append(Fact(label="TTL vs RTO", text=ttl_text(dns.current.ttl, runbook)))
+    warnings = getattr(plan, "warnings", None)
+    if warnings:
+        facts.append(Fact(label="Warnings", text="\n".join(f"• {w}" for w in warnings)))
+    return facts
+
+
+def lag_text(replication: Any, rpo: timedelta) -> str:
+    seconds, lag_bytes = replication.lag_seconds, replication.lag_bytes
+    if seconds is None or lag_bytes is None:
+        return f"unknown (primary unreachable); RPO {format_duration(rpo)}"
+    verdict = "within the RPO" if seconds <= rpo.total_seconds() else "EXCEEDS the RPO"
+    return f"{lag_bytes} bytes / {seconds:.1f}s behind; RPO {format_duration(rpo)}: {verdict}"
+
+
+def ttl_text(ttl: int | None, runbook: Runbook) -> str:
+    rto = runbook.objectives.rto
+    served = timedelta(seconds=ttl) if ttl is not None else timedelta(seconds=runbook.dns.ttl)
+    budget = served + runbook.dns.propagation_budget + runbook.health_minimum
+    verdict = "fits" if budget <= rto else "EXCEEDS"
+    return (
+        f"served TTL {format_duration(served)} + propagation budget "
+        f"{format_duration(runbook.dns.propagation_budget)} + health minimum "
+        f"{format_duration(runbook.health_minimum)} = {format_duration(budget)}: {verdict} the RTO "
+        f"{format_duration(rto)}"
+    )
+
+
+def summary_lines(report: RunReport, runbook: Runbook) -> list[str]:
+    lines: list[str] = []
+    if isinstance(report, MoveReport):
+        if report.achieved_rto_seconds is not None:
+            lines.append(
+                f"Achieved RTO {report.achieved_rto_seconds:.1f}s (objective "
+                f"{format_duration(runbook.objectives.rto)}; "
+                f"approval wait {report.approval_wait_seconds:.1f}s)"
+            )
+        window = report.data_loss
+        rpo = format_duration(runbook.objectives.rpo)
+        if window is not None and window.zero_proven:
+            lines.append(f"Achieved RPO: no data lost (proven by the LSNs; objective {rpo})")
+        elif window is not None:
+            amount = f"{window.bytes if window.bytes is not None else '?'} bytes"
+            age = f"{window.seconds:.1f}s" if window.seconds is not None else "? s"
+            lines.append(f"Achieved RPO: up to {amount} / {age} of writes lost (objective {rpo})")
+        elif report.fence is None and report.outcome == "completed":
+            lines.append(f"Achieved RPO: no database moved (objective {rpo})")
+    for record in report.approvals:
+        by = f" by {record.by} via {record.channel}" if record.by else ""
+        lines.append(f"{record.gate} gate: {record.decision}{by} at {record.at:%H:%M:%S} UTC")
+    lines += report.messages[-5:]
+    return lines
