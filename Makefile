@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml scripts/bootstrap-venv
 	@touch $@
 
 system-deps:
-	@scripts/system-deps named initdb chromium
+	@scripts/system-deps named initdb chromium haproxy
 
 sandbox-deps:
-	@scripts/system-deps named initdb
+	@scripts/system-deps named initdb haproxy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

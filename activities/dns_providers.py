@@ -150,8 +150,16 @@ def provider_for(dns: DnsConfig) -> DnsProvider:
         from activities.rfc2136 import Rfc2136Provider
 
         return Rfc2136Provider(dns)
+    if dns.provider == "route53":
+        from activities.route53 import Route53Provider
+
+        return Route53Provider(dns)
+    if dns.provider == "clouddns":
+        from activities.clouddns import CloudDnsProvider
+
+        return CloudDnsProvider(dns)
     raise ApplicationError(
-        f"DNS provider {dns.provider!r} is not supported yet; only rfc2136 can plan and apply changes today",
+        f"DNS provider {dns.provider!r} is not supported",
         type=ErrorType.DNS_PROVIDER_NOT_SUPPORTED,
         non_retryable=True,
     )

@@ -23,3 +23,17 @@ class ErrorType:
     UNFENCE_FAILED = "UnfenceFailed"
     UNSUPPORTED_PROVIDER = "UnsupportedProvider"
     HEALTH_VALIDATION_FAILED = "HealthValidationFailed"
+    # Cloud providers (Route53, Cloud DNS, RDS, Aurora): credentials, permissions, shapes an operator fixes.
+    CLOUD_CREDENTIALS = "CloudCredentialsInvalid"
+    CLOUD_PERMISSION_DENIED = "CloudPermissionDenied"
+    CLOUD_RESOURCE_NOT_FOUND = "CloudResourceNotFound"
+    CLOUD_THROTTLED = "CloudThrottled"
+    CLOUD_UNAVAILABLE = "CloudUnavailable"
+    UNSUPPORTED_DNS_RECORD = "UnsupportedDnsRecord"
+    INVALID_TRAFFIC_WEIGHTS = "InvalidTrafficWeights"
+    NOT_APPLICABLE = "NotApplicableToProvider"
+    DATABASE_STATE_CONFLICT = "DatabaseStateConflict"
+    # Canary failback: traffic weights and re-syncing the old primary as a standby.
+    TRAFFIC_MANAGER_UNREACHABLE = "TrafficManagerUnreachable"
+    TRAFFIC_WEIGHTS_REFUSED = "TrafficWeightsRefused"
+    STANDBY_RESYNC_FAILED = "StandbyResyncFailed"

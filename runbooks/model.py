@@ -124,9 +124,21 @@ class PostgresDatabase(StrictModel):
     nodes: dict[str, PostgresNode] = Field(description="one node per region")
 
 
+AWS_REGION_PATTERN = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]+$"
+
+
+def aws_region_name(name: str) -> str | None:
+    """``name`` if it is an AWS region's name (us-east-1), else None."""
+    return name if re.fullmatch(AWS_REGION_PATTERN, name) else None
+
+
 class RdsDatabase(StrictModel):
     provider: Literal["rds"]
-    instances: dict[str, str] = Field(description="DB instance identifier per region")
+    instances: dict[str, str] = Field(
+        description="DB instance per region: its ARN, or its identifier when the region is named after its "
+        "AWS "
+        "region (us-east-1)"
+    )
 
 
 class AuroraGlobalDatabase(StrictModel):
@@ -191,11 +203,28 @@ class HealthCheck(StrictModel):
         return self.interval * (self.consecutive_successes - 1)
 
 
+SLACK_USER_PATTERN = r"^[UW][A-Z0-9]+$"
+SlackUserId = Annotated[str, Field(pattern=SLACK_USER_PATTERN, description="Slack user id, e.g. U01ABCDEF")]
+
+
 class SlackApprovals(StrictModel):
     channel: str = Field(pattern=r"^[CG][A-Z0-9]+$", description="channel id, e.g. C0123ABCD")
-    approvers: list[str] = Field(default_factory=list, description="Slack user ids allowed to approve")
-    usergroup: str | None = Field(default=None, description="Slack user group id whose members may approve")
-    escalation_group: str | None = None
+    approvers: list[SlackUserId] = Field(
+        default_factory=list, description="Slack user ids allowed to approve"
+    )
+    usergroup: str | None = Field(
+        default=None, pattern=r"^S[A-Z0-9]+$", description="Slack user group id whose members may approve"
+    )
+    escalation_group: str | None = Field(
+        default=None,
+        pattern=r"^S[A-Z0-9]+$",
+        description="Slack user group mentioned when a gate is still unanswered after escalate_after",
+    )
+    identities: dict[SlackUserId, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="Slack user id -> the name the same person uses in the CLI and Web UI (requested_by, "
+        "approvers): separation of duties compares people, not accounts. Grants no approval right.",
+    )
 
 
 class HaproxyTraffic(StrictModel):
@@ -251,7 +280,11 @@ class Approvals(StrictModel):
     )
     separation_of_duties: bool = Field(default=True, description="the requester cannot approve")
     timeout: Duration = timedelta(minutes=30)
-    escalate_after: Duration | None = None
+    escalate_after: Duration | None = Field(
+        default=None,
+        description="an unanswered gate is re-posted in Slack this long after it opened, mentioning "
+        "slack.escalation_group",
+    )
 
 
 class Runbook(StrictModel):
@@ -437,6 +470,16 @@ def _database_region_problems(runbook: Runbook, regions: set[str], known: str) -
     else:
         per_region, key = db.clusters, "clusters"
     problems: list[Problem] = []
+    if isinstance(db, RdsDatabase):
+        for region, instance in db.instances.items():
+            if not instance.startswith("arn:") and aws_region_name(region) is None:
+                problems.append(
+                    (
+                        ("database", "instances", region),
+                        f"{region!r} is not an AWS region name, so give the instance's ARN "
+                        "(arn:aws:rds:<region>:<account>:db:<name>) to say where it lives",
+                    )
+                )
     for region in sorted(regions - set(per_region)):
         problems.append((("database", key), f"region {region!r} has no entry"))
     for region in sorted(set(per_region) - regions):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -29,6 +30,7 @@ COMPONENTS = {
     "postgres-region-b",
     "app-region-a",
     "app-region-b",
+    "haproxy",
 }
 
 
@@ -97,12 +99,15 @@ def workdir() -> Iterator[Path]:
 
 def test_sandbox_up_is_idempotent_serves_both_regions_resets_and_down_leaves_nothing(workdir: Path) -> None:
     state_dir = workdir / "sandbox"
-    dns_primary, dns_secondary, pg_a, pg_b = free_ports(4)
-    ports = SandboxPorts(dns_primary, dns_secondary, pg_a, pg_b, free_on_both_app_addresses())
+    dns_primary, dns_secondary, pg_a, pg_b, haproxy = free_ports(5)
+    ports = SandboxPorts(dns_primary, dns_secondary, pg_a, pg_b, free_on_both_app_addresses(), haproxy)
+    # `drflow sandbox up` has no --haproxy-port flag: ports it is not given come from this world's record.
+    state_dir.mkdir()
+    (state_dir / "sandbox.json").write_text(json.dumps(dataclasses.asdict(ports)))
 
     first = drflow(workdir, "up", "--state-dir", str(state_dir), *port_flags(ports))
     assert first.returncode == 0, first.stderr + first.stdout
-    assert first.stdout.count("[started]") == 6, first.stdout
+    assert first.stdout.count("[started]") == 7, first.stdout
 
     components = status(workdir, state_dir)
     assert set(components) == COMPONENTS
@@ -111,6 +116,8 @@ def test_sandbox_up_is_idempotent_serves_both_regions_resets_and_down_leaves_not
     assert components["postgres-region-b"]["role"] == "standby"
     assert components["dns-primary"]["address"] == f"127.0.0.1:{ports.dns_primary}"
     assert components["app-region-b"]["address"] == f"127.0.2.1:{ports.app}"
+    assert components["haproxy"]["address"] == f"127.0.0.1:{ports.haproxy}"
+    assert components["haproxy"]["detail"] == "weights region-a 100, region-b 0"
     assert (state_dir / "dns" / "tsig.secret").is_file()
     assert (state_dir / "postgres" / "password").stat().st_mode & 0o777 == 0o600
 
@@ -123,11 +130,20 @@ def test_sandbox_up_is_idempotent_serves_both_regions_resets_and_down_leaves_not
     code, body = http(f"http://127.0.2.1:{ports.app}/healthz/deep")
     assert (code, body["status"], body["region"]) == (503, "failing", "region-b")
     assert "read-only" in body["error"]
+    # HAProxy sends everything to the primary region at first; region-b's page reads from its standby.
+    assert http(f"http://127.0.0.1:{ports.haproxy}/") == (
+        200,
+        {"status": "ok", "region": "region-a", "database": "primary"},
+    )
+    assert http(f"http://127.0.2.1:{ports.app}/") == (
+        200,
+        {"status": "ok", "region": "region-b", "database": "standby"},
+    )
 
     # Up again (ports now come from the state directory): everything is left alone.
     second = drflow(workdir, "up", "--state-dir", str(state_dir))
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("[already-running]") == 6, second.stdout
+    assert second.stdout.count("[already-running]") == 7, second.stdout
     assert {n: c["pid"] for n, c in status(workdir, state_dir).items()} == {
         n: c["pid"] for n, c in components.items()
     }
@@ -145,7 +161,7 @@ def test_sandbox_up_is_idempotent_serves_both_regions_resets_and_down_leaves_not
         conn.execute("SELECT pg_promote()")
     reset = drflow(workdir, "up", "--reset", "--state-dir", str(state_dir))
     assert reset.returncode == 0, reset.stderr
-    assert reset.stdout.count("[started]") == 6, reset.stdout
+    assert reset.stdout.count("[started]") == 7, reset.stdout
     after_reset = status(workdir, state_dir)
     assert after_reset["postgres-region-a"]["role"] == "primary"
     assert after_reset["postgres-region-b"]["role"] == "standby"
@@ -166,6 +182,7 @@ def test_default_layout_comes_up_on_the_runbook_ports_or_names_the_busy_one(work
     busy = [p for p in (defaults.dns_primary, defaults.dns_secondary) if _in_use("127.0.0.1", p, udp=True)]
     busy += [p for p in (defaults.postgres_primary, defaults.postgres_standby) if _in_use("127.0.0.1", p)]
     busy += [defaults.app for address in REGIONS.values() if _in_use(address, defaults.app)]
+    busy += [defaults.haproxy] if _in_use("127.0.0.1", defaults.haproxy) else []
 
     up = drflow(workdir, "up")  # the default state directory, relative to the working directory
     state_dir = workdir / ".drflow" / "sandbox"
@@ -180,6 +197,7 @@ def test_default_layout_comes_up_on_the_runbook_ports_or_names_the_busy_one(work
     assert components["postgres-region-a"]["address"] == "127.0.0.1:15432"
     assert components["postgres-region-b"]["address"] == "127.0.0.1:15433"
     assert components["app-region-a"]["address"] == "127.0.1.1:18080"
+    assert components["haproxy"]["address"] == "127.0.0.1:18090"
     assert http("http://127.0.1.1:18080/healthz/deep")[0] == 200
     # The secret references of runbooks/sandbox.yaml resolve relative to this directory.
     assert (workdir / ".drflow/sandbox/dns/tsig.secret").is_file()

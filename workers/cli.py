@@ -325,44 +325,107 @@ async def _follow(client: Client, workflow_id: str) -> int:
     """Live step-by-step view: a line when a step starts or ends, instructions when a person is needed."""
     from temporalio.client import RPCError, WorkflowExecutionStatus, WorkflowQueryFailedError
 
-    from workflows.failover_models import FailoverReport, progress_lines, render_report
-
     handle = client.get_workflow_handle(workflow_id)
+    view = await _view(client, workflow_id)
     printed: set[str] = set()
     while True:
         description = await handle.describe()
         if description.status != WorkflowExecutionStatus.RUNNING:
             break
         try:
-            report = await handle.query("status", result_type=FailoverReport)
+            report = await handle.query("status", result_type=view.report_type)
         except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
             await asyncio.sleep(0.5)
             continue
-        for key, line in progress_lines(report):
+        for key, line in view.progress(report):
             if key not in printed:
                 printed.add(key)
                 click.echo(line)
         await asyncio.sleep(0.3)
-    report = await _final_report(client, workflow_id)
+    report = await _final_report(client, workflow_id, view.report_type)
     if report is None:
         raise Failure(
             f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
         )
-    for key, line in progress_lines(report):  # what happened after the last look
+    for key, line in view.progress(report):  # what happened after the last look
         if key not in printed:
             click.echo(line)
     click.echo()
-    click.echo(render_report(report))
-    return EXIT_OK if report.outcome in ("completed", "no-op") else EXIT_ERROR
+    click.echo(view.render(report))
+    return EXIT_OK if report.outcome in ("completed", "no-op", "passed") else EXIT_ERROR
 
 
-async def _final_report(client: Client, workflow_id: str) -> Any:
-    from workflows.failover_models import FailoverReport
+async def _view(client: Client, workflow_id: str) -> Any:
+    from temporalio.client import RPCError
+
+    from workers.run_views import view_for
 
     try:
-        return await client.get_workflow_handle(workflow_id, result_type=FailoverReport).result()
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message}") from err
+    try:
+        return view_for(description.workflow_type)
+    except ValueError as err:
+        raise Failure(str(err)) from err
+
+
+async def _final_report(client: Client, workflow_id: str, report_type: type[Any]) -> Any:
+    try:
+        return await client.get_workflow_handle(workflow_id, result_type=report_type).result()
     except WorkflowFailureError:
         return None
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--reason", required=True, help="why; shown to approvers and kept in the report")
+@click.option("--home", default=None, help="the region traffic returns to (default: the runbook's primary)")
+@click.option("--prepare", is_flag=True, help="re-sync the home database as a standby first (pg_rewind)")
+@click.option("--as", "requested_by", default=_default_user, help="who asks [env DRFLOW_USER; your login]")
+@click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
+@connection_options
+@click.pass_obj
+def failback(
+    directory: Path, /, service: str, reason: str, home: str | None, prepare: bool, requested_by: str,
+    wait: bool, **options: Any,
+) -> int:  # fmt: skip
+    """Bring SERVICE home: database back with zero loss, then traffic in canary stages (failback-SERVICE)."""
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workflows.failback_models import FailbackReport, FailbackRequest
+
+    runbook = _services_to_check(directory, service)[0].runbook
+    if home is not None and home not in runbook.regions:
+        raise Failure(f"{home!r} is not a region of {service} (regions: {', '.join(runbook.regions)})")
+    request = FailbackRequest(
+        service=service, reason=reason, home=home, prepare=prepare, requested_by=requested_by
+    )
+    settings = settings_from(options)
+
+    async def start() -> int:
+        client = await connect(settings)
+        workflow_id = f"failback-{service}"
+        try:
+            handle = await client.start_workflow(
+                "Failback", request, id=workflow_id, task_queue=TASK_QUEUE, result_type=FailbackReport,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                static_summary=f"Failback {service} → {home or runbook.primary}",
+                static_details=f"Requested by {requested_by}: {reason}",
+                search_attributes=run_attributes(service, "failback", "preflight"),
+            )  # fmt: skip
+        except WorkflowAlreadyStartedError as err:
+            raise Failure(
+                f"a failback of {service} is already running ({workflow_id}, run {err.run_id})"
+            ) from err
+        click.echo(f"started {handle.id}  {workflow_link(settings, handle.id)}")
+        if not wait:
+            click.echo(f"follow it: drflow status {handle.id} --follow")
+            return EXIT_OK
+        return await _follow(client, handle.id)
+
+    return asyncio.run(start())
 
 
 def _update_command(update: str, help_text: str) -> click.Command:
@@ -444,25 +507,24 @@ def status(workflow_id: str, as_json: bool, follow: bool, **options: Any) -> int
 async def _status(settings: TemporalSettings, workflow_id: str, as_json: bool, follow: bool) -> int:
     from temporalio.client import RPCError, WorkflowExecutionStatus
 
-    from workflows.failover_models import FailoverReport, render_report
-
     client = await connect(settings)
     if follow:
         return await _follow(client, workflow_id)
+    view = await _view(client, workflow_id)
     handle = client.get_workflow_handle(workflow_id)
     try:
         description = await handle.describe()
         if description.status == WorkflowExecutionStatus.RUNNING:
-            report = await handle.query("status", result_type=FailoverReport)
+            report = await handle.query("status", result_type=view.report_type)
         else:
-            report = await _final_report(client, workflow_id)
+            report = await _final_report(client, workflow_id, view.report_type)
     except RPCError as err:
         raise Failure(f"{workflow_id}: {err.message}") from err
     if report is None:
         raise Failure(
             f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
         )
-    click.echo(report.model_dump_json(indent=2) if as_json else render_report(report))
+    click.echo(report.model_dump_json(indent=2) if as_json else view.render(report))
     return EXIT_OK
 
 
@@ -522,9 +584,17 @@ def dev(directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bo
     return EXIT_OK
 
 
+from workers.audit.cli import audit  # noqa: E402
+from workers.gateway_cli import gateway  # noqa: E402
 from workers.sandbox.cli import sandbox  # noqa: E402
 
 cli.add_command(sandbox)
+cli.add_command(gateway)
+cli.add_command(audit)
+
+from workers.drill_cli import drill  # noqa: E402  (it imports this module's helpers)
+
+cli.add_command(drill)
 
 
 def _configure_logging(level: int) -> None:

@@ -14,21 +14,38 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.archive import ArchiveActivities
+from activities.canary import analyse, read_weights, set_weights
 from activities.database import DATABASE_ACTIVITIES
 from activities.dns_providers import apply_dns_change, plan_dns_change
 from activities.dns_reader import read_dns_record
+from activities.dns_sync import wait_for_change
+from activities.drill_report import write_drill_report
 from activities.health import probe_health, validate_health
+from activities.preflight import PREFLIGHT_ACTIVITIES
 from activities.propagation import verify_propagation
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
+from activities.slack import SLACK_ACTIVITIES
+from activities.traffic import TRAFFIC_ACTIVITIES
+from workflows.archive import ArchiveRunWorkflow
 from workflows.common import TASK_QUEUE
+from workflows.drill import DrillWorkflow
+from workflows.failback import FailbackWorkflow
 from workflows.failover import FailoverWorkflow
 from workflows.readiness import ReadinessWorkflow
 from workflows.service_lock import ServiceLockWorkflow
 
 log = logging.getLogger("drflow.worker")
 
-WORKFLOWS: Sequence[type] = (ReadinessWorkflow, FailoverWorkflow, ServiceLockWorkflow)
+WORKFLOWS: Sequence[type] = (
+    ReadinessWorkflow,
+    FailoverWorkflow,
+    FailbackWorkflow,
+    DrillWorkflow,
+    ServiceLockWorkflow,
+    ArchiveRunWorkflow,
+)
 # In-flight activities get this long to finish after SIGTERM before they are cancelled; a promotion or a
 # DNS change half-done is worse than a slow deploy.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
@@ -47,6 +64,15 @@ def activities_for(client: Client, runbooks_dir: Path) -> list[Any]:
         lock.acquire,
         lock.holder_status,
         *DATABASE_ACTIVITIES,
+        read_weights,
+        set_weights,
+        analyse,
+        write_drill_report,
+        wait_for_change,
+        *PREFLIGHT_ACTIVITIES,
+        *TRAFFIC_ACTIVITIES,
+        ArchiveActivities(client).archive_run,
+        *SLACK_ACTIVITIES,
     ]
 
 

@@ -14,7 +14,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import database
+    from activities import canary, database
+    from activities.cloud import PreflightReport
     from activities.dns_providers import (
         DnsChangePlan,
         PlanDnsChangeRequest,
@@ -28,6 +29,12 @@ with workflow.unsafe.imports_passed_through():
         probe_health,
     )
     from activities.postgres import ReplicationStatus
+    from activities.preflight import (
+        DatabasePreflightRequest,
+        DnsPreflightRequest,
+        db_preflight,
+        dns_preflight,
+    )
     from runbooks.loader import LoadedRunbook
     from runbooks.model import Runbook
     from workflows.common import STEP_ATTR, load_runbook, tag_run
@@ -46,6 +53,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.run_control import Ended, failure_message
 
 INVALID_REQUEST = "InvalidFailoverRequest"
+CLOUD_DNS = frozenset({"route53", "clouddns"})
+CLOUD_DATABASES = frozenset({"rds", "aurora-global"})
 
 
 @workflow.defn(name="Failover")
@@ -82,6 +91,11 @@ class FailoverWorkflow(Moves[FailoverReport]):
     def status(self) -> FailoverReport:
         return self._report
 
+    def _check_person(self, who: str, action: str) -> None:
+        if who in self._request.excluded_approvers:
+            raise ValueError(f"{who} is unavailable in this drill's scenario: someone else must answer")
+        super()._check_person(who, action)
+
     # ------------------------------------------------------------------------------------------ the run
     @workflow.run
     async def run(self, request: FailoverRequest) -> FailoverReport:
@@ -101,6 +115,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
                 await self._gate("promote", plan.checksum)
                 await self._promote(plan)
             await self._cut_over_dns(plan)
+            await self._move_traffic_weights(plan)
             await self._verify_propagation(plan)
             await asyncio.gather(self._wait_out_old_ttl(plan), self._validate_health(plan))
             self._finish("completed")
@@ -108,9 +123,26 @@ class FailoverWorkflow(Moves[FailoverReport]):
             await self._end_early(ended)
         finally:
             await self._release_lock(request.service)
+        await self._close_slack()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
         return self._report
+
+    async def _move_traffic_weights(self, plan: FailoverPlan) -> None:
+        """Where a traffic manager sits in front of the regions, it sends everything to the target too."""
+        traffic = self._require_runbook().traffic
+        if traffic is None or not workflow.patched("failover-moves-traffic-weights"):
+            return
+        weights = {region: 100 if region == plan.target else 0 for region in traffic.servers}
+        await self._step(
+            f"send all traffic to {plan.target}",
+            lambda: self._activity(
+                canary.set_weights,
+                canary.SetWeightsRequest(traffic=traffic, weights=weights),
+                f"{traffic.provider}: {plan.target} 100%",
+            ),
+            lambda r: f"{r.before.describe()} → {r.after.describe()}",
+        )
 
     # -------------------------------------------------------------------------------------- preflight
     async def _load(self, request: FailoverRequest) -> LoadedRunbook:
@@ -144,6 +176,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
                 self._probe_target(runbook, target),
             )
             source = _serving_region(runbook, dns_plan, target)
+            await self._provider_preflight(runbook, source, target)
             replication = None
             if runbook.database is not None and source != target:
                 replication = await self._activity(
@@ -185,6 +218,29 @@ class FailoverWorkflow(Moves[FailoverReport]):
         if source == target and dns_plan.no_op:
             raise Ended("no-op", f"{runbook.service} already runs in {target}: DNS answers {target_address}")
         return plan
+
+    async def _provider_preflight(self, runbook: Runbook, source: str, target: str) -> None:
+        """Cloud providers check credentials, resources and permissions before anything changes."""
+        reports: list[PreflightReport] = []
+        if runbook.dns.provider in CLOUD_DNS:
+            reports.append(
+                await self._activity(
+                    dns_preflight, DnsPreflightRequest(dns=runbook.dns), f"{runbook.dns.provider} preflight"
+                )
+            )
+        db = runbook.database
+        if db is not None and db.provider in CLOUD_DATABASES and source != target:
+            reports.append(
+                await self._activity(
+                    db_preflight,
+                    DatabasePreflightRequest(database=db, primary=source, standby=target),
+                    f"{db.provider} preflight",
+                )
+            )
+        problems = [problem for report in reports for problem in report.problems]
+        self._update(provider_checks=reports)
+        if problems:
+            raise Ended("not-ready", "; ".join(problems))
 
     async def _probe_target(self, runbook: Runbook, target: str) -> HealthProbeResults:
         targets = probes(runbook, target, serving=False)

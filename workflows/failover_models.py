@@ -13,9 +13,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from activities.cloud import PreflightReport
 from activities.database import UnfenceResult
 from activities.dns_providers import DnsChangePlan, DnsChangeResult
 from activities.dns_reader import DnsReadout
+from activities.dns_sync import DnsChangeStatus
 from activities.health import HealthProbeResult, HealthValidationResult
 from activities.postgres import FenceResult, PromoteResult, ReplicationStatus, WaitForReplayResult
 from activities.propagation import PropagationResult
@@ -36,6 +38,10 @@ class FailoverRequest(StrictModel):
     reason: str = Field(min_length=1, description="why: shown to approvers and kept in the report")
     requested_by: str | None = Field(default=None, description="who asks; separation of duties needs it")
     mode: Mode = "planned"
+    excluded_approvers: list[str] = Field(
+        default_factory=list,
+        description="approvers unavailable in a drill scenario: someone else must answer",
+    )
 
 
 class ApprovalInput(StrictModel):
@@ -163,6 +169,7 @@ class MoveReport(RunReport):
     promotion: PromoteResult | None = None
     compensation: UnfenceResult | None = None
     dns_change: DnsChangeResult | None = None
+    dns_sync: DnsChangeStatus | None = None
     propagation: PropagationResult | None = None
     ttl_wait_seconds: float | None = None
     health: HealthValidationResult | None = None
@@ -173,6 +180,7 @@ class FailoverReport(MoveReport):
     target: str
     source: str | None = None
     mode: Mode
+    provider_checks: list[PreflightReport] = Field(default_factory=list)
     plan: FailoverPlan | None = None
     final_state: FinalState | None = None
 
@@ -203,11 +211,12 @@ def render_plan(plan: FailoverPlan) -> str:
     ]
     if plan.database is not None:
         rep = plan.database.replication
-        lag = (
-            f"{rep.lag_bytes} bytes / {rep.lag_seconds:.1f}s"
-            if rep.lag_bytes is not None and rep.lag_seconds is not None
-            else "unknown (primary unreachable)"
-        )
+        if rep.lag_bytes is not None and rep.lag_seconds is not None:
+            lag = f"{rep.lag_bytes} bytes / {rep.lag_seconds:.1f}s"
+        elif rep.lag_seconds is not None:
+            lag = f"{rep.lag_seconds:.1f}s (this provider reports no byte positions)"
+        else:
+            lag = "unknown (primary unreachable)"
         lines += [
             "",
             f"**Database** ({plan.database.provider}): fence {plan.database.source}, "
@@ -288,7 +297,7 @@ def render_report(report: FailoverReport) -> str:
     return "\n".join(lines)
 
 
-def progress_lines(report: FailoverReport) -> list[tuple[str, str]]:
+def progress_lines(report: RunReport, plan_text: str | None = None) -> list[tuple[str, str]]:
     """(key, line) pairs for a live view: a follower prints each key once, as things happen."""
     lines: list[tuple[str, str]] = []
     for step in report.steps:
@@ -299,12 +308,12 @@ def progress_lines(report: FailoverReport) -> list[tuple[str, str]]:
             error = f": {step.error}" if step.error and step.outcome != "ok" else ""
             key = f"end {step.name} {step.attempts} {step.outcome}"
             lines.append((key, f"{STEP_MARK[step.outcome]} {step.name}{took}{detail}{error}"))
-    if report.open_gate is not None and report.plan is not None:
+    if report.open_gate is not None:
         approve = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
         lines.append(
             (
                 f"gate {report.open_gate} {len(report.approvals)}",
-                f"\n{render_plan(report.plan)}\n\nwaiting for approval of the {report.open_gate} gate: "
+                f"\n{plan_text or ''}\n\nwaiting for approval of the {report.open_gate} gate: "
                 f'drflow {approve} {report.workflow_id} --as <approver> --reason "..."',
             )
         )

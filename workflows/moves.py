@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         apply_dns_change,
     )
     from activities.dns_reader import DnsQuery
+    from activities.dns_sync import DnsChangeStatusRequest, wait_for_change
     from activities.health import (
         HealthProbe,
         HealthValidationRequest,
@@ -104,6 +105,18 @@ class Moves(ControlledRun[M]):
             )
             replay = replayed
             self._update(replay=replay)
+        if plan.database.provider == "aurora-global" and mode != "emergency":
+            self._update(
+                data_loss=DataLossWindow(
+                    zero_proven=True,
+                    bytes=0,
+                    seconds=0.0,
+                    within_rpo=True,
+                    basis="SwitchoverGlobalCluster switches only once the target has caught up: no data loss "
+                    "by design (Aurora reports no LSNs to compare)",
+                )
+            )
+            return
         if mode != "emergency" and (replay is None or not replay.reached):
             await self._unfence_and_end(
                 plan, "the standby did not replay the fenced primary's last write in time"
@@ -154,7 +167,7 @@ class Moves(ControlledRun[M]):
             f"promote {plan.target}",
             lambda: self._activity(
                 database.promote,
-                database.DatabasePromoteRequest(database=db, region=plan.target),
+                database.DatabasePromoteRequest(database=db, region=plan.target, mode=self._mode()),
                 f"promote {plan.target}",
                 timeout=timedelta(seconds=120),
             ),
@@ -180,6 +193,27 @@ class Moves(ControlledRun[M]):
             ),
         )
         self._update(dns_change=change)
+        if change.change_id is not None:
+            await self._wait_for_provider(change.change_id)
+
+    async def _wait_for_provider(self, change_id: str) -> None:
+        """Providers with a change status (Route53 INSYNC, Cloud DNS done) are waited for, time recorded."""
+        runbook = self._require_runbook()
+        budget = runbook.dns.propagation_budget
+        status = await self._step(
+            f"wait for {runbook.dns.provider} to apply change {change_id}",
+            lambda: self._activity(
+                wait_for_change,
+                DnsChangeStatusRequest(
+                    dns=runbook.dns, change_id=change_id, timeout_seconds=budget.total_seconds()
+                ),
+                f"{runbook.dns.provider} change {change_id} live",
+                timeout=budget + timedelta(seconds=30),
+                heartbeat=True,
+            ),
+            lambda r: f"{r.status} after {r.waited_ms:.0f} ms",
+        )
+        self._update(dns_sync=status)
 
     async def _verify_propagation(self, plan: MovePlan) -> None:
         runbook = self._require_runbook()

@@ -8,6 +8,7 @@ Subclasses provide ``kind``, ``skippable_steps``, ``_render()`` and set ``_repor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, ClassVar, Generic, TypeVar
@@ -19,7 +20,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
     from activities.service_lock import lock_workflow_id as lock_id
-    from runbooks.model import Gate, Runbook
+    from activities.slack import GateFacts
+    from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook
     from workflows.common import INFRA_RETRY, STEP_ATTR
     from workflows.failover_models import (
         ApprovalInput,
@@ -31,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         UpdateOutcome,
     )
+    from workflows.slack_mirror import SLACK_PATCH, GateView, SlackMirror, gate_facts
 
 T = TypeVar("T")
 R = TypeVar("R", bound=RunReport)
@@ -60,6 +63,7 @@ class ControlledRun(Generic[R]):
         self._decision: DecisionRecord | None = None
         self._skippable = False
         self._holds_lock = False
+        self._slack: SlackMirror | None = None
 
     def _render(self) -> str:
         raise NotImplementedError
@@ -96,13 +100,14 @@ class ControlledRun(Generic[R]):
         if gate not in approvals.gates and not always:
             return
         if self._emergency() and gate in approvals.skip_in_emergency:
-            self._record_approval(
-                ApprovalRecord(
-                    gate=gate, decision="skipped-in-emergency", by=None, at=workflow.now(), channel=None,
-                    reason="the runbook lets an emergency run pass this gate",
-                    plan_checksum=checksum,
-                )
+            skipped = ApprovalRecord(
+                gate=gate, decision="skipped-in-emergency", by=None, at=workflow.now(), channel=None,
+                reason="the runbook lets an emergency run pass this gate", plan_checksum=checksum,
             )  # fmt: skip
+            self._record_approval(skipped)
+            slack = self._slack_mirror()
+            if slack is not None:
+                slack.gate_skipped(self._slack_gate_facts(gate, checksum), skipped)
             return
         opened = workflow.now()
         self._gate_answer = None
@@ -110,8 +115,19 @@ class ControlledRun(Generic[R]):
         self._update(open_gate=gate)
         workflow.upsert_search_attributes([STEP_ATTR.value_set("awaiting-approval")])
         self._show(self._render())
+        slack = self._slack_mirror()
+        view = (
+            None
+            if slack is None
+            else slack.gate_opened(self._slack_gate_facts(gate, checksum), approvals.timeout)
+        )
         try:
-            await workflow.wait_condition(lambda: self._gate_answer is not None, timeout=approvals.timeout)
+            if slack is not None and view is not None and approvals.escalate_after is not None:
+                await self._wait_escalating(slack, view)
+            else:
+                await workflow.wait_condition(
+                    lambda: self._gate_answer is not None, timeout=approvals.timeout
+                )
         except TimeoutError:
             self._gate_answer = ApprovalRecord(
                 gate=gate, decision="expired", by=None, at=workflow.now(), channel=None,
@@ -120,6 +136,8 @@ class ControlledRun(Generic[R]):
         answer = self._gate_answer
         assert answer is not None
         self._record_approval(answer)
+        if slack is not None and view is not None:
+            slack.gate_answered(view, answer)
         self._update(
             open_gate=None,
             approval_wait_seconds=self._report.approval_wait_seconds
@@ -129,6 +147,52 @@ class ControlledRun(Generic[R]):
             raise Ended("expired", f"the {gate} gate expired: nobody approved within {approvals.timeout}")
         if answer.decision == "rejected":
             raise Ended("rejected", f"{answer.by} rejected the {gate} gate: {answer.reason}")
+
+    async def _wait_escalating(self, slack: SlackMirror, view: GateView) -> None:
+        """Wait for an answer; at ``escalate_after`` re-post in Slack, at ``timeout`` raise TimeoutError."""
+        approvals = self._require_runbook().approvals
+        assert approvals.escalate_after is not None
+        try:
+            await workflow.wait_condition(
+                lambda: self._gate_answer is not None, timeout=approvals.escalate_after
+            )
+            return
+        except TimeoutError:
+            slack.escalate(view, approvals.escalate_after)
+        await workflow.wait_condition(
+            lambda: self._gate_answer is not None, timeout=approvals.timeout - approvals.escalate_after
+        )
+
+    def _slack_mirror(self) -> SlackMirror | None:
+        """The run's Slack mirror, started at its first gate when the runbook names a Slack channel.
+
+        Behind the ``slack-approvals`` patch: a history recorded before it (or a run still open from before)
+        takes the old path, without the mirror's activities and timers.
+        """
+        if self._slack is None:
+            runbook = self._require_runbook()
+            if runbook.approvals.slack is not None and workflow.patched(SLACK_PATCH):
+                self._slack = SlackMirror(runbook, self.kind, lambda: self._report, self._note)
+                self._slack.start()
+        return self._slack
+
+    def _slack_gate_facts(self, gate: Gate, checksum: str | None) -> GateFacts:
+        """What the gate message shows; a run without a move plan can override it.
+
+        A message must never hold a gate up: facts that cannot be rendered leave the plan out, with a note.
+        """
+        runbook = self._require_runbook()
+        requester = self._slack.requester_slack_id(self._requested_by) if self._slack else None
+        try:
+            return gate_facts(self._report, runbook, self.kind, gate, checksum, requester)
+        except Exception as err:  # deterministic (same state, same outcome), so replay-safe
+            self._note(f"Slack: the plan could not be shown in the {gate} gate message: {err!r}")
+            return gate_facts(self._report, runbook, self.kind, gate, checksum, requester, with_plan=False)
+
+    async def _close_slack(self) -> None:
+        """At the end of the run: let Slack show the final state (no-op without a Slack mirror)."""
+        if self._slack is not None:
+            await self._slack.close()
 
     @workflow.update
     async def approve(self, answer: ApprovalInput) -> UpdateOutcome:
@@ -166,6 +230,12 @@ class ControlledRun(Generic[R]):
             raise ValueError(f"no approval is pending for this run (it is {self._where()})")
         if answer.gate is not None and answer.gate != gate:
             raise ValueError(f"the open gate is {gate!r}, not {answer.gate!r}")
+        earlier = self._gate_answer
+        if earlier is not None:  # a second click or command before the run moved on
+            by = (
+                f"<@{earlier.by}>" if earlier.channel == "slack" and answer.channel == "slack" else earlier.by
+            )
+            raise ValueError(f"the {gate} gate was already answered: {earlier.decision} by {by}")
         self._check_person(answer.approver, "approve")
         checksum = self._gate_checksum
         if (
@@ -179,21 +249,59 @@ class ControlledRun(Generic[R]):
         return gate
 
     def _check_person(self, who: str, action: str) -> None:
+        """An approver listed in the runbook (or in its Slack user group), and not the requester.
+
+        Separation of duties compares people: ``approvals.slack.identities`` maps a Slack user id to the name
+        the same person uses in the CLI and the Web UI. A Slack user id is answered in the second person,
+        because the gateway shows the message to the person who clicked.
+        """
         runbook = self._require_runbook()
+        slack = runbook.approvals.slack
         allowed = list(runbook.approvals.approvers)
-        if runbook.approvals.slack is not None:
-            allowed += runbook.approvals.slack.approvers
-        if who not in allowed:
-            raise ValueError(
-                f"{who} is not an approver for {runbook.service} (approvers: {', '.join(allowed)})"
-            )
+        if slack is not None:
+            allowed += slack.approvers
+        members = self._slack.members if self._slack is not None else None
+        in_slack = slack is not None and re.fullmatch(SLACK_USER_PATTERN, who) is not None
+        if who not in allowed and (members is None or who not in members):
+            raise ValueError(self._not_an_approver(who, in_slack, allowed))
         if (
             action == "approve"
             and runbook.approvals.separation_of_duties
             and self._requested_by is not None
-            and who == self._requested_by
+            and self._same_person(who, self._requested_by)
         ):
+            if in_slack:
+                raise ValueError(
+                    f"separation of duties: you requested this {self.kind} and cannot approve it"
+                )
             raise ValueError(f"separation of duties: {who} requested this {self.kind} and cannot approve it")
+
+    def _same_person(self, one: str, other: str) -> bool:
+        slack = self._require_runbook().approvals.slack
+        if slack is None:
+            return one == other
+        return slack.identities.get(one, one) == slack.identities.get(other, other)
+
+    def _not_an_approver(self, who: str, in_slack: bool, allowed: list[str]) -> str:
+        runbook = self._require_runbook()
+        slack = runbook.approvals.slack
+        group = slack.usergroup if slack is not None else None
+        lookup = ""
+        if group is not None and (self._slack is None or self._slack.members is None):
+            problem = self._slack.lookup_problem if self._slack is not None else None
+            lookup = (
+                f"; the members of the user group could not be looked up ({problem})"
+                if problem
+                else "; the members of the user group are still being looked up, try again in a moment"
+            )
+        if in_slack and slack is not None:
+            people = [f"<@{user}>" for user in slack.approvers]
+            if group is not None:
+                people.append(f"members of <!subteam^{group}>")
+            listed = ", ".join(people) or "nobody in Slack: approve through the CLI"
+            return f"you are not an approver for {runbook.service} (approvers: {listed}){lookup}"
+        listed = ", ".join(allowed) + (f", members of Slack user group {group}" if group else "")
+        return f"{who} is not an approver for {runbook.service} (approvers: {listed}){lookup}"
 
     def _answer_gate(self, answer: ApprovalInput, decision: Any) -> UpdateOutcome:
         gate = self._report.open_gate

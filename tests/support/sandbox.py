@@ -1,4 +1,4 @@
-"""A whole sandbox (BIND pair, PostgreSQL primary + standby, region apps) per test, on free ports."""
+"""A whole sandbox (BIND pair, PostgreSQL primary + standby, region apps, HAProxy) per test, on free ports."""
 
 from __future__ import annotations
 
@@ -54,10 +54,10 @@ class SandboxWorld:
 @contextmanager
 def sandbox_world() -> Iterator[SandboxWorld]:
     with searchable_tmp_dir("drflow-sandbox-") as directory:
-        dns_primary, dns_secondary, pg_primary, pg_standby = free_ports(4)
+        dns_primary, dns_secondary, pg_primary, pg_standby, haproxy = free_ports(5)
         ports = SandboxPorts(
             dns_primary=dns_primary, dns_secondary=dns_secondary, postgres_primary=pg_primary,
-            postgres_standby=pg_standby, app=free_port(),
+            postgres_standby=pg_standby, app=free_port(), haproxy=haproxy,
         )  # fmt: skip
         sandbox = Sandbox(directory / "sandbox", ports)
         runbooks = directory / "runbooks"

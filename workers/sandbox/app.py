@@ -2,7 +2,9 @@
 
 The deep check passes only where the region's database is the writable primary, so a failover shows up in
 health checks exactly as it would for a real service: the old region fails (fenced), the new one passes
-once promoted. Run: ``python -m workers.sandbox.app --region region-a --listen 127.0.1.1:18080 ...``.
+once promoted. ``/`` is the page users (and a failback's canary, through HAProxy) get: a read on the
+region's database, which a standby answers too, naming the region so the canary can measure the split.
+Run: ``python -m workers.sandbox.app --region region-a --listen 127.0.1.1:18080 ...``.
 """
 
 from __future__ import annotations
@@ -51,24 +53,34 @@ class HealthServer(ThreadingHTTPServer):
         self.config = config
         super().__init__((config.host, config.port), HealthHandler)
 
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        config = self.config
+        return psycopg.connect(
+            host=config.dsn_host,
+            port=config.dsn_port,
+            dbname=config.dbname,
+            user=config.user,
+            password=config.password_file.read_text().strip(),
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"sandbox-app-{config.region}",
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        )
+
+    def read_page(self) -> tuple[int, dict[str, Any]]:
+        """A cheap read on the region's database: works on a read-only standby, fails when it is down."""
+        try:
+            with self._connect() as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        except (psycopg.Error, OSError) as err:
+            return 503, self._failing(_describe(err))
+        database = "standby" if row is not None and row[0] else "primary"
+        return 200, {"status": "ok", "region": self.config.region, "database": database}
+
     def deep_check(self) -> tuple[int, dict[str, Any]]:
         """INSERT a row and read it back in one transaction: passes only on a writable primary."""
         config = self.config
         try:
-            password = config.password_file.read_text().strip()
-            with (
-                psycopg.connect(
-                    host=config.dsn_host,
-                    port=config.dsn_port,
-                    dbname=config.dbname,
-                    user=config.user,
-                    password=password,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    application_name=f"sandbox-app-{config.region}",
-                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                ) as conn,
-                conn.transaction(),
-            ):
+            with self._connect() as conn, conn.transaction():
                 inserted = conn.execute(
                     f"INSERT INTO {PROBE_TABLE} (region) VALUES (%s) RETURNING id", (config.region,)
                 ).fetchone()
@@ -100,7 +112,9 @@ class HealthHandler(BaseHTTPRequestHandler):
 
     def _respond(self, body: bool) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/healthz":
+        if path == "":
+            status, payload = self.server.read_page()
+        elif path == "/healthz":
             status, payload = 200, {"status": "ok", "region": self.server.config.region}
         elif path == "/healthz/deep":
             status, payload = self.server.deep_check()

@@ -6,6 +6,7 @@ that ``runbooks/sandbox.yaml``'s ``file:.drflow/sandbox/...`` secrets resolve fr
     dns/        BIND primary and secondary (``NamedPair``), zone drflow.test., TSIG key drflow-sandbox
     postgres/   PostgreSQL primary (region-a) and streaming standby (region-b)
     apps/       one HTTP app per region (127.0.1.1, 127.0.2.1), each writing through its region's database
+    haproxy/    HAProxy in front of both apps (weights region-a 100 / region-b 0 at first), runtime API socket
     sandbox.json  the ports of this world, so ``down`` and ``status`` need only the directory
 
 Every server is a detached process that outlives the command which started it; ``down`` stops them all and
@@ -29,8 +30,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from activities.haproxy import HaproxyError
 from runbooks.loader import parse_runbook
-from runbooks.model import PostgresDatabase, Rfc2136Dns, Runbook, StrictModel
+from runbooks.model import HaproxyTraffic, PostgresDatabase, Rfc2136Dns, Runbook, StrictModel
+from workers.sandbox.haproxy import (
+    HaproxyConfig,
+    HaproxyNotInstalledError,
+    HaproxyServer,
+    HaproxyStartError,
+    find_haproxy,
+)
 from workers.sandbox.named import (
     NamedNotInstalledError,
     NamedPair,
@@ -61,7 +70,9 @@ REGIONS: dict[str, str] = {"region-a": "127.0.1.1", "region-b": "127.0.2.1"}
 PRIMARY_REGION, STANDBY_REGION = "region-a", "region-b"
 DBNAME = "app"
 DB_USER = "drflow"
-SYSTEM_PACKAGES = {"named": "bind9", "postgres": "postgresql"}
+SYSTEM_PACKAGES = {"named": "bind9", "postgres": "postgresql", "haproxy": "haproxy"}
+# At first the runbook's primary serves all the traffic; a canary failback moves these weights.
+INITIAL_WEIGHTS: dict[str, int] = {PRIMARY_REGION: 100, STANDBY_REGION: 0}
 APP_START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _CONFIG_FILE = "sandbox.json"
@@ -84,16 +95,23 @@ class SandboxPorts:
     postgres_primary: int = 15432
     postgres_standby: int = 15433
     app: int = 18080
+    haproxy: int = 18090
 
     def __post_init__(self) -> None:
-        tcp_on_127001 = [self.dns_primary, self.dns_secondary, self.postgres_primary, self.postgres_standby]
+        tcp_on_127001 = [
+            self.dns_primary,
+            self.dns_secondary,
+            self.postgres_primary,
+            self.postgres_standby,
+            self.haproxy,
+        ]
         if len(set(tcp_on_127001)) != len(tcp_on_127001):
-            raise ValueError(f"DNS and PostgreSQL ports must all differ: {tcp_on_127001}")
+            raise ValueError(f"DNS, PostgreSQL and HAProxy ports must all differ: {tcp_on_127001}")
 
 
 class ComponentStatus(StrictModel):
     name: str
-    kind: Literal["dns", "postgres", "app"]
+    kind: Literal["dns", "postgres", "app", "haproxy"]
     region: str | None = None
     address: str
     state: State
@@ -139,6 +157,10 @@ class Sandbox:
         return self.state_dir / "apps"
 
     @property
+    def haproxy_dir(self) -> Path:
+        return self.state_dir / "haproxy"
+
+    @property
     def config_path(self) -> Path:
         return self.state_dir / _CONFIG_FILE
 
@@ -147,8 +169,10 @@ class Sandbox:
         shipped_yaml = (resources.files("runbooks") / "sandbox.yaml").read_bytes()
         shipped = parse_runbook(shipped_yaml, "sandbox.yaml").runbook
         pair = self._postgres_pair()
+        haproxy = self._haproxy()
         dns = shipped.dns
         assert isinstance(dns, Rfc2136Dns)
+        assert isinstance(shipped.traffic, HaproxyTraffic)
         ns1, ns2 = dns.nameservers
         ports = self.ports
         return shipped.model_copy(
@@ -173,6 +197,9 @@ class Sandbox:
                     provider="postgres",
                     nodes={region: pair.node(region) for region in (PRIMARY_REGION, STANDBY_REGION)},
                 ),
+                "traffic": shipped.traffic.model_copy(
+                    update={"runtime_api": haproxy.runtime_api, "frontend_url": haproxy.frontend_url}
+                ),
             }
         )
 
@@ -195,11 +222,14 @@ class Sandbox:
             self._up_dns(changes)
             self._up_postgres(changes)
             self._up_apps(changes)
+            self._up_haproxy(changes)
         except (
             NamedStartError,
             NamedNotInstalledError,
             PostgresCommandError,
             PostgresNotInstalledError,
+            HaproxyStartError,
+            HaproxyNotInstalledError,
         ) as err:
             raise SandboxError(
                 f"{err}\n(components already started keep running: `drflow sandbox down`)"
@@ -217,8 +247,9 @@ class Sandbox:
             raise SandboxError(f"could not delete {self.state_dir}")
 
     def down(self) -> SandboxStatus:
-        """Apps, then the databases (standby first), then DNS; fails if any process is still alive."""
+        """HAProxy, apps, databases (standby first), then DNS; fails if any process is still alive."""
         pids = [c.pid for c in self.status().components if c.pid is not None]
+        self._haproxy().stop(STOP_TIMEOUT)
         for region in REGIONS:
             _terminate(self._app_pid(region), STOP_TIMEOUT)
         if self.postgres_dir.exists():
@@ -237,7 +268,12 @@ class Sandbox:
 
     def status(self, changes: dict[str, Change] | None = None) -> SandboxStatus:
         changes = changes or {}
-        components = [*self._dns_status(), *self._postgres_status(), *self._app_status()]
+        components = [
+            *self._dns_status(),
+            *self._postgres_status(),
+            *self._app_status(),
+            self._haproxy_status(),
+        ]
         components = [c.model_copy(update={"change": changes.get(c.name)}) for c in components]
         return SandboxStatus(state_dir=str(self.state_dir), components=components)
 
@@ -414,6 +450,46 @@ class Sandbox:
             )
         return components
 
+    # ---------------------------------------------------------------------------------- HAProxy
+    def _haproxy(self) -> HaproxyServer:
+        return HaproxyServer(
+            HaproxyConfig(
+                directory=self.haproxy_dir,
+                port=self.ports.haproxy,
+                servers={region: (address, self.ports.app) for region, address in REGIONS.items()},
+                initial_weights=INITIAL_WEIGHTS,
+                host=LOOPBACK,
+            )
+        )
+
+    def _up_haproxy(self, changes: dict[str, Change]) -> None:
+        haproxy = self._haproxy()
+        if haproxy.is_running():
+            changes["haproxy"] = "already-running"
+            return
+        _require_free(LOOPBACK, self.ports.haproxy, "HAProxy frontend")
+        haproxy.start(APP_START_TIMEOUT)
+        changes["haproxy"] = "started"
+
+    def _haproxy_status(self) -> ComponentStatus:
+        haproxy = self._haproxy()
+        pid = haproxy.pid
+        detail = None
+        if pid is not None:
+            try:
+                weights = haproxy.weights()
+                detail = "weights " + ", ".join(f"{region} {weight}" for region, weight in weights.items())
+            except HaproxyError as err:
+                detail = f"runtime API not answering: {err}"
+        return ComponentStatus(
+            name="haproxy",
+            kind="haproxy",
+            address=haproxy.address,
+            state="running" if pid is not None else "stopped",
+            pid=pid,
+            detail=detail,
+        )
+
     # ------------------------------------------------------------------------------- internals
     def _recorded_ports(self) -> SandboxPorts | None:
         try:
@@ -426,7 +502,7 @@ class Sandbox:
 
 
 def ensure_system_packages() -> list[str]:
-    """Install named and the PostgreSQL server if missing (root on Debian/Ubuntu); returns what it installed.
+    """Install named, the PostgreSQL server and HAProxy if missing (root on Debian/Ubuntu); returns them.
 
     Otherwise a missing program is an error carrying the exact command to run.
     """
@@ -439,6 +515,10 @@ def ensure_system_packages() -> list[str]:
         find_pg_bindir()
     except PostgresNotInstalledError:
         missing.append(SYSTEM_PACKAGES["postgres"])
+    try:
+        find_haproxy()
+    except HaproxyNotInstalledError:
+        missing.append(SYSTEM_PACKAGES["haproxy"])
     if not missing:
         return []
     command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
@@ -447,7 +527,7 @@ def ensure_system_packages() -> list[str]:
         raise SandboxError(
             f"the sandbox needs {' and '.join(missing)}, which are not installed: "
             f"run `sudo apt-get install -y {' '.join(missing)}` (Debian/Ubuntu; elsewhere install BIND's "
-            "named and the PostgreSQL server from your package manager)"
+            "named, the PostgreSQL server and HAProxy from your package manager)"
         )
     environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for step in (["apt-get", "update", "-qq"], command):

@@ -1,0 +1,148 @@
+"""``drflow audit export|verify|replay|archive``: the forensic audit from the command line.
+
+A SOURCE is a workflow id (the history is fetched from Temporal), a ``history.json`` file, or an archive
+(a run folder with ``manifest.json``, or ``s3://bucket/prefix/<workflow>/<run>``; verified before use).
+Exit status: 0 ok / reproduced, 1 error, verification failed, or diverged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+from temporalio.client import WorkflowHistory
+from temporalio.service import RPCError
+
+audit: click.Group = click.Group(
+    "audit", help="Forensic audit: a run's timeline, its tamper-evident archive, replay against today's code."
+)
+
+
+# workers.cli imports this module to register `audit`; importing it back only after `audit` exists works
+# whichever of the two modules is imported first.
+from workers.cli import EXIT_ERROR, EXIT_OK, Failure, connect, connection_options, settings_from  # noqa: E402
+
+
+@audit.command("export")
+@click.argument("source")
+@click.option("--run-id", help="a specific run of the workflow id (default: the latest)")
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="a file, not stdout")
+@connection_options
+def export(source: str, run_id: str | None, fmt: str, output: Path | None, **options: Any) -> int:
+    """Render the audit timeline of a run from its history alone (secrets redacted).
+
+    SOURCE: a workflow id, a history.json file, or an archive (run folder or s3://...).
+    """
+    from workers.audit.render import RENDERERS
+    from workers.audit.timeline import build_timeline
+
+    history = _load(source, run_id, options)
+    try:
+        timeline = build_timeline(history)
+    except ValueError as err:
+        raise Failure(f"{source}: {err}") from err
+    text = RENDERERS[fmt](timeline)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        events = f"{timeline.history_events} events of {timeline.workflow_id}"
+        click.echo(f"wrote {output} ({fmt}, {events})", err=True)
+    return EXIT_OK
+
+
+@audit.command("verify")
+@click.argument("location")
+def verify(location: str) -> int:
+    """Recompute every SHA-256 of an archive and name any file that changed or is missing.
+
+    LOCATION: a run folder (or its manifest.json), or s3://bucket/prefix/<workflow>/<run>.
+    """
+    from workers.audit.archive import ArchiveError
+    from workers.audit.archive import verify as verify_archive
+
+    try:
+        report = verify_archive(location)
+    except ArchiveError as err:
+        raise Failure(str(err)) from err
+    for line in report.lines():
+        click.echo(line)
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+@audit.command("replay")
+@click.argument("source")
+@click.option("--run-id", help="a specific run of the workflow id (default: the latest)")
+@connection_options
+def replay(source: str, run_id: str | None, **options: Any) -> int:
+    """Replay a history against today's workflow code: "reproduced", or the first event where it diverges.
+
+    SOURCE: a workflow id, a history.json file, or an archive (run folder or s3://...).
+    """
+    from workers.audit.replay import replay_history
+
+    history = _load(source, run_id, options)
+    try:
+        verdict = asyncio.run(replay_history(history))
+    except ValueError as err:
+        raise Failure(f"{source}: {err}") from err
+    for line in verdict.lines():
+        click.echo(line)
+    return EXIT_OK if verdict.reproduced else EXIT_ERROR
+
+
+@audit.command("archive")
+@click.argument("workflow_id")
+@click.option("--run-id", help="a specific run (default: the latest)")
+@click.option("--kind", default="manual", show_default=True, help="recorded in the manifest")
+@click.option("--to", "location", help="a directory or s3://bucket/prefix [env DRFLOW_ARCHIVE]")
+@connection_options
+def archive(workflow_id: str, run_id: str | None, kind: str, location: str | None, **options: Any) -> int:
+    """Archive a closed run now (runs from before the Archive step, or a failed archive)."""
+    from workers.audit.archive import ArchiveConfig, ArchiveError, archive_history
+
+    history = _load(workflow_id, run_id, options, from_files=False)
+    try:
+        config = ArchiveConfig.from_env()
+        if location:
+            config = config.model_copy(update={"location": location})
+        result = archive_history(history, kind, config)
+    except ArchiveError as err:
+        raise Failure(str(err)) from err
+    state = "already archived, verified" if result.already_archived else "archived"
+    click.echo(f"{state}: {result.location} (manifest sha256 {result.manifest_sha256})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- sources
+def _load(
+    source: str, run_id: str | None, options: dict[str, Any], from_files: bool = True
+) -> WorkflowHistory:
+    from workers.audit.archive import ArchiveError, is_archive, read_archived_history
+    from workers.audit.timeline import read_history_file
+
+    path = Path(source)
+    if from_files and (source.startswith("s3://") or path.exists()):
+        try:
+            if is_archive(source):
+                return read_archived_history(source)
+        except ArchiveError as err:
+            raise Failure(str(err)) from err
+        if path.is_dir():
+            raise Failure(f"{source} is a directory without manifest.json: not a drflow archive")
+        try:
+            return read_history_file(path)
+        except ValueError as err:
+            raise Failure(str(err)) from err
+    return asyncio.run(_fetch(source, run_id, options))
+
+
+async def _fetch(workflow_id: str, run_id: str | None, options: dict[str, Any]) -> WorkflowHistory:
+    client = await connect(settings_from(options))
+    try:
+        return await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message} (not a file either)") from err
