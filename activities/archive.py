@@ -1,9 +1,11 @@
 """Archive a finished run's history and audit report, so the evidence outlives Temporal's retention.
 
-The activity needs the Temporal client (to see the run close and fetch its history), so it lives on a class
-built with the worker's client, like the lock activities. Where it writes comes from the worker's
-environment (``DRFLOW_ARCHIVE``, ``DRFLOW_ARCHIVE_RETENTION_DAYS``, ``DRFLOW_ARCHIVE_LOCK_MODE``; see
-``workers.audit.archive``), read when the worker starts.
+Two activities, both needing the Temporal client, so they live on a class built with the worker's client
+like the lock activities: ``archive_start`` (a run's last step) starts the ``ArchiveRun`` workflow for the
+run, and ``archive_run`` (ArchiveRun's only step) waits for the run to close and archives it. Where the
+archive goes comes from the worker's environment (``DRFLOW_ARCHIVE``, ``DRFLOW_ARCHIVE_RETENTION_DAYS``,
+``DRFLOW_ARCHIVE_LOCK_MODE``; see ``workers.audit.archive``), read when the worker starts; with
+``DRFLOW_ARCHIVE=off`` ``archive_start`` starts nothing.
 """
 
 from __future__ import annotations
@@ -11,21 +13,34 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.exceptions import ApplicationError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from runbooks.model import StrictModel
-from workers.audit.archive import ArchiveConfig, ArchiveError, ArchiveResult, archive_history
+from workers.audit.archive import ARCHIVE_ENV, ArchiveConfig, ArchiveError, ArchiveResult, archive_history
+from workflows.common import KIND_ATTR, SERVICE_ATTR
 
 RUN_STILL_OPEN = "RunStillOpen"
 RUN_NOT_FOUND = "RunNotFound"
 ARCHIVE_REFUSED = "ArchiveRefused"
-# The parent closes a moment after it started its archive: look again soon, then less often.
+# The run closes a moment after it started its archive: look again soon, then less often.
 FIRST_POLL = timedelta(milliseconds=100)
 MAX_POLL = timedelta(seconds=2)
+HEARTBEAT_EVERY = timedelta(seconds=10)
+
+
+def archive_workflow_id(workflow_id: str, run_id: str) -> str:
+    return f"archive-{workflow_id}-{run_id}"
 
 
 class ArchiveRequest(StrictModel):
@@ -35,10 +50,54 @@ class ArchiveRequest(StrictModel):
     wait_seconds: float = 120.0
 
 
+class StartArchiveRequest(StrictModel):
+    archive: ArchiveRequest
+    task_queue: str
+    service: str | None = None
+
+
+class ArchiveStart(StrictModel):
+    started: bool
+    archive_workflow_id: str | None
+    note: str
+
+
 class ArchiveActivities:
     def __init__(self, client: Client, config: ArchiveConfig | None = None) -> None:
         self._client = client
         self._config = config or ArchiveConfig.from_env()
+
+    def activities(self) -> list[Any]:
+        return [self.start_archive_run, self.archive_run]
+
+    @activity.defn(name="archive_start")
+    async def start_archive_run(self, request: StartArchiveRequest) -> ArchiveStart:
+        """Start ArchiveRun for a run (its own workflow, id ``archive-<workflow>-<run>``); idempotent."""
+        if not self._config.enabled:
+            return ArchiveStart(
+                started=False,
+                archive_workflow_id=None,
+                note=f"archiving is off on this worker ({ARCHIVE_ENV})",
+            )
+        target = request.archive
+        archive_id = archive_workflow_id(target.workflow_id, target.run_id)
+        attributes: list[SearchAttributePair[str]] = [SearchAttributePair(KIND_ATTR, "archive")]
+        if request.service:
+            attributes.append(SearchAttributePair(SERVICE_ATTR, request.service))
+        try:
+            await self._client.start_workflow(
+                "ArchiveRun",
+                target,
+                id=archive_id,
+                task_queue=request.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(attributes),
+                static_summary=f"Archive the audit record of {target.workflow_id}",
+            )
+        except WorkflowAlreadyStartedError:
+            return ArchiveStart(started=True, archive_workflow_id=archive_id, note="already archived")
+        return ArchiveStart(started=True, archive_workflow_id=archive_id, note=f"archiving in {archive_id}")
 
     @activity.defn(name="archive_run")
     async def archive_run(self, request: ArchiveRequest) -> ArchiveResult:
@@ -73,7 +132,11 @@ class ArchiveActivities:
             await asyncio.sleep(poll)
             poll = min(poll * 2, MAX_POLL.total_seconds())
         history = await handle.fetch_history()
+        writing = asyncio.create_task(asyncio.to_thread(archive_history, history, request.kind, self._config))
+        while not writing.done():  # a long history to a slow bucket: keep telling Temporal we are alive
+            activity.heartbeat(f"writing the archive of {request.workflow_id}")
+            await asyncio.wait({writing}, timeout=HEARTBEAT_EVERY.total_seconds())
         try:
-            return await asyncio.to_thread(archive_history, history, request.kind, self._config)
+            return writing.result()
         except ArchiveError as err:
             raise ApplicationError(str(err), type=ARCHIVE_REFUSED, non_retryable=True) from err

@@ -3,6 +3,7 @@ names the changed file, and the Archive step end to end on the dev server with a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -25,7 +26,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.archive import ArchiveRequest
+from activities.archive import ArchiveRequest, archive_workflow_id
 from tests.support.failover import stateless_service
 from tests.test_audit_timeline import SECRETS, history_with_secrets
 from workers.audit.archive import (
@@ -41,7 +42,7 @@ from workers.audit.replay import replay_history
 from workers.audit.timeline import build_timeline, read_history_file
 from workers.sandbox.named import NamedPair, free_port
 from workers.worker import WORKFLOWS, activities_for, build_worker
-from workflows.archive import ArchiveRunWorkflow, archive_workflow_id, start_archive
+from workflows.archive import ArchiveRunWorkflow, start_archive
 from workflows.readiness import ReadinessWorkflow
 from workflows.readiness_report import ReadinessReport, ReadinessRequest
 
@@ -223,13 +224,28 @@ def test_archive_settings_come_from_the_environment() -> None:
 # ------------------------------------------------------------------------------- end to end, dev server
 @workflow.defn(name="ArchivedProbe", sandboxed=False)
 class ArchivedProbe:
-    """The smallest drflow-like workflow that ends the way Failover and Readiness will: ``start_archive``."""
+    """The smallest drflow-like workflow that ends the way Failover and Readiness do: ``start_archive``."""
 
     @workflow.run
-    async def run(self, note: str) -> str:
-        await workflow.sleep(timedelta(milliseconds=10))
+    async def run(self, wait: timedelta) -> str:
+        await workflow.sleep(wait)
         await start_archive("probe")
-        return note
+        return "done"
+
+
+@workflow.defn(name="Sleeper", sandboxed=False)
+class Sleeper:
+    @workflow.run
+    async def run(self, wait: timedelta) -> str:
+        await workflow.sleep(wait)
+        return "slept"
+
+
+def probe_worker(client: Any, task_queue: str, executor: ThreadPoolExecutor, runbooks: Path) -> Worker:
+    return Worker(
+        client, task_queue=task_queue, workflows=[*WORKFLOWS, ArchivedProbe, Sleeper],
+        activities=activities_for(client, runbooks), activity_executor=executor,
+    )  # fmt: skip
 
 
 async def test_a_readiness_run_ends_and_its_archive_appears(
@@ -269,6 +285,15 @@ async def test_a_readiness_run_ends_and_its_archive_appears(
     archived_report = json.loads((folder / "report.json").read_text())
     assert archived_report["timeline"]["run_id"] == run_id
     assert (await replay_history(read_archived_history(str(folder)))).reproduced
+    # the same run, straight from Temporal by workflow id
+    address = ["--address", dev_env.client.service_client.config.target_host]
+    exported = drflow("audit", "export", handle.id, "--run-id", run_id, *address)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.startswith(f"# Audit record: Readiness `{handle.id}`")
+    replayed = drflow("audit", "replay", handle.id, *address)
+    assert replayed.returncode == 0 and replayed.stdout.startswith("reproduced: "), replayed.stdout
+    missing = drflow("audit", "export", "no-such-workflow", *address)
+    assert missing.returncode == 1 and "no-such-workflow" in missing.stderr
 
 
 async def test_start_archive_at_the_end_of_a_run_archives_it_after_it_closed(
@@ -278,27 +303,68 @@ async def test_start_archive_at_the_end_of_a_run_archives_it_after_it_closed(
     client = dev_env.client
     workflow_id = f"probe-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(max_workers=4) as executor:
-        worker = Worker(
-            client, task_queue=task_queue, workflows=[*WORKFLOWS, ArchivedProbe],
-            activities=activities_for(client, tmp_path), activity_executor=executor,
-        )  # fmt: skip
-        async with worker:
+        async with probe_worker(client, task_queue, executor, tmp_path):
             handle = await client.start_workflow(
-                ArchivedProbe.run, "done", id=workflow_id, task_queue=task_queue
+                ArchivedProbe.run, timedelta(milliseconds=10), id=workflow_id, task_queue=task_queue
             )
             assert await handle.result() == "done"
             run_id = handle.result_run_id
             assert run_id is not None
-            child = client.get_workflow_handle(
+            archive = client.get_workflow_handle(
                 archive_workflow_id(workflow_id, run_id), result_type=ArchiveResult
             )
-            archived = await child.result()
+            archived = await archive.result()
     assert archived.manifest.workflow_type == "ArchivedProbe" and archived.manifest.kind == "probe"
     assert archived.manifest.run_status == "completed"
     assert verify(archived.location).ok
     history = await handle.fetch_history()
     timeline = build_timeline(history)
-    (started,) = timeline.children
-    assert (started.workflow_type, started.parent_close_policy) == ("ArchiveRun", "abandon")
     assert [m.detail for m in timeline.markers] == ["workflow.patched('archive-at-end')"]
+    (start,) = [a for a in timeline.activities if a.name == "archive_start"]
+    assert start.highlights == [f"archiving in {archive_workflow_id(workflow_id, run_id)}"]
     assert (await replay_history(history, [ArchivedProbe])).reproduced
+    # the archive's own run carries the service's search attributes, not a parent
+    described = await archive.describe()
+    assert described.parent_id is None and described.workflow_type == "ArchiveRun"
+
+
+async def test_archiving_at_the_end_keeps_the_time_skipping_server_skipping(
+    ts_env: WorkflowEnvironment, tmp_path: Path, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child still running when its parent closes stops the time-skipping server from ever skipping again
+    (so the Archive step is not a child); an archive that completes leaves later timer tests unaffected,
+    and a worker with DRFLOW_ARCHIVE=off starts none."""
+    client = ts_env.client
+    monkeypatch.setenv("DRFLOW_ARCHIVE", str(tmp_path))
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        async with probe_worker(client, task_queue, executor, tmp_path):
+            handle = await client.start_workflow(
+                ArchivedProbe.run,
+                timedelta(minutes=5),
+                id=f"probe-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue,
+            )
+            assert await handle.result() == "done"
+            assert handle.result_run_id is not None
+            archive = client.get_workflow_handle(archive_workflow_id(handle.id, handle.result_run_id))
+            await archive.result()
+            slept = await client.start_workflow(
+                Sleeper.run, timedelta(hours=1), id=f"sleeper-{uuid.uuid4().hex[:8]}", task_queue=task_queue
+            )
+            assert await asyncio.wait_for(slept.result(), 20) == "slept"
+
+    monkeypatch.setenv("DRFLOW_ARCHIVE", "off")
+    off_queue = f"{task_queue}-off"
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        async with probe_worker(client, off_queue, executor, tmp_path):
+            handle = await client.start_workflow(
+                ArchivedProbe.run,
+                timedelta(minutes=5),
+                id=f"probe-{uuid.uuid4().hex[:8]}",
+                task_queue=off_queue,
+            )
+            assert await asyncio.wait_for(handle.result(), 20) == "done"
+    (start,) = [
+        a for a in build_timeline(await handle.fetch_history()).activities if a.name == "archive_start"
+    ]
+    assert start.highlights == ["archiving is off on this worker (DRFLOW_ARCHIVE)"]

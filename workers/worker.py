@@ -71,7 +71,7 @@ def activities_for(client: Client, runbooks_dir: Path) -> list[Any]:
         wait_for_change,
         *PREFLIGHT_ACTIVITIES,
         *TRAFFIC_ACTIVITIES,
-        ArchiveActivities(client).archive_run,
+        *ArchiveActivities(client).activities(),
         *SLACK_ACTIVITIES,
     ]
 

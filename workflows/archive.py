@@ -1,20 +1,24 @@
 """ArchiveRun: the Archive step at the end of every drflow workflow, as its own small workflow.
 
 A run cannot archive its own history while it is still running (the history is complete only once it has
-closed), so each drflow workflow starts ``ArchiveRun`` as an abandoned child as its very last act
-(``start_archive``); the child's activity waits for the parent to close, then archives. A failing archive
-(S3 down, a full disk) therefore never changes the outcome of a failover; it is retried on its own.
+closed), so each drflow workflow ends with ``start_archive``: one activity that starts ``ArchiveRun`` for the
+run (id ``archive-<workflow id>-<run id>``), whose activity waits for the run to close, then archives it.
+A failing archive (S3 down, a full disk) therefore never changes the outcome of a failover; it is retried
+on its own.
+
+Why not a child workflow with ``ParentClosePolicy.ABANDON``: Temporal's time-skipping test server stops
+skipping time for good once a parent closes while a child of it still runs (both ABANDON and TERMINATE),
+which would hang every later timer test of a session. A run started by an activity has no parent, and the
+activity lets the worker decide (``DRFLOW_ARCHIVE=off``) without making the workflow read its environment.
 """
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.archive import (
@@ -22,15 +26,17 @@ with workflow.unsafe.imports_passed_through():
         RUN_NOT_FOUND,
         ArchiveActivities,
         ArchiveRequest,
+        StartArchiveRequest,
+        archive_workflow_id,
     )
     from workers.audit.archive import ArchiveResult
-    from workflows.common import KIND_ATTR, SERVICE_ATTR
+    from workflows.common import INFRA_RETRY, SERVICE_ATTR
 
 __all__ = ["ARCHIVE_PATCH", "ArchiveRunWorkflow", "archive_workflow_id", "start_archive"]
 
 ARCHIVE_PATCH = "archive-at-end"
-# The run closes a moment after it starts its archive; a run that stays open longer (a continued wait) is
-# retried with backoff for about a day before the archive gives up and says so in its own failure.
+# The run closes a moment after it starts its archive; a run that stays open longer is retried with backoff
+# for about a day before the archive gives up and says so in its own failure.
 ARCHIVE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5),
     backoff_coefficient=2.0,
@@ -38,10 +44,6 @@ ARCHIVE_RETRY = RetryPolicy(
     maximum_attempts=150,
     non_retryable_error_types=[RUN_NOT_FOUND, ARCHIVE_REFUSED],
 )
-
-
-def archive_workflow_id(workflow_id: str, run_id: str) -> str:
-    return f"archive-{workflow_id}-{run_id}"
 
 
 @workflow.defn(name="ArchiveRun")
@@ -59,27 +61,27 @@ class ArchiveRunWorkflow:
 
 
 async def start_archive(kind: str) -> None:
-    """Start the ArchiveRun child for the calling run; call it as the workflow's very last step.
+    """Start the archive of the calling run; call it as the workflow's very last step, before returning.
 
-    Abandoned (``ParentClosePolicy.ABANDON``): the child outlives its parent and archives it once closed.
-    Guarded by ``workflow.patched``, so histories recorded before runs archived themselves replay unchanged
-    (no child where the history has none).
+    Guarded by ``workflow.patched``, so histories recorded before runs archived themselves replay unchanged.
+    Never fails the run: if the archive cannot even be started, the run says so in its log and ends as it
+    would have (``drflow audit archive WORKFLOW_ID`` archives it later).
     """
     if not workflow.patched(ARCHIVE_PATCH):
         return
     info = workflow.info()
-    attributes = [SearchAttributePair(KIND_ATTR, "archive")]
-    service = info.typed_search_attributes.get(SERVICE_ATTR)
-    if service is not None:
-        attributes.append(SearchAttributePair(SERVICE_ATTR, service))
-    # Already started (by an earlier attempt of this run's last task): the archive is on its way.
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await workflow.start_child_workflow(
-            ArchiveRunWorkflow.run,
-            ArchiveRequest(workflow_id=info.workflow_id, run_id=info.run_id, kind=kind),
-            id=archive_workflow_id(info.workflow_id, info.run_id),
-            task_queue=info.task_queue,
-            parent_close_policy=ParentClosePolicy.ABANDON,
-            search_attributes=TypedSearchAttributes(attributes),
-            static_summary=f"Archive the audit record of {info.workflow_id}",
+    request = StartArchiveRequest(
+        archive=ArchiveRequest(workflow_id=info.workflow_id, run_id=info.run_id, kind=kind),
+        task_queue=info.task_queue,
+        service=info.typed_search_attributes.get(SERVICE_ATTR),
+    )
+    try:
+        await workflow.execute_activity_method(
+            ArchiveActivities.start_archive_run,
+            request,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=INFRA_RETRY,
+            summary=f"start the archive of this run ({kind})",
         )
+    except ActivityError as err:
+        workflow.logger.warning("the archive of %s could not be started: %s", info.workflow_id, err)

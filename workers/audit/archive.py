@@ -14,8 +14,9 @@ the file that changed or went missing. An existing archive is never overwritten:
 again checks it instead.
 
 Configuration (the worker's environment): ``DRFLOW_ARCHIVE`` (a directory, or ``s3://bucket/prefix``),
-``DRFLOW_ARCHIVE_RETENTION_DAYS``, ``DRFLOW_ARCHIVE_LOCK_MODE`` (``GOVERNANCE`` or ``COMPLIANCE``). S3
-endpoints and credentials come from boto3's standard chain (``AWS_ENDPOINT_URL_S3`` for a non-AWS endpoint).
+``DRFLOW_ARCHIVE_RETENTION_DAYS``, ``DRFLOW_ARCHIVE_LOCK_MODE`` (``GOVERNANCE`` or ``COMPLIANCE``);
+``DRFLOW_ARCHIVE=off`` turns archiving off on that worker. S3 endpoints and credentials come from boto3's
+standard chain (``AWS_ENDPOINT_URL_S3`` for a non-AWS endpoint).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ ARCHIVE_ENV = "DRFLOW_ARCHIVE"
 RETENTION_ENV = "DRFLOW_ARCHIVE_RETENTION_DAYS"
 LOCK_MODE_ENV = "DRFLOW_ARCHIVE_LOCK_MODE"
 DEFAULT_ARCHIVE = ".drflow/archive"
+ARCHIVE_OFF = "off"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "drflow-audit-archive/1"
 HISTORY = "history.json"
@@ -62,7 +64,7 @@ class ArchiveError(Exception):
 
 
 class ArchiveConfig(StrictModel):
-    location: str = Field(default=DEFAULT_ARCHIVE, description="a directory, or s3://bucket/prefix")
+    location: str = Field(default=DEFAULT_ARCHIVE, description="a directory, s3://bucket/prefix, or off")
     retention_days: int | None = Field(default=None, ge=1, description="S3 Object Lock retention")
     lock_mode: LockMode = "GOVERNANCE"
 
@@ -83,6 +85,10 @@ class ArchiveConfig(StrictModel):
             raise ArchiveError(
                 f"invalid archive settings ({ARCHIVE_ENV}, {RETENTION_ENV}, {LOCK_MODE_ENV}): {err}"
             ) from err
+
+    @property
+    def enabled(self) -> bool:
+        return self.location.strip().lower() != ARCHIVE_OFF
 
 
 class ArchivedFile(StrictModel):
@@ -333,6 +339,10 @@ def archive_history(
     history: WorkflowHistory, kind: str, config: ArchiveConfig, client: Any = None
 ) -> ArchiveResult:
     """Write the run's archive, or check the one already there (a retry never overwrites evidence)."""
+    if not config.enabled:
+        raise ArchiveError(
+            f"archiving is off ({ARCHIVE_ENV}={config.location}): name a directory or s3://..."
+        )
     timeline, files = bundle(history)
     if timeline.status == "running":
         raise ArchiveError(

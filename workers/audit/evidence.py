@@ -238,6 +238,10 @@ def _highlights_read_dns(_: Any, result: Any) -> list[str]:
     return lines
 
 
+def _highlights_archive_start(_: Any, result: Any) -> list[str]:
+    return [str(_get(result, "note") or "")]
+
+
 def _highlights_archive(_: Any, result: Any) -> list[str]:
     return [f"archived to {_get(result, 'location')} (manifest sha256 {_get(result, 'manifest_sha256')})"]
 
@@ -261,6 +265,7 @@ HIGHLIGHTS: dict[str, Callable[[Any, Any], list[str]]] = {
     "probe_health": _highlights_probe,
     "validate_health": _highlights_validate,
     "read_dns_record": _highlights_read_dns,
+    "archive_start": _highlights_archive_start,
     "archive_run": _highlights_archive,
 }
 
