@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,11 @@ from tests.support.dns import dns_world  # noqa: F401  (session fixture)
 from tests.support.postgres import pg_pair  # noqa: F401
 from tests.support.temporal import add_search_attributes, start_dev_server, venv_binary
 from workflows.common import SEARCH_ATTRIBUTES
+
+# Runs archive themselves when they end (workflows/archive.py). Tests that are not about the archive keep
+# it off: it would write into the checkout, and on the time-skipping server a run still archiving when its
+# test ends stops time skipping. The audit tests and the failover archive test set their own archive.
+os.environ.setdefault("DRFLOW_ARCHIVE", "off")
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

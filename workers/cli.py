@@ -167,10 +167,18 @@ def schema_text() -> str:
 @click.option("--all", "all_services", is_flag=True, help="check every runbook in the runbooks directory")
 @click.option("--json", "as_json", is_flag=True, help="print the report(s) as JSON")
 @click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for the report")
+@click.option("--archive", is_flag=True, help="keep the check's evidence in the audit archive")
 @connection_options
 @click.pass_obj
 def check(
-    directory: Path, /, service: str | None, all_services: bool, as_json: bool, timeout: float, **options: Any
+    directory: Path,
+    /,
+    service: str | None,
+    all_services: bool,
+    as_json: bool,
+    timeout: float,
+    archive: bool,
+    **options: Any,
 ) -> int:
     """Run the Readiness workflow for SERVICE (or --all) and print its report.
 
@@ -180,7 +188,7 @@ def check(
         raise click.UsageError("name one SERVICE or pass --all")
     targets = _services_to_check(directory, service)
     settings = settings_from(options)
-    reports = asyncio.run(_run_checks(settings, targets, timeout))
+    reports = asyncio.run(_run_checks(settings, targets, timeout, archive))
     if as_json:
         payload = [r.model_dump(mode="json") for r in reports]
         click.echo(json.dumps(payload if all_services else payload[0], indent=2))
@@ -210,7 +218,7 @@ def _services_to_check(directory: Path, service: str | None) -> list[LoadedRunbo
 
 
 async def _run_checks(
-    settings: TemporalSettings, targets: list[LoadedRunbook], timeout: float
+    settings: TemporalSettings, targets: list[LoadedRunbook], timeout: float, archive: bool = False
 ) -> list[ReadinessReport]:
     client = await connect(settings)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -219,7 +227,7 @@ async def _run_checks(
         service = item.runbook.service
         handle = await client.start_workflow(
             "Readiness",
-            ReadinessRequest(service=service),
+            ReadinessRequest(service=service, archive=archive),
             id=f"readiness-{service}-{stamp}",
             task_queue=TASK_QUEUE,
             result_type=ReadinessReport,

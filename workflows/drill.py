@@ -16,6 +16,7 @@ from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill_report import DrillReportFiles, write_drill_report
+    from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
     from workflows.drill_models import DrillReport, DrillRequest, assess_drill, render_drill
     from workflows.failback_models import FailbackReport, FailbackRequest
@@ -85,6 +86,7 @@ class DrillWorkflow:
         self._update(report_files=written.paths)
         workflow.set_current_details(render_drill(self._report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
+        await start_archive("drill")
         return self._report
 
     async def _restore(self, request: DrillRequest, home: str, excluded: list[str], drill_id: str) -> None:

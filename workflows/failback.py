@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.health import HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
     from activities.postgres import PrepareStandbyResult, ReplicationStatus
     from runbooks.model import Failback, Runbook, TrafficConfig
+    from workflows.archive import start_archive
     from workflows.common import STEP_ATTR, load_runbook, tag_run
     from workflows.failback_models import (
         FailbackPlan,
@@ -105,6 +106,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
         await self._close_slack()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
+        await start_archive("failback")
         return self._report
 
     # -------------------------------------------------------------------------------------- preflight

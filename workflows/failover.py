@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from runbooks.loader import LoadedRunbook
     from runbooks.model import Runbook
+    from workflows.archive import start_archive
     from workflows.common import STEP_ATTR, load_runbook, tag_run
     from workflows.failover_models import (
         DatabasePlan,
@@ -126,6 +127,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
         await self._close_slack()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
+        await start_archive("failover")
         return self._report
 
     async def _move_traffic_weights(self, plan: FailoverPlan) -> None:

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.postgres import ReplicationStatus
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
+    from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
     from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
 
@@ -48,6 +49,8 @@ class ReadinessWorkflow:
         self._report = report
         workflow.set_current_details(render_markdown(report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
+        if request.archive:
+            await start_archive("readiness")
         return report
 
     @workflow.query

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
+from pydantic import Field
+
 from activities.dns_reader import DnsReadout
 from activities.health import HealthProbeResult
 from activities.postgres import ReplicationStatus
@@ -21,6 +23,7 @@ Verdict = Literal["ready", "degraded", "not-ready"]
 
 class ReadinessRequest(StrictModel):
     service: str
+    archive: bool = Field(default=False, description="keep this check's evidence in the audit archive")
 
 
 class RegionReadiness(StrictModel):

@@ -1,0 +1,54 @@
+"""A failover archives itself when it ends: the archive verifies and exports with the approver in it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.failover import stateless_service, wait_for_gate
+from tests.test_cli_check import drflow, target
+from workers.sandbox.named import NamedPair
+from workers.worker import build_worker
+from workflows.failover import FailoverWorkflow
+from workflows.failover_models import ApprovalInput, FailoverRequest
+
+
+async def test_a_finished_failover_is_archived_and_the_archive_verifies(
+    dev_env: WorkflowEnvironment, dns_world: NamedPair, tmp_path: Path, task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("DRFLOW_ARCHIVE", str(archive))
+    runbooks = tmp_path / "runbooks"
+    runbooks.mkdir()
+    with stateless_service(runbooks, dns_world) as service:
+        async with build_worker(dev_env.client, runbooks, task_queue=task_queue):
+            handle = await dev_env.client.start_workflow(
+                FailoverWorkflow.run,
+                FailoverRequest(
+                    service=service.service, target="region-b", reason="archive", requested_by="alice"
+                ),
+                id=f"failover-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue,
+            )
+            await wait_for_gate(dev_env.client, handle.id)
+            await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
+            report = await handle.result()
+            assert report.outcome == "completed"
+            run_dir = archive / handle.id / report.run_id
+            async with asyncio.timeout(60):
+                while True:  # the archive waits for the run to close, then writes
+                    if (run_dir / "manifest.json").exists():
+                        break
+                    await asyncio.sleep(0.2)
+    verified = await drflow("audit", "verify", str(run_dir))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    exported = await drflow("audit", "export", str(run_dir), "--address", target(dev_env))
+    assert exported.returncode == 0, exported.stderr
+    assert "bob" in exported.stdout and "127.0.2.1" in exported.stdout
+    replayed = await drflow("audit", "replay", str(run_dir))
+    assert replayed.returncode == 0 and "reproduced" in replayed.stdout
