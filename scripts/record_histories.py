@@ -11,6 +11,7 @@ history of every workflow involved. tests/test_replay.py then replays them all a
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,8 +27,12 @@ from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.support.temporal import start_dev_server
 from workers.worker import build_worker
+from workflows.drill import DrillWorkflow
+from workflows.drill_models import DrillRequest
+from workflows.failback import FailbackWorkflow
+from workflows.failback_models import FailbackReport, FailbackRequest
 from workflows.failover import FailoverWorkflow
-from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
+from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest, RunReport
 from workflows.readiness import ReadinessWorkflow
 from workflows.readiness_report import ReadinessRequest
 
@@ -109,6 +114,40 @@ async def readiness(client: Client, world: SandboxWorld, queue: str) -> Recorded
     return [handle.id]
 
 
+async def failback_canary(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
+    await planned(client, world, queue)
+    request = FailbackRequest(service=world.service, reason="recorded", requested_by="alice", prepare=True)
+    handle = await client.start_workflow(
+        FailbackWorkflow.run, request, id=f"failback-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+    for gate in ("failback", "failback-100"):
+        await wait_for_gate(client, handle.id, gate=gate, report_type=FailbackReport)
+        await handle.execute_update(FailbackWorkflow.approve, ApprovalInput(approver="carol", reason=gate))
+    await handle.result()
+    return [handle.id]
+
+
+async def drill(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
+    drill_id = f"drill-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        DrillWorkflow.run, DrillRequest(service=world.service), id=drill_id, task_queue=queue
+    )
+    gates: list[tuple[str, str, str, type[RunReport]]] = [
+        (f"{drill_id}-failover", "failover", "bob", FailoverReport),
+        (f"{drill_id}-failback", "failback", "carol", FailbackReport),
+        (f"{drill_id}-failback", "failback-100", "carol", FailbackReport),
+    ]
+    for child, gate, who, kind in gates:  # a person answers each gate of the children
+        await wait_for_gate(client, child, gate=gate, timeout=180, report_type=kind)
+        await client.get_workflow_handle(child).execute_update(
+            "approve", ApprovalInput(approver=who, reason=gate)
+        )
+    await handle.result()
+    return [handle.id, ("failover", f"{drill_id}-failover"), ("failback", f"{drill_id}-failback")]
+
+
 Recorded = list[str | tuple[str, str]]  # workflow ids; (suffix, id) for a second history of the scenario
 SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]] = {
     "failover-planned": planned,
@@ -116,14 +155,21 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failover-aborted": aborted,
     "failover-rejected-and-refused": rejected_and_refused,
     "readiness": readiness,
+    "failback-canary": failback_canary,
+    "drill": drill,
 }
 
 
-async def record() -> None:
+async def record(only: list[str]) -> None:
+    """Record the named scenarios (all by default). Keep histories of older code: they are the open runs."""
     HISTORIES.mkdir(parents=True, exist_ok=True)
+    index_path = HISTORIES / "index.json"
+    index: dict[str, str] = json.loads(index_path.read_text()) if index_path.exists() else {}
     env = await start_dev_server()
     try:
         for name, scenario in SCENARIOS.items():
+            if only and name not in only:
+                continue
             queue = f"record-{uuid.uuid4()}"
             with sandbox_world() as world:
                 async with build_worker(env.client, world.runbooks, task_queue=queue):
@@ -133,10 +179,15 @@ async def record() -> None:
                 history = await env.client.get_workflow_handle(workflow_id).fetch_history()
                 path = HISTORIES / f"{name}{f'-{suffix}' if suffix else ''}.json"
                 path.write_text(history.to_json())
+                index[path.name] = workflow_id
                 print(f"{path.relative_to(ROOT)}: {len(history.events)} events ({workflow_id})")
     finally:
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    unknown = [name for name in sys.argv[1:] if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    asyncio.run(record(sys.argv[1:]))

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.failover_models import FailoverPlan, FailoverReport, FailoverRequest
 
 ROOT = Path(__file__).resolve().parent.parent
-HISTORIES = sorted((ROOT / "tests" / "histories").glob("*.json"))
+HISTORIES = sorted(p for p in (ROOT / "tests" / "histories").glob("*.json") if p.name != "index.json")
 DRFLOW = str(Path(sys.executable).parent / "drflow")
 
 

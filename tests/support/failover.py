@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
@@ -19,7 +20,7 @@ from temporalio.service import RPCError
 from tests.support.dns import ZONE, signed_update
 from tests.support.http import AppBehaviour, RunningApp, serve_app
 from workers.sandbox.named import NamedPair
-from workflows.failover_models import FailoverReport
+from workflows.failover_models import FailoverReport, RunReport
 
 RUNBOOK = """\
 service: {service}
@@ -83,16 +84,23 @@ def stateless_service(
         yield StatelessService(service, record, runbooks, region_a, region_b, dns)
 
 
+R = TypeVar("R", bound=RunReport)
+
+
 async def wait_for_gate(
-    client: Client, workflow_id: str, gate: str = "failover", timeout: float = 60
-) -> FailoverReport:
+    client: Client,
+    workflow_id: str,
+    gate: str = "failover",
+    timeout: float = 60,
+    report_type: type[R] = FailoverReport,  # type: ignore[assignment]
+) -> R:
     """Poll the status query (queries never advance time-skipping clocks) until the gate is open."""
     handle: WorkflowHandle[object, object] = client.get_workflow_handle(workflow_id)
     async with asyncio.timeout(timeout):
         while True:
-            report: FailoverReport | None
+            report: R | None
             try:
-                report = await handle.query("status", result_type=FailoverReport)
+                report = await handle.query("status", result_type=report_type)
             except (WorkflowQueryFailedError, RPCError):  # before the first workflow task: no answer yet
                 report = None
             if report is not None and report.open_gate == gate:

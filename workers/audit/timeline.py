@@ -738,8 +738,12 @@ def event_labels(history: WorkflowHistory) -> dict[int, EventLabel]:
     return _Builder(history).build().labels
 
 
-def read_history_file(path: Path) -> WorkflowHistory:
-    """A history as ``WorkflowHistory.to_json()`` or ``temporal workflow show --output json`` writes it."""
+def read_history_file(path: Path, workflow_id: str | None = None) -> WorkflowHistory:
+    """A history as ``WorkflowHistory.to_json()`` or ``temporal workflow show --output json`` writes it.
+
+    Neither format names the workflow id, which matters where a workflow derives ids from its own (a
+    drill's children): give it, or keep an ``index.json`` (file name → workflow id) beside the files.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -747,7 +751,12 @@ def read_history_file(path: Path) -> WorkflowHistory:
     events = data.get("events") if isinstance(data, dict) else None
     if not isinstance(events, list) or not events or not isinstance(events[0], dict):
         raise ValueError(f"{path}: no history events (expected {{'events': [...]}})")
-    workflow_id = events[0].get("workflowExecutionStartedEventAttributes", {}).get("workflowId") or path.stem
+    workflow_id = (
+        workflow_id
+        or events[0].get("workflowExecutionStartedEventAttributes", {}).get("workflowId")
+        or _indexed_id(path)
+        or path.stem
+    )
     try:
         return WorkflowHistory.from_json(workflow_id, data)
     except (ValueError, TypeError) as err:
@@ -756,3 +765,13 @@ def read_history_file(path: Path) -> WorkflowHistory:
 
 def format_span(value: timedelta) -> str:
     return _span(value)
+
+
+def _indexed_id(path: Path) -> str | None:
+    index = path.parent / "index.json"
+    try:
+        ids = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = ids.get(path.name) if isinstance(ids, dict) else None
+    return found if isinstance(found, str) else None
