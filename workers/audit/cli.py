@@ -76,15 +76,18 @@ def verify(location: str) -> int:
 @audit.command("replay")
 @click.argument("source")
 @click.option("--run-id", help="a specific run of the workflow id (default: the latest)")
+@click.option(
+    "--workflow-id", help="for a history.json: the run's workflow id (a drill derives its children's ids)"
+)
 @connection_options
-def replay(source: str, run_id: str | None, **options: Any) -> int:
+def replay(source: str, run_id: str | None, workflow_id: str | None, **options: Any) -> int:
     """Replay a history against today's workflow code: "reproduced", or the first event where it diverges.
 
     SOURCE: a workflow id, a history.json file, or an archive (run folder or s3://...).
     """
     from workers.audit.replay import replay_history
 
-    history = _load(source, run_id, options)
+    history = _load(source, run_id, options, workflow_id=workflow_id)
     try:
         verdict = asyncio.run(replay_history(history))
     except ValueError as err:
@@ -119,7 +122,11 @@ def archive(workflow_id: str, run_id: str | None, kind: str, location: str | Non
 
 # ------------------------------------------------------------------------------------------- sources
 def _load(
-    source: str, run_id: str | None, options: dict[str, Any], from_files: bool = True
+    source: str,
+    run_id: str | None,
+    options: dict[str, Any],
+    from_files: bool = True,
+    workflow_id: str | None = None,
 ) -> WorkflowHistory:
     from workers.audit.archive import ArchiveError, is_archive, read_archived_history
     from workers.audit.timeline import read_history_file
@@ -134,7 +141,7 @@ def _load(
         if path.is_dir():
             raise Failure(f"{source} is a directory without manifest.json: not a drflow archive")
         try:
-            return read_history_file(path)
+            return read_history_file(path, workflow_id)
         except ValueError as err:
             raise Failure(str(err)) from err
     return asyncio.run(_fetch(source, run_id, options))
