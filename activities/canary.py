@@ -1,9 +1,11 @@
 """Canary failback, whatever the traffic manager: read and set region weights, and judge an analysis window.
 
-The runbook's ``traffic.provider`` picks the code (``traffic_manager``; HAProxy today). Weights are percents
-of the traffic, 0..100 summing to 100. The analysis sends real requests through the traffic manager's
-frontend and measures what the clients got: errors, p95 latency and which region answered (the ``region``
-field of each answer), so a canary stage passes only if the split HAProxy really made matches its weight.
+The runbook's ``traffic.provider`` picks the code: ``traffic_manager`` for HAProxy; ``dns-weighted`` uses the
+DNS provider's weighted records through ``activities.traffic`` (plan from the served weights, apply
+conditionally, read back). Weights are percents of the traffic, 0..100 summing to 100. The analysis sends
+real requests through the traffic manager's frontend and measures what the clients got: errors, p95 latency
+and which region answered (the ``region`` field of each answer), so a canary stage passes only if the split
+the traffic manager really made matches its weight.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
-from runbooks.model import CanaryAnalysis, HaproxyTraffic, StrictModel, TrafficConfig
+from runbooks.model import (
+    CanaryAnalysis,
+    DnsConfig,
+    DnsWeightedTraffic,
+    HaproxyTraffic,
+    StrictModel,
+    TrafficConfig,
+)
 
 if TYPE_CHECKING:
     from activities.haproxy import HaproxyWeights
+    from activities.traffic import TrafficState
 
 MAX_CONCURRENCY = 32
 MIN_REQUEST_TIMEOUT = 1.0
@@ -68,7 +78,11 @@ class TrafficManager(Protocol):
 
 
 def traffic_manager(traffic: TrafficConfig) -> TrafficManager:
-    """The implementation for ``traffic.provider``; a new provider is one more branch here."""
+    """The implementation for ``traffic.provider``; a new provider is one more branch here.
+
+    ``dns-weighted`` is not one: its weights are planned and applied through ``activities.traffic``
+    (``read_weights`` and ``set_weights`` branch to it), as the DNS provider changes records in one batch.
+    """
     if isinstance(traffic, HaproxyTraffic):
         return _haproxy(traffic)
     raise ApplicationError(
@@ -87,6 +101,7 @@ def _haproxy(traffic: HaproxyTraffic) -> HaproxyWeights:
 # ----------------------------------------------------------------------------------------- weights
 class ReadWeightsRequest(StrictModel):
     traffic: TrafficConfig
+    dns: DnsConfig | None = Field(default=None, description="the runbook's DNS, for dns-weighted traffic")
 
 
 class TrafficWeightsState(StrictModel):
@@ -102,6 +117,7 @@ class SetWeightsRequest(StrictModel):
     weights: dict[str, int] = Field(
         description="region -> percent, summing to 100; regions of the traffic section left out get 0"
     )
+    dns: DnsConfig | None = Field(default=None, description="the runbook's DNS, for dns-weighted traffic")
 
 
 class SetWeightsResult(StrictModel):
@@ -112,6 +128,9 @@ class SetWeightsResult(StrictModel):
 
 @activity.defn(name="traffic_read_weights")
 def read_weights(req: ReadWeightsRequest) -> TrafficWeightsState:
+    if isinstance(req.traffic, DnsWeightedTraffic):
+        traffic, dns = req.traffic, _weighted_dns(req.traffic, req.dns)
+        return _dns_state(traffic, asyncio.run(_dns_read(traffic, dns)))
     return _state(_read(traffic_manager(req.traffic)))
 
 
@@ -123,6 +142,8 @@ def set_weights(req: SetWeightsRequest) -> SetWeightsResult:
     answer 503 to everyone in between).
     """
     desired = _desired_weights(req.traffic, req.weights)
+    if isinstance(req.traffic, DnsWeightedTraffic):
+        return asyncio.run(_dns_set(req.traffic, _weighted_dns(req.traffic, req.dns), desired))
     manager = traffic_manager(req.traffic)
     current = _read(manager)
     before = _state(current)
@@ -203,6 +224,94 @@ def _state(weights: Mapping[str, RegionWeight]) -> TrafficWeightsState:
         weights={region: round(100 * w.current / total) if total else 0 for region, w in weights.items()},
         raw={region: w.raw for region, w in weights.items()},
     )
+
+
+# ------------------------------------------------------------------- dns-weighted: the DNS provider's weights
+# Percents are the provider's weights as they are (0..100 fits Route53's 0..255 and Cloud DNS's any); a
+# region's percent is read back as its share of the total, so weights another writer set (9/1) read as 90/10.
+def _weighted_dns(traffic: DnsWeightedTraffic, dns: DnsConfig | None) -> DnsConfig:
+    if dns is None:
+        raise ApplicationError(
+            f"traffic provider {traffic.provider!r} moves the DNS provider's weighted records, but the "
+            "request carries no dns section (a workflow older than dns-weighted?)",
+            type=ErrorType.INVALID_TRAFFIC_WEIGHTS,
+            non_retryable=True,
+        )
+    return dns
+
+
+async def _dns_read(traffic: DnsWeightedTraffic, dns: DnsConfig) -> TrafficState:
+    from activities.traffic import weights_provider_for
+
+    return await weights_provider_for(dns).read_weights(dns.record, dns.type, dict(traffic.servers))
+
+
+def _dns_state(traffic: DnsWeightedTraffic, state: TrafficState) -> TrafficWeightsState:
+    """Each region of the traffic section as a percent; a region without a weighted entry gets 0 (a plain
+    record still in place answers one region only: that region gets 100)."""
+    shares = {share.region: share for share in state.shares}
+    if shares:
+        current = {region: shares[region].weight if region in shares else 0 for region in traffic.servers}
+        raw = {
+            region: f"weight {shares[region].weight}" if region in shares else "no weighted entry"
+            for region in traffic.servers
+        }
+    else:
+        plain = set(state.plain_values)
+        current = {
+            region: 100 if plain and _normalised(state, address) in plain else 0
+            for region, address in traffic.servers.items()
+        }
+        raw = {
+            region: "plain record" if current[region] else "no weighted entry" for region in traffic.servers
+        }
+    total = sum(current.values())
+    return TrafficWeightsState(
+        weights={region: round(100 * w / total) if total else 0 for region, w in current.items()}, raw=raw
+    )
+
+
+def _normalised(state: TrafficState, address: str) -> str:
+    from activities.dns_providers import normalise_value
+
+    return normalise_value(state.type, address)
+
+
+async def _dns_set(traffic: DnsWeightedTraffic, dns: DnsConfig, desired: dict[str, int]) -> SetWeightsResult:
+    """Plan from the served weights, apply only while they still hold, read back: as ``set_weights``."""
+    from activities.dns_providers import ConcurrentChange
+    from activities.traffic import WeightPlan, desired_weights, weights_provider_for
+
+    provider = weights_provider_for(dns)
+    addresses = dict(traffic.servers)
+    current = await provider.read_weights(dns.record, dns.type, addresses)
+    before = _dns_state(traffic, current)
+    plan = WeightPlan.build(provider.name, current, desired_weights(current, desired, addresses, dns.ttl))
+    if plan.no_op:
+        return SetWeightsResult(before=before, after=before, applied=False)
+    try:
+        await provider.apply_weights(plan, addresses)
+    except ConcurrentChange as err:
+        # Planned and applied within this attempt: a retry plans again from what is served then.
+        raise ApplicationError(
+            f"{dns.record} changed while its weights were being set ({err}); planning again",
+            type=ErrorType.PLAN_STALE,
+        ) from None
+    after = _dns_state(traffic, await provider.read_weights(dns.record, dns.type, addresses))
+    wrong = {
+        region: after.raw[region] for region, weight in desired.items() if after.weights[region] != weight
+    }
+    if wrong:
+        raise ApplicationError(
+            f"{provider.name} did not take the weights of {dns.record}: asked {desired}, reads back "
+            + ", ".join(f"{region} {raw}" for region, raw in sorted(wrong.items())),
+            type=ErrorType.TRAFFIC_WEIGHTS_REFUSED,
+            non_retryable=True,
+        )
+    activity.logger.info(
+        "traffic weights (%s %s): %s -> %s", provider.name, dns.record, before.describe(), after.describe()
+    )
+    return SetWeightsResult(before=before, after=after, applied=True)
 
 
 def expected_share(weights: Mapping[str, int]) -> dict[str, float]:

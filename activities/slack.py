@@ -48,6 +48,13 @@ ACTION_UPDATES = {
     "drflow_reject": "reject",
     "drflow_accept_data_loss": "accept_data_loss",
 }
+# Action ids of the decision buttons (a failed step waiting for an operator): each is the ``decide`` Update
+# with that decision.
+DECISION_ACTIONS = {
+    "drflow_retry": "retry",
+    "drflow_skip": "skip",
+    "drflow_abort": "abort",
+}
 
 # Slack's documented Block Kit limits, the ones drflow's messages can reach.
 LIMITS = {
@@ -67,6 +74,7 @@ LIMITS = {
 }
 
 Decision = Literal["approved", "rejected", "data-loss-accepted", "skipped-in-emergency", "expired"]
+StepDecision = Literal["retry", "skip", "abort", "expired"]
 
 
 class SlackErrorType:
@@ -253,6 +261,38 @@ class GateMessageRequest(StrictModel):
     messages: list[str] = Field(default_factory=list, description="ts of the messages to edit in place")
 
 
+class DecisionFacts(StrictModel):
+    """A failed step waiting for an operator: what failed, and whether it may be skipped."""
+
+    service: str
+    kind: str
+    workflow_id: str
+    run_id: str
+    title: str
+    step: str
+    error: str
+    attempts: int = 1
+    skippable: bool = False
+
+
+class DecisionStatus(StrictModel):
+    decision: StepDecision
+    by: str | None
+    channel: str | None
+    at: datetime
+    reason: str = ""
+    timeout: Duration | None = None
+
+
+class DecisionMessageRequest(StrictModel):
+    channel: str
+    facts: DecisionFacts
+    approvers: Approvers
+    status: DecisionStatus | None = None
+    timeout: Duration | None = Field(default=None, description="no decision within it aborts the run")
+    messages: list[str] = Field(default_factory=list, description="ts of the messages to edit in place")
+
+
 class PostedMessage(StrictModel):
     channel: str
     ts: str
@@ -352,6 +392,25 @@ def button_value(facts: GateFacts) -> str:
     return value
 
 
+def _checked_value(value: str) -> str:
+    if len(value) > LIMITS["button_value"]:
+        raise ApplicationError(
+            f"workflow id too long for a Slack button ({len(value)} > {LIMITS['button_value']} characters)",
+            type=SlackErrorType.REFUSED,
+            non_retryable=True,
+        )
+    return value
+
+
+def decision_button_value(facts: DecisionFacts) -> str:
+    """Workflow id, run id and the failed step: the gateway sends ``decide`` to that run."""
+    return _checked_value(
+        json.dumps(
+            {"w": facts.workflow_id, "r": facts.run_id, "s": clip(facts.step, 200)}, separators=(",", ":")
+        )
+    )
+
+
 def _buttons(facts: GateFacts) -> dict[str, Any]:
     value = button_value(facts)
     what = f"{facts.kind} of {facts.service}"
@@ -417,6 +476,110 @@ def status_text(status: GateStatus) -> str:
         within = format_duration(status.timeout) if status.timeout is not None else "the approval timeout"
         return f":hourglass: Expired: nobody approved within {within} (at {at} UTC)"
     return f":fast_forward: Passed without approval at {at} UTC: emergency run{reason}"
+
+
+def decision_status_text(status: DecisionStatus) -> str:
+    at = status.at.strftime("%H:%M:%S")
+    reason = f": {escape(status.reason)}" if status.reason and status.channel != "slack" else ""
+    by = who(status.by, status.channel)
+    if status.decision == "retry":
+        return f":repeat: Retried by {by} at {at} UTC{reason}"
+    if status.decision == "skip":
+        return f":fast_forward: Skipped by {by} at {at} UTC{reason}"
+    if status.decision == "abort":
+        return f":octagonal_sign: Aborted by {by} at {at} UTC{reason}"
+    within = format_duration(status.timeout) if status.timeout is not None else "the approval timeout"
+    return f":hourglass: Aborted: nobody decided within {within} (at {at} UTC)"
+
+
+def _decision_buttons(facts: DecisionFacts) -> dict[str, Any]:
+    value = decision_button_value(facts)
+    what = f"{facts.kind} of {facts.service}"
+    step = clip(facts.step, 120)
+    elements: list[dict[str, Any]] = [
+        {
+            "type": "button",
+            "action_id": "drflow_retry",
+            "text": _plain("Retry", LIMITS["button_text"]),
+            "style": "primary",
+            "value": value,
+        }
+    ]
+    if facts.skippable:
+        elements.append(
+            {
+                "type": "button",
+                "action_id": "drflow_skip",
+                "text": _plain("Skip", LIMITS["button_text"]),
+                "value": value,
+                "confirm": _confirm(
+                    "Skip this step?",
+                    f"The {what} continues without `{escape(step)}` succeeding; the failure stays in the "
+                    "record.",
+                    "Skip",
+                ),
+            }
+        )
+    elements.append(
+        {
+            "type": "button",
+            "action_id": "drflow_abort",
+            "text": _plain("Abort", LIMITS["button_text"]),
+            "style": "danger",
+            "value": value,
+            "confirm": _confirm(
+                f"Abort the {facts.kind}?",
+                f"The {what} stops here; what is safe to undo is undone.",
+                "Abort",
+            ),
+        }
+    )
+    return {"type": "actions", "block_id": "drflow_decision", "elements": elements}
+
+
+def decision_blocks(request: DecisionMessageRequest, link: str) -> list[dict[str, Any]]:
+    facts = request.facts
+    attempts = f" (attempt {facts.attempts})" if facts.attempts > 1 else ""
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": _plain(f"{facts.title}: a step failed", LIMITS["header_text"])},
+        _section(f"*Step:* `{escape(clip(facts.step, 200))}`{attempts} failed; the run waits for a decision"),
+        _code_section("Error", facts.error or "(no message)"),
+    ]
+    within = (
+        f" · No decision within {format_duration(request.timeout)} aborts the run"
+        if request.timeout is not None
+        else ""
+    )
+    skip = "" if facts.skippable else " · this step cannot be skipped"
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": clip(
+                        f"<{link}|Open the run in the Temporal UI> · "
+                        f"Who may decide: {approvers_text(request.approvers)}{skip}{within}",
+                        LIMITS["section_text"],
+                    ),
+                }
+            ],
+        }
+    )
+    if request.status is None:
+        blocks.append(_decision_buttons(facts))
+    else:
+        blocks.append(_section(decision_status_text(request.status)))
+    return blocks
+
+
+def decision_text(request: DecisionMessageRequest) -> str:
+    facts = request.facts
+    if request.status is not None:
+        return clip(
+            f"{facts.title}: {facts.step}: {decision_status_text(request.status)}", LIMITS["message_text"]
+        )
+    return clip(f"{facts.title}: {facts.step} failed, decision needed", LIMITS["message_text"])
 
 
 def approvers_text(approvers: Approvers) -> str:
@@ -573,6 +736,43 @@ def update_gate(request: GateMessageRequest) -> UpdatedMessages:
     return UpdatedMessages(channel=request.channel, updated=updated, missing=missing)
 
 
+@activity.defn(name="slack_post_decision")
+def post_decision(request: DecisionMessageRequest) -> PostedMessage:
+    """Post the message of a failed step with the Retry / Skip / Abort buttons; returns where it is."""
+    client = bot_client()
+    link = run_link(request.facts.workflow_id, request.facts.run_id, activity.info().namespace)
+    response = call(
+        "chat.postMessage",
+        client.chat_postMessage,
+        channel=request.channel,
+        text=decision_text(request),
+        blocks=decision_blocks(request, link),
+        unfurl_links=False,
+    )
+    return PostedMessage(channel=str(response["channel"]), ts=str(response["ts"]))
+
+
+@activity.defn(name="slack_update_decision")
+def update_decision(request: DecisionMessageRequest) -> UpdatedMessages:
+    """Edit the decision message in place: who decided replaces the buttons. A deleted message is skipped."""
+    client = bot_client()
+    link = run_link(request.facts.workflow_id, request.facts.run_id, activity.info().namespace)
+    blocks = decision_blocks(request, link)
+    text = decision_text(request)
+    updated: list[str] = []
+    missing: list[str] = []
+    for ts in request.messages:
+        try:
+            call("chat.update", client.chat_update, channel=request.channel, ts=ts, text=text, blocks=blocks)
+        except ApplicationError as err:
+            if err.type == SlackErrorType.REFUSED and "message_not_found" in err.message:
+                missing.append(ts)
+                continue
+            raise
+        updated.append(ts)
+    return UpdatedMessages(channel=request.channel, updated=updated, missing=missing)
+
+
 MAX_INLINE_WAIT = 10
 # Well inside the workflow's start-to-close timeout (30 s): a timed-out attempt would be retried whole and
 # post its lines again, so the activity returns what it did before that can happen.
@@ -657,4 +857,6 @@ SLACK_ACTIVITIES: list[Callable[..., Any]] = [
     update_gate,
     sync_progress,
     post_summary,
+    post_decision,
+    update_decision,
 ]

@@ -239,7 +239,21 @@ class HaproxyTraffic(StrictModel):
     frontend_url: str = Field(description="where clients (and the canary analysis) send requests")
 
 
-TrafficConfig = Annotated[HaproxyTraffic, Field(discriminator="provider")]
+class DnsWeightedTraffic(StrictModel):
+    """The DNS provider's weighted records as the traffic manager (Route53 weighted, Cloud DNS WRR)."""
+
+    provider: Literal["dns-weighted"]
+    frontend_url: str = Field(
+        description="where clients (and the canary analysis) send requests, e.g. https://checkout.example.com"
+    )
+    servers: dict[str, str] = Field(
+        default_factory=dict,
+        description="region -> the address its weighted entry answers; regions left out answer their "
+        "regions.<name>.address",
+    )
+
+
+TrafficConfig = Annotated[HaproxyTraffic | DnsWeightedTraffic, Field(discriminator="provider")]
 
 
 class CanaryAnalysis(StrictModel):
@@ -305,6 +319,23 @@ class Runbook(StrictModel):
     health: list[HealthCheck] = Field(min_length=1)
     approvals: Approvals
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dns_weighted_servers(cls, data: Any) -> Any:
+        """A ``dns-weighted`` section's entries answer the regions' addresses unless it says otherwise."""
+        if not isinstance(data, dict) or not isinstance(data.get("regions"), dict):
+            return data
+        traffic = data.get("traffic")
+        if isinstance(traffic, DnsWeightedTraffic):
+            servers = _with_region_addresses(traffic.servers, data["regions"])
+            return {**data, "traffic": traffic.model_copy(update={"servers": servers})}
+        if isinstance(traffic, dict) and traffic.get("provider") == "dns-weighted":
+            given = traffic.get("servers") or {}
+            if isinstance(given, dict):
+                servers = _with_region_addresses(given, data["regions"])
+                return {**data, "traffic": {**traffic, "servers": servers}}
+        return data
+
     @model_validator(mode="after")
     def _rules(self) -> Runbook:
         problems = rule_problems(self)
@@ -335,6 +366,18 @@ class Runbook(StrictModel):
             for c in self.health
             if (c.regions is None or region in c.regions) and (serving or not c.primary_only)
         ]
+
+
+def _with_region_addresses(servers: dict[str, Any], regions: dict[str, Any]) -> dict[str, Any]:
+    """``servers`` with every region it leaves out added, answering that region's address."""
+    filled: dict[str, Any] = {}
+    for name, region in regions.items():
+        address = region.address if isinstance(region, Region) else None
+        if isinstance(region, dict):
+            address = region.get("address")
+        if name not in servers and isinstance(address, str):
+            filled[name] = address
+    return {**filled, **servers}
 
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -405,9 +448,18 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
                 "add a traffic section (haproxy) or use one stage [100]",
             )
         )
-    if traffic is not None:
+    if isinstance(traffic, DnsWeightedTraffic) and not isinstance(dns, Route53Dns | CloudDns):
+        problems.append(
+            (
+                ("traffic", "provider"),
+                f"dns-weighted needs weighted records, which {dns.provider} DNS does not have: use route53 "
+                "or clouddns, or a haproxy traffic section",
+            )
+        )
+    if isinstance(traffic, HaproxyTraffic):  # dns-weighted: regions left out answer their own address
         for missing in sorted(regions - set(traffic.servers)):
             problems.append((("traffic", "servers"), f"region {missing!r} has no server"))
+    if traffic is not None:
         for extra in sorted(set(traffic.servers) - regions):
             problems.append((("traffic", "servers", extra), f"{extra!r} is not one of the regions ({known})"))
 

@@ -115,6 +115,8 @@ async def test_triggered_drill_fails_over_and_back_and_writes_its_report(
         ).returncode == 0  # overlaps: skipped
         await approve_children(dev_env.client, handle.id)
         report = await handle.result()
+        chart = tmp_path / "rto.svg"
+        history = await drflow("drill", "report", world.service, "--chart", str(chart), "--address", address)
         description = await dev_env.client.get_schedule_handle(f"drill-{world.service}").describe()
         await dev_env.client.get_schedule_handle(f"drill-{world.service}").delete()
     assert report.outcome in ("passed", "findings"), report.deviations
@@ -126,6 +128,10 @@ async def test_triggered_drill_fails_over_and_back_and_writes_its_report(
     assert description.info.num_actions_skipped_overlap >= 1
     assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
     assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
+    assert history.returncode == 0, history.stderr
+    assert f"| {handle.id} | " in history.stdout and f"| {report.outcome} | " in history.stdout
+    svg = chart.read_text()
+    assert svg.startswith("<svg") and "objective 120s" in svg and handle.id in svg
     json_path, md_path = (Path(p) for p in report.report_files)
     assert json.loads(json_path.read_text())["drill_id"] == handle.id
     markdown = md_path.read_text()

@@ -183,6 +183,27 @@ def test_database_must_cover_every_region_and_no_other(tmp_path: Path) -> None:
     ]
 
 
+def test_dns_weighted_traffic_needs_a_dns_provider_with_weights(tmp_path: Path) -> None:
+    weighted = VALID + "traffic:\n  provider: dns-weighted\n  frontend_url: https://checkout.example.com\n"
+    path = tmp_path / "ok.yaml"
+    path.write_text(weighted)
+    traffic = load_runbook_file(path).runbook.traffic
+    assert traffic is not None and traffic.provider == "dns-weighted"
+    assert traffic.servers == {"us-east-1": "203.0.113.10", "us-west-2": "198.51.100.20"}, (
+        "the regions' addresses"
+    )
+
+    rfc2136 = weighted.replace(
+        "  provider: route53\n  hosted_zone_id: Z0123456789ABCDEFGHIJ\n",
+        "  provider: rfc2136\n  server: {name: ns1., address: 127.0.0.1}\n"
+        "  tsig: {name: k, secret: env:DNS_TSIG_SECRET}\n",
+    )
+    assert problems_for(tmp_path, rfc2136) == [
+        "FILE:25: traffic.provider: dns-weighted needs weighted records, which rfc2136 DNS does not have: use "
+        "route53 or clouddns, or a haproxy traffic section"
+    ]
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert problems_for(tmp_path, "service: checkout\n  regions: [\n") == [
         "FILE:2: YAML syntax error: mapping values are not allowed here"

@@ -21,7 +21,7 @@ import pytest_asyncio
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.failover import StatelessService, stateless_service, wait_for_gate
+from tests.support.failover import StatelessService, stateless_service, wait_for_decision, wait_for_gate
 from tests.support.slack_standin import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -83,7 +83,7 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
         yield populate(running)
 
 
-def world_fixture(channel: str = "C0DRFLOW") -> Any:
+def world_fixture(channel: str = "C0DRFLOW", propagation: str = "10s") -> Any:
     @pytest_asyncio.fixture
     async def fixture(
         dev_env: WorkflowEnvironment,
@@ -92,7 +92,7 @@ def world_fixture(channel: str = "C0DRFLOW") -> Any:
         task_queue: str,
         standin: SlackStandIn,
     ) -> AsyncIterator[World]:
-        with stateless_service(tmp_path, dns_world, ttl=1) as service:
+        with stateless_service(tmp_path, dns_world, ttl=1, propagation=propagation) as service:
             approve_in_slack(tmp_path / f"{service.service}.yaml", channel=channel)
             async with build_worker(dev_env.client, tmp_path, task_queue=task_queue):
                 yield World(dev_env, service, task_queue, standin)
@@ -102,6 +102,7 @@ def world_fixture(channel: str = "C0DRFLOW") -> Any:
 
 world = world_fixture()
 world_without_channel = world_fixture(channel="C0GONE")
+world_quick_propagation = world_fixture(propagation="2s")
 
 
 @pytest_asyncio.fixture
@@ -241,6 +242,62 @@ async def test_refused_clicks_reach_only_the_clicker_and_change_nothing(
     assert accepted == [f"slack:C0DRFLOW:{message.ts}:U03CAROL:drflow_approve"]
     assert len(slack.ephemerals) == 4, "the double click is silent: the second click is the same Update"
     assert slack.invalid_blocks == []
+
+
+async def test_a_failed_step_asks_slack_for_a_decision_and_abort_by_an_approver_ends_the_run(
+    world_quick_propagation: World, dns_world: NamedPair
+) -> None:
+    world = world_quick_propagation
+    config = GatewayConfig(
+        mode="http", port=0, signing_secret=SIGNING_SECRET, bot_token=BOT_TOKEN, api_url=world.slack.api_url
+    )
+    await asyncio.to_thread(dns_world.stop_secondary)  # propagation cannot converge: the step fails
+    try:
+        async with running_gateway(world.env.client, config) as gateway:
+            handle = await world.start()
+            gate = await world.gate_message(handle.id)
+            assert (await click(gateway, world, gate, "drflow_approve", "U02BOB")).status_code == 200
+            waiting = await wait_for_decision(world.env.client, handle.id)
+            assert waiting.waiting_step == "verify propagation"
+
+            def decision_message() -> Message | None:
+                return next(
+                    (m for m in world.slack.top_level() if "drflow_abort" in m.buttons()),
+                    None,
+                )
+
+            message: Message = await asyncio.to_thread(world.slack.wait_for, decision_message)
+            assert set(message.buttons()) == {"drflow_retry", "drflow_skip", "drflow_abort"}, (
+                "verify propagation may be skipped"
+            )
+            shown = message.all_text()
+            assert "verify propagation" in shown and "ns2.drflow.test." in shown, "the step and its error"
+            assert f"/workflows/{handle.id}/" in shown
+
+            # Not an approver: refused, to the clicker alone, and nothing changes.
+            assert (await click(gateway, world, message, "drflow_abort", "U09MALLORY")).status_code == 200
+            refusal = await ephemeral(world, 1)
+            assert refusal["response_type"] == "ephemeral"
+            assert f"you are not an approver for {world.service.service}" in refusal["text"]
+            assert (await handle.query(FailoverWorkflow.status)).waiting_step == "verify propagation"
+            assert world.slack.messages[message.ts].edits == []
+
+            assert (await click(gateway, world, message, "drflow_abort", "U03CAROL")).status_code == 200
+            report = await handle.result()
+    finally:
+        await asyncio.to_thread(dns_world.start_secondary)
+        await asyncio.to_thread(dns_world.wait_in_sync)
+
+    assert report.outcome == "aborted", report.messages
+    assert [(d.step, d.decision, d.by, d.channel) for d in report.decisions] == [
+        ("verify propagation", "abort", "U03CAROL", "slack")
+    ]
+    accepted = await updates_accepted(handle)
+    assert f"slack:C0DRFLOW:{message.ts}:U03CAROL:drflow_abort" in accepted
+    updated = world.slack.messages[message.ts]
+    assert updated.edits and updated.buttons() == {}, "updated in place: the buttons are gone"
+    assert f"Aborted by <@U03CAROL> at {report.decisions[0].at:%H:%M:%S} UTC" in updated.all_text()
+    assert len(world.slack.ephemerals) == 1 and world.slack.invalid_blocks == []
 
 
 async def test_slack_failures_never_block_approval_from_the_cli(world_without_channel: World) -> None:

@@ -19,6 +19,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.slack import (
     LIMITS,
     Approvers,
+    DecisionFacts,
+    DecisionMessageRequest,
+    DecisionStatus,
     Escalation,
     Fact,
     GateFacts,
@@ -29,11 +32,15 @@ from activities.slack import (
     ResolveApproversRequest,
     SlackErrorType,
     SummaryRequest,
+    decision_blocks,
+    decision_text,
     gate_blocks,
+    post_decision,
     post_gate,
     post_summary,
     resolve_approvers,
     sync_progress,
+    update_decision,
     update_gate,
 )
 from tests.support.slack_standin import BOT_TOKEN, SlackStandIn, block_kit_problems, slack_standin
@@ -152,6 +159,75 @@ def test_answer_replaces_the_buttons_in_place(standin: SlackStandIn) -> None:
     run(update_gate, request(facts(), status=expired, messages=[posted.ts]))
     assert "Expired: nobody approved within 30m" in standin.messages[posted.ts].all_text()
     assert standin.invalid_blocks == []
+
+
+def decision(skippable: bool = True, **changes: object) -> DecisionMessageRequest:
+    base = DecisionMessageRequest(
+        channel="C0DRFLOW",
+        facts=DecisionFacts(
+            service="checkout",
+            kind="failover",
+            workflow_id="failover-checkout",
+            run_id="0f3c5c1e-run",
+            title="Failover checkout: us-east-1 → us-west-2",
+            step="verify propagation",
+            error="ns2.example.com. did not answer <in time> & gave up",
+            attempts=2,
+            skippable=skippable,
+        ),
+        approvers=Approvers(user_ids=["U02BOB"], names={"U02BOB": "Bob"}, usergroup="S0ONCALL"),
+        timeout=timedelta(minutes=30),
+    )
+    return base.model_copy(update=changes)
+
+
+def test_decision_message_offers_retry_skip_abort_and_is_decided_in_place(standin: SlackStandIn) -> None:
+    posted = run(post_decision, decision())
+    message = standin.messages[posted.ts]
+    assert standin.invalid_blocks == []
+    assert list(message.buttons()) == ["drflow_retry", "drflow_skip", "drflow_abort"]
+    value = json.loads(message.buttons()["drflow_abort"]["value"])
+    assert value == {"w": "failover-checkout", "r": "0f3c5c1e-run", "s": "verify propagation"}
+    text = message.all_text()
+    assert "verify propagation" in text and "attempt 2" in text
+    assert "&lt;in time&gt; &amp; gave up" in text, "the error is escaped"
+    assert "No decision within 30m aborts the run" in text
+    assert "confirm" in message.buttons()["drflow_abort"] and "confirm" in message.buttons()["drflow_skip"]
+
+    at = datetime(2026, 11, 26, 12, 3, 7, tzinfo=UTC)
+    retried = DecisionStatus(decision="retry", by="U02BOB", channel="slack", at=at, reason="Slack: @bob")
+    run(update_decision, decision(status=retried, messages=[posted.ts]))
+    assert standin.messages[posted.ts].buttons() == {}
+    assert "Retried by <@U02BOB> at 12:03:07 UTC" in standin.messages[posted.ts].all_text()
+    aborted = DecisionStatus(decision="abort", by="carol", channel="cli", at=at, reason="ns2 is down")
+    run(update_decision, decision(status=aborted, messages=[posted.ts]))
+    assert "Aborted by carol (via cli) at 12:03:07 UTC: ns2 is down" in standin.messages[posted.ts].all_text()
+    assert standin.invalid_blocks == []
+
+
+def test_a_step_that_cannot_be_skipped_has_no_skip_button() -> None:
+    blocks = decision_blocks(decision(skippable=False), "http://ui")
+    [actions] = [b for b in blocks if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions["elements"]] == ["drflow_retry", "drflow_abort"]
+    assert "cannot be skipped" in json.dumps(blocks)
+
+
+def test_huge_decision_messages_are_clipped_to_slack_limits() -> None:
+    huge = decision().facts.model_copy(
+        update={"title": "T" * 400, "step": "s" * 3000, "error": "e\n" * 5000, "workflow_id": "w" * 900}
+    )
+    at = datetime.now(UTC)
+    for status in (
+        None,
+        DecisionStatus(decision="skip", by="U02BOB", channel="slack", at=at, reason="r" * 5000),
+        DecisionStatus(decision="abort", by="x" * 3000, channel="api", at=at, reason="r" * 5000),
+        DecisionStatus(decision="expired", by=None, channel=None, at=at, timeout=timedelta(minutes=30)),
+    ):
+        request_ = decision(status=status).model_copy(update={"facts": huge})
+        blocks = decision_blocks(request_, "http://ui/" + "x" * 100)
+        assert block_kit_problems(blocks, decision_text(request_)) == []
+        assert len(blocks) <= LIMITS["blocks"]
+        assert len(decision_text(request_)) <= LIMITS["message_text"]
 
 
 def test_rate_limit_is_retryable_after_slacks_retry_after(standin: SlackStandIn) -> None:

@@ -11,8 +11,10 @@ Two ways in, chosen by configuration:
   endpoint); each envelope is acknowledged at once, then handled like an HTTP click.
 
 A click becomes ``approve``, ``reject`` or ``accept_data_loss`` with ``ApprovalInput(approver=<Slack user id>,
-channel="slack", gate=..., plan_checksum=...)``, sent to the run named by the button. The gateway holds no
-approval rule: the workflow's validator decides who may pass which gate. A refusal (the validator's message,
+channel="slack", gate=..., plan_checksum=...)``, sent to the run named by the button; a click on **Retry**,
+**Skip** or **Abort** under a failed step becomes ``decide`` with ``DecisionInput(decision=...,
+operator=<Slack user id>, channel="slack")``. The gateway holds no approval rule: the workflow's validator
+decides who may pass which gate and who may decide a failed step. A refusal (the validator's message,
 verbatim) goes to the clicker only, as an ephemeral message through the click's ``response_url`` (or
 ``chat.postEphemeral`` with the bot token); nothing changes. The Update id is the interaction's identity
 (message, user, button), so a redelivered click or a double click is one Update.
@@ -49,8 +51,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateR
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.slack import ACTION_UPDATES, api_url, slack_secret
-from workflows.failover_models import ApprovalInput, UpdateOutcome
+from activities.slack import ACTION_UPDATES, DECISION_ACTIONS, api_url, slack_secret
+from workflows.failover_models import ApprovalInput, DecisionInput, UpdateOutcome
 
 log = logging.getLogger("drflow.gateway")
 
@@ -118,6 +120,8 @@ class Click:
     message_ts: str | None
     trigger_id: str | None
     response_url: str | None
+    decision: str | None = None
+    step: str | None = None
 
     @property
     def update_id(self) -> str:
@@ -129,8 +133,21 @@ class Click:
         where = self.message_ts or self.trigger_id or "-"
         return f"slack:{self.channel_id or '-'}:{where}:{self.user_id}:{self.action_id}"
 
-    def answer(self) -> ApprovalInput:
+    @property
+    def target(self) -> str:
+        """What the click answers, for logs and refusals: the gate or the failed step."""
+        return f"step {self.step!r}" if self.update == "decide" else f"gate {self.gate}"
+
+    def answer(self) -> ApprovalInput | DecisionInput:
         name = f"@{self.user_name}" if self.user_name else self.user_id
+        if self.update == "decide":
+            return DecisionInput(
+                decision=self.decision,  # validated by the model: retry, skip or abort
+                operator=self.user_id,
+                reason=f"Slack: {name}",
+                channel="slack",
+                step=self.step or None,
+            )
         reason = (
             f"accepted in Slack by {name} after the data-loss confirmation"
             if self.update == "accept_data_loss"
@@ -152,7 +169,14 @@ class NotOurs(ValueError):
 def parse_click(payload: Mapping[str, Any]) -> Click:
     if payload.get("type") != "block_actions":
         raise NotOurs(f"payload type {payload.get('type')!r}")
-    action = next((a for a in payload.get("actions") or [] if a.get("action_id") in ACTION_UPDATES), None)
+    action = next(
+        (
+            a
+            for a in payload.get("actions") or []
+            if a.get("action_id") in ACTION_UPDATES or a.get("action_id") in DECISION_ACTIONS
+        ),
+        None,
+    )
     if action is None:
         raise NotOurs("no drflow action")
     try:
@@ -166,9 +190,11 @@ def parse_click(payload: Mapping[str, Any]) -> Click:
     message = payload.get("message") or {}
     if not user.get("id"):
         raise NotOurs("no user in the payload")
+    action_id = str(action["action_id"])
+    decision = DECISION_ACTIONS.get(action_id)
     return Click(
-        update=ACTION_UPDATES[action["action_id"]],
-        action_id=str(action["action_id"]),
+        update="decide" if decision is not None else ACTION_UPDATES[action_id],
+        action_id=action_id,
         workflow_id=workflow_id,
         run_id=value.get("r") or None,
         gate=value.get("g") or None,
@@ -179,6 +205,8 @@ def parse_click(payload: Mapping[str, Any]) -> Click:
         message_ts=container.get("message_ts") or message.get("ts"),
         trigger_id=payload.get("trigger_id"),
         response_url=payload.get("response_url"),
+        decision=decision,
+        step=value.get("s") or None,
     )
 
 
@@ -244,8 +272,8 @@ class ApprovalGateway:
             return None
         outcome = await self.send_update(click)
         log.info(
-            "%s of %s gate %s by %s: %s",
-            click.update, click.workflow_id, click.gate, click.user_id,
+            "%s of %s %s by %s: %s",
+            click.update, click.workflow_id, click.target, click.user_id,
             "accepted" if outcome.accepted else f"refused: {outcome.message}",
         )  # fmt: skip
         if not outcome.accepted:
@@ -256,6 +284,10 @@ class ApprovalGateway:
         try:
             answer = click.answer()
         except ValidationError:
+            if click.update == "decide":
+                return ClickOutcome(
+                    False, f"this button does not name a drflow decision ({click.decision!r})"
+                )
             return ClickOutcome(False, f"this button does not name a drflow gate ({click.gate!r})")
         handle = self._client.get_workflow_handle(click.workflow_id, run_id=click.run_id)
         try:
@@ -275,8 +307,12 @@ class ApprovalGateway:
                 )
             return ClickOutcome(
                 False,
-                f"drflow could not reach Temporal ({err.message}): approve with "
-                f"`drflow approve {click.workflow_id}`",
+                f"drflow could not reach Temporal ({err.message}): "
+                + (
+                    f"decide with `drflow decide {click.workflow_id} {click.decision}`"
+                    if click.update == "decide"
+                    else f"approve with `drflow approve {click.workflow_id}`"
+                ),
             )
         except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             return ClickOutcome(

@@ -249,7 +249,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
                 f"canary {percent}%",
                 lambda w=weights: self._activity(  # type: ignore[misc]
                     canary.set_weights,
-                    canary.SetWeightsRequest(traffic=traffic, weights=w),
+                    canary.SetWeightsRequest(traffic=traffic, weights=w, dns=runbook.dns),
                     f"weights {', '.join(f'{r} {v}%' for r, v in w.items())}",
                 ),
             )
@@ -280,7 +280,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
             f"roll back canary from {percent}%",
             lambda: self._activity(
                 canary.set_weights,
-                canary.SetWeightsRequest(traffic=traffic, weights=rollback),
+                canary.SetWeightsRequest(traffic=traffic, weights=rollback, dns=self._require_runbook().dns),
                 f"weights back: {plan.target} 0%",
             ),
         )

@@ -132,7 +132,8 @@ class FailoverWorkflow(Moves[FailoverReport]):
 
     async def _move_traffic_weights(self, plan: FailoverPlan) -> None:
         """Where a traffic manager sits in front of the regions, it sends everything to the target too."""
-        traffic = self._require_runbook().traffic
+        runbook = self._require_runbook()
+        traffic = runbook.traffic
         if traffic is None or not workflow.patched("failover-moves-traffic-weights"):
             return
         weights = {region: 100 if region == plan.target else 0 for region in traffic.servers}
@@ -140,7 +141,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
             f"send all traffic to {plan.target}",
             lambda: self._activity(
                 canary.set_weights,
-                canary.SetWeightsRequest(traffic=traffic, weights=weights),
+                canary.SetWeightsRequest(traffic=traffic, weights=weights, dns=runbook.dns),
                 f"{traffic.provider}: {plan.target} 100%",
             ),
             lambda r: f"{r.before.describe()} → {r.after.describe()}",

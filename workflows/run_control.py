@@ -33,7 +33,14 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         UpdateOutcome,
     )
-    from workflows.slack_mirror import SLACK_PATCH, GateView, SlackMirror, gate_facts
+    from workflows.slack_mirror import (
+        DECISIONS_PATCH,
+        SLACK_PATCH,
+        GateView,
+        SlackMirror,
+        decision_facts,
+        gate_facts,
+    )
 
 T = TypeVar("T")
 R = TypeVar("R", bound=RunReport)
@@ -327,6 +334,16 @@ class ControlledRun(Generic[R]):
         step = self._report.waiting_step
         if step is None:
             raise ValueError(f"no step is waiting for a decision (the run is {self._where()})")
+        if decision.step is not None and decision.step != step:
+            raise ValueError(f"{decision.step!r} is not waiting any more; the run now waits on {step!r}")
+        earlier = self._decision
+        if earlier is not None:  # a second click or command before the run moved on
+            by = (
+                f"<@{earlier.by}>"
+                if earlier.channel == "slack" and decision.channel == "slack"
+                else (earlier.by or "nobody")
+            )
+            raise ValueError(f"{step} was already decided: {earlier.decision} by {by}")
         self._check_person(decision.operator, "decide")
         if decision.decision == "skip" and not self._skippable:
             raise ValueError(f"{step} cannot be skipped: retry or abort")
@@ -352,7 +369,7 @@ class ControlledRun(Generic[R]):
             except ActivityError as err:
                 message = failure_message(err)
                 self._finish_step(name, "failed", error=message)
-                decision = await self._await_decision(name, message)
+                decision = await self._await_decision(name, message, attempts)
                 if decision == "retry":
                     continue
                 if decision == "skip":
@@ -362,12 +379,21 @@ class ControlledRun(Generic[R]):
             self._finish_step(name, "ok", detail=detail(result) if detail else "")
             return result
 
-    async def _await_decision(self, step: str, error: str) -> str:
+    async def _await_decision(self, step: str, error: str, attempts: int = 1) -> str:
         runbook = self._require_runbook()
         self._decision = None
         self._skippable = step in self.skippable_steps
         self._update(waiting_step=step)
         self._show(self._render())
+        slack = self._slack_for_decisions()
+        view = (
+            None
+            if slack is None
+            else slack.decision_opened(
+                decision_facts(self._report, self.kind, step, error, attempts, self._skippable),
+                runbook.approvals.timeout,
+            )
+        )
         try:
             await workflow.wait_condition(
                 lambda: self._decision is not None, timeout=runbook.approvals.timeout
@@ -379,8 +405,20 @@ class ControlledRun(Generic[R]):
             )  # fmt: skip
         record = self._decision
         assert record is not None
+        if slack is not None and view is not None:
+            slack.decision_made(view, record)
         self._update(waiting_step=None, decisions=[*self._report.decisions, record])
         return "abort" if record.decision == "expired" else record.decision
+
+    def _slack_for_decisions(self) -> SlackMirror | None:
+        """The Slack mirror for a failed step's decision: behind its own ``slack-decisions`` patch.
+
+        A history recorded before it (or a run still open from before) takes the old path: no message, no
+        activity. A step failing before the first gate starts the mirror here (``slack-approvals``).
+        """
+        if self._require_runbook().approvals.slack is None or not workflow.patched(DECISIONS_PATCH):
+            return None
+        return self._slack_mirror()
 
     async def _release_lock(self, service: str) -> None:
         if not self._holds_lock:

@@ -28,6 +28,9 @@ with workflow.unsafe.imports_passed_through():
         FATAL_ERRORS,
         NON_RETRYABLE_ERRORS,
         Approvers,
+        DecisionFacts,
+        DecisionMessageRequest,
+        DecisionStatus,
         Escalation,
         Fact,
         GateFacts,
@@ -37,17 +40,28 @@ with workflow.unsafe.imports_passed_through():
         ProgressRequest,
         ResolveApproversRequest,
         SummaryRequest,
+        post_decision,
         post_gate,
         post_summary,
         resolve_approvers,
         sync_progress,
+        update_decision,
         update_gate,
     )
     from runbooks.durations import format_duration
     from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook, SlackApprovals
-    from workflows.failover_models import STEP_MARK, ApprovalRecord, MoveReport, RunReport, StepRecord
+    from workflows.failover_models import (
+        STEP_MARK,
+        ApprovalRecord,
+        DecisionRecord,
+        MoveReport,
+        RunReport,
+        StepRecord,
+    )
 
 SLACK_PATCH = "slack-approvals"
+# Failed steps shown in Slack with Retry / Skip / Abort: a run recorded before it replays without them.
+DECISIONS_PATCH = "slack-decisions"
 SLACK_TIMEOUT = timedelta(seconds=30)
 # Bounded: a rate limit waits Slack's Retry-After, an outage a few seconds; then the run moves on without it.
 SLACK_RETRY = RetryPolicy(
@@ -80,6 +94,23 @@ class GateView:
         return "open" if self.record is None else self.record.decision
 
 
+@dataclass
+class DecisionView:
+    """A failed step waiting for an operator, as Slack shows it: one message, edited once decided."""
+
+    facts: DecisionFacts
+    timeout: timedelta | None = None
+    record: DecisionRecord | None = None
+    resolved: bool = False
+    posted: bool = False
+    messages: list[str] = field(default_factory=list)
+    shown: str | None = None
+
+    @property
+    def state(self) -> str:
+        return "open" if self.record is None else self.record.decision
+
+
 class SlackMirror:
     """What Slack shows of one run; validators read ``members`` (they cannot do I/O themselves)."""
 
@@ -96,6 +127,7 @@ class SlackMirror:
         self.names: dict[str, str] = {}
         self.lookup_problem: str | None = None
         self._gates: list[GateView] = []
+        self._decisions: list[DecisionView] = []
         self._lines: dict[str, ProgressLine] = {}
         self._blocked_lines: list[ProgressLine] | None = None
         self._thread_ts: str | None = None
@@ -129,6 +161,15 @@ class SlackMirror:
         self._note(f"the {view.facts.gate} gate was escalated in Slack after {format_duration(after)}")
 
     def gate_answered(self, view: GateView, record: ApprovalRecord) -> None:
+        view.record = record
+
+    def decision_opened(self, facts: DecisionFacts, timeout: timedelta) -> DecisionView:
+        # The approvers are looked up at every gate; a step failing before any gate looks them up itself.
+        view = DecisionView(facts=facts, timeout=timeout, resolved=any(g.resolved for g in self._gates))
+        self._decisions.append(view)
+        return view
+
+    def decision_made(self, view: DecisionView, record: DecisionRecord) -> None:
         view.record = record
 
     async def close(self) -> None:
@@ -173,6 +214,13 @@ class SlackMirror:
                 return partial(self._update, view)
             if view.escalation is not None and not view.escalated and view.record is None:
                 return partial(self._escalate, view)
+        for decision in self._decisions:
+            if not decision.resolved:
+                return partial(self._resolve, decision)
+            if not decision.posted:
+                return partial(self._post_decision, decision)
+            if decision.messages and decision.shown != decision.state:
+                return partial(self._update_decision, decision)
         lines = self._pending_lines()
         if lines:
             return partial(self._sync_progress, lines)
@@ -180,7 +228,7 @@ class SlackMirror:
             return self._summary
         return None
 
-    async def _resolve(self, view: GateView) -> None:
+    async def _resolve(self, view: GateView | DecisionView) -> None:
         view.resolved = True
         slack = self.slack
         if slack.usergroup is None and not slack.approvers:
@@ -241,6 +289,34 @@ class SlackMirror:
             if view.state != state:  # answered meanwhile: the re-post must show it too
                 view.shown = None
 
+    async def _post_decision(self, view: DecisionView) -> None:
+        view.posted = True
+        state = view.state
+        if state != "open":
+            return  # decided (through the CLI or the Web UI) before Slack was told: nothing to click
+        posted = await self._call(
+            f"post the decision for {view.facts.step}",
+            post_decision,
+            self._decision_message(view),
+            f"slack: {view.facts.step} failed, decide",
+        )
+        if posted is None:
+            return
+        view.messages.append(posted.ts)
+        view.shown = state
+        if self._thread_ts is None:
+            self._thread_ts = posted.ts
+
+    async def _update_decision(self, view: DecisionView) -> None:
+        state = view.state
+        view.shown = state  # one attempt per change, as for gates
+        await self._call(
+            f"update the decision message of {view.facts.step}",
+            update_decision,
+            self._decision_message(view),
+            f"slack: {view.facts.step} {state}",
+        )
+
     async def _sync_progress(self, lines: list[ProgressLine]) -> None:
         assert self._thread_ts is not None
         result = await self._call(
@@ -298,6 +374,25 @@ class SlackMirror:
             status=status,
             escalation=view.escalation,
             messages=list(view.messages) if messages is None else messages,
+        )
+
+    def _decision_message(self, view: DecisionView) -> DecisionMessageRequest:
+        record = view.record
+        status = None
+        if record is not None:
+            status = DecisionStatus(
+                decision=record.decision, by=record.by, channel=record.channel, at=record.at,
+                reason=record.reason if record.decision != "expired" else "", timeout=view.timeout,
+            )  # fmt: skip
+        return DecisionMessageRequest(
+            channel=self.slack.channel,
+            facts=view.facts,
+            approvers=Approvers(
+                user_ids=list(self.slack.approvers), names=dict(self.names), usergroup=self.slack.usergroup
+            ),
+            status=status,
+            timeout=view.timeout,
+            messages=list(view.messages),
         )
 
     def _pending_lines(self, ignore_blocked: bool = False) -> list[ProgressLine]:
@@ -361,6 +456,28 @@ def step_line(step: StepRecord) -> str:
     detail = f": {step.detail}" if step.detail else ""
     error = f": {step.error}" if step.error and step.outcome != "ok" else ""
     return f"{STEP_MARK[step.outcome]} {step.name}{took}{retries}{detail}{error}"
+
+
+def decision_facts(
+    report: RunReport, kind: str, step: str, error: str, attempts: int, skippable: bool
+) -> DecisionFacts:
+    """The facts of the message of a failed step waiting for a decision."""
+    plan: Any = getattr(report, "plan", None)
+    title = f"{kind.capitalize()} {report.service}"
+    source, target = getattr(plan, "source", None), getattr(plan, "target", None)
+    if source is not None and target is not None:
+        title += f": {source} → {target}"
+    return DecisionFacts(
+        service=report.service,
+        kind=kind,
+        workflow_id=report.workflow_id,
+        run_id=report.run_id,
+        title=title,
+        step=step,
+        error=error,
+        attempts=attempts,
+        skippable=skippable,
+    )
 
 
 def gate_facts(
