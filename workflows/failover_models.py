@@ -61,7 +61,7 @@ class DecisionInput(StrictModel):
     operator: str = Field(min_length=1)
     reason: str = ""
     channel: Channel = "ui"
-    step: str | None = Field(default=None, description="if given, the step that waits (refuses stale buttons)")
+    step: str | None = Field(default=None, description="if given, the waiting step (refuses stale buttons)")
 
 
 class UpdateOutcome(StrictModel):
