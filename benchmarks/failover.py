@@ -79,8 +79,11 @@ from tests.support.temporal import venv_binary
 from workers.sandbox.named import free_port
 from workers.worker import build_worker
 from workflows.common import SEARCH_ATTRIBUTES, run_attributes
-from workflows.failover import HEARTBEAT, REPLAY_WAIT_PLANNED, FailoverWorkflow, _probes
+from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, FailoverReport, FailoverRequest
+from workflows.moves import REPLAY_WAIT_PLANNED
+from workflows.moves import probes as _probes
+from workflows.run_control import HEARTBEAT
 
 TARGET = "region-b"
 SOURCE = "region-a"
