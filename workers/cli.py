@@ -294,10 +294,12 @@ def failover(
         service=service, target=target, reason=reason, requested_by=requested_by, mode=mode
     )
     settings = settings_from(options)
-    return asyncio.run(_start_failover(settings, request, wait))
+    # The serving region is known for sure only after preflight; the runbook's primary is the usual source.
+    source = loaded.primary if loaded.primary != target else "?"
+    return asyncio.run(_start_failover(settings, request, wait, source))
 
 
-async def _start_failover(settings: TemporalSettings, request: Any, wait: bool) -> int:
+async def _start_failover(settings: TemporalSettings, request: Any, wait: bool, source: str = "?") -> int:
     from temporalio.common import WorkflowIDConflictPolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -313,7 +315,7 @@ async def _start_failover(settings: TemporalSettings, request: Any, wait: bool) 
             task_queue=TASK_QUEUE,
             result_type=FailoverReport,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            static_summary=f"Failover {request.service} → {request.target} ({request.mode})",
+            static_summary=f"Failover {request.service} {source} → {request.target} ({request.mode})",
             search_attributes=run_attributes(request.service, "failover", "preflight"),
             static_details=f"Requested by {request.requested_by}: {request.reason}",
         )
