@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.health import HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
     from activities.postgres import PrepareStandbyResult, ReplicationStatus
     from runbooks.model import Failback, Runbook, TrafficConfig
-    from workflows.archive import start_archive
+    from workflows.archive import begin_archive, finish_archive
     from workflows.common import STEP_ATTR, load_runbook, tag_run
     from workflows.failback_models import (
         FailbackPlan,
@@ -102,11 +102,13 @@ class FailbackWorkflow(Moves[FailbackReport]):
             self._note(str(ended))
             self._finish(ended.outcome)
         finally:
+            # Scheduled together with the lock release: one workflow task for both, not two.
+            archive = begin_archive("failback")
             await self._release_lock(request.service)
+            await finish_archive(archive)
         await self._close_slack()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
-        await start_archive("failback")
         return self._report
 
     # -------------------------------------------------------------------------------------- preflight
