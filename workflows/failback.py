@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         StageRecord,
         render_failback,
     )
-    from workflows.failover_models import DatabasePlan, Mode, Outcome
+    from workflows.failover_models import DatabasePlan, Mode
     from workflows.moves import Moves, probes
     from workflows.run_control import Ended
 
@@ -59,7 +59,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
             run_id=info.run_id,
             started_at=workflow.now(),
         )
-        self._init_control(report, request.requested_by)
+        self._init_control(report, request.requested_by, request.excluded_approvers)
 
     def _render(self) -> str:
         return render_failback(self._report)
@@ -125,11 +125,6 @@ class FailbackWorkflow(Moves[FailbackReport]):
         self._runbook = runbook
         self._update(runbook_sha256=loaded.sha256, home=home)
         return runbook
-
-    def _check_person(self, who: str, action: str) -> None:
-        if who in self._request.excluded_approvers:
-            raise ValueError(f"{who} is unavailable in this drill's scenario: someone else must answer")
-        super()._check_person(who, action)
 
     async def _preflight(self, runbook: Runbook, home: str) -> FailbackPlan:
         address = runbook.regions[home].address
@@ -296,14 +291,6 @@ class FailbackWorkflow(Moves[FailbackReport]):
 
     def _stages(self, stages: list[StageRecord]) -> None:
         self._update(stages=stages)
-        self._show(self._render())
-
-    def _finish(self, outcome: Outcome) -> None:
-        now = workflow.now()
-        took = (now - self._report.started_at).total_seconds() if outcome == "completed" else None
-        self._update(
-            outcome=outcome, finished_at=now, achieved_rto_seconds=took, open_gate=None, waiting_step=None
-        )
         self._show(self._render())
 
 

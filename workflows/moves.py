@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.postgres import FenceResult, WaitForReplayResult, lsn_diff
     from activities.propagation import PropagationRequest, PropagationResult, verify_propagation
     from runbooks.model import Runbook, render_url
-    from workflows.failover_models import DatabasePlan, DataLossWindow, Mode, MoveReport, StepRecord
+    from workflows.failover_models import DatabasePlan, DataLossWindow, Mode, MoveReport, Outcome, StepRecord
     from workflows.run_control import ControlledRun, Ended, failure_message
 
 REPLAY_WAIT_PLANNED = timedelta(seconds=60)
@@ -64,6 +64,15 @@ class MovePlan(Protocol):
 class Moves(ControlledRun[M]):
     def _mode(self) -> Mode:
         return "planned"
+
+    def _finish(self, outcome: Outcome) -> None:
+        """Close the report; a completed run's duration from start to recovery is its achieved RTO."""
+        now = workflow.now()
+        rto = (now - self._report.started_at).total_seconds() if outcome == "completed" else None
+        self._update(
+            outcome=outcome, finished_at=now, achieved_rto_seconds=rto, open_gate=None, waiting_step=None
+        )
+        self._show(self._render())
 
     async def _fence(self, plan: MovePlan) -> None:
         runbook = self._require_runbook()

@@ -61,9 +61,10 @@ class ControlledRun(Generic[R]):
 
     _report: R
 
-    def _init_control(self, report: R, requested_by: str | None) -> None:
+    def _init_control(self, report: R, requested_by: str | None, excluded: list[str] | None = None) -> None:
         self._report = report
         self._requested_by = requested_by
+        self._excluded_approvers = frozenset(excluded or ())  # unavailable in a drill scenario
         self._runbook: Runbook | None = None
         self._gate_answer: ApprovalRecord | None = None
         self._gate_checksum: str | None = None
@@ -262,6 +263,8 @@ class ControlledRun(Generic[R]):
         the same person uses in the CLI and the Web UI. A Slack user id is answered in the second person,
         because the gateway shows the message to the person who clicked.
         """
+        if who in self._excluded_approvers:
+            raise ValueError(f"{who} is unavailable in this drill's scenario: someone else must answer")
         runbook = self._require_runbook()
         slack = runbook.approvals.slack
         allowed = list(runbook.approvals.approvers)
