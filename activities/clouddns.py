@@ -83,7 +83,7 @@ class CloudDnsProvider:
         return await asyncio.to_thread(self._apply_weights, plan, addresses)
 
     # ------------------------------------------------------------------------------------- preflight
-    def preflight(self) -> PreflightReport:
+    def preflight(self, weighted: dict[str, str] | None = None) -> PreflightReport:
         """Credentials and the zone (one GET), reading the record, and the permissions Cloud DNS reports."""
         checks: list[PreflightCheck] = []
         try:
@@ -101,12 +101,14 @@ class CloudDnsProvider:
             )
         )
         try:
-            state = self._read(self.config.record, self.config.type)
+            served = (
+                self._read(self.config.record, self.config.type).describe()
+                if weighted is None
+                else self._read_weights(self.config.record, self.config.type, weighted).describe()
+            )
             checks.append(
                 PreflightCheck(
-                    name=f"read {self.config.record} {self.config.type}",
-                    ok=True,
-                    detail=f"serves {state.describe()}",
+                    name=f"read {self.config.record} {self.config.type}", ok=True, detail=f"serves {served}"
                 )
             )
         except ApplicationError as error:

@@ -8,6 +8,7 @@ their readiness is already observed by the plan and the replication measurement.
 
 from __future__ import annotations
 
+from pydantic import Field
 from temporalio import activity
 
 from activities.cloud import PreflightReport
@@ -24,6 +25,11 @@ from runbooks.model import (
 
 class DnsPreflightRequest(StrictModel):
     dns: DnsConfig
+    weighted: dict[str, str] | None = Field(
+        default=None,
+        description="dns-weighted traffic: region -> the address of its weighted entry; the record is then "
+        "read as weighted entries, not as one simple record",
+    )
 
 
 class DatabasePreflightRequest(StrictModel):
@@ -32,15 +38,15 @@ class DatabasePreflightRequest(StrictModel):
     standby: str
 
 
-def dns_preflight_report(dns: DnsConfig) -> PreflightReport:
+def dns_preflight_report(dns: DnsConfig, weighted: dict[str, str] | None = None) -> PreflightReport:
     if isinstance(dns, Route53Dns):
         from activities.route53 import Route53Provider
 
-        return Route53Provider(dns).preflight()
+        return Route53Provider(dns).preflight(weighted)
     if isinstance(dns, CloudDns):
         from activities.clouddns import CloudDnsProvider
 
-        return CloudDnsProvider(dns).preflight()
+        return CloudDnsProvider(dns).preflight(weighted)
     return PreflightReport.of(dns.provider, [])
 
 
@@ -58,7 +64,7 @@ def database_preflight_report(database: DatabaseConfig, primary: str, standby: s
 
 @activity.defn(name="dns_preflight")
 def dns_preflight(request: DnsPreflightRequest) -> PreflightReport:
-    return dns_preflight_report(request.dns)
+    return dns_preflight_report(request.dns, request.weighted)
 
 
 @activity.defn(name="db_preflight")

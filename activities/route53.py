@@ -75,7 +75,7 @@ class Route53Provider:
         return await asyncio.to_thread(self._apply_weights, plan)
 
     # ------------------------------------------------------------------------------------- preflight
-    def preflight(self) -> PreflightReport:
+    def preflight(self, weighted: dict[str, str] | None = None) -> PreflightReport:
         """Credentials, the hosted zone, reading the record; writing has no dry run in Route53."""
         checks: list[PreflightCheck] = []
         try:
@@ -118,12 +118,14 @@ class Route53Provider:
             )
             return PreflightReport.of(self.name, checks)
         try:
-            state = self._read(self.config.record, self.config.type)
+            served = (
+                self._read(self.config.record, self.config.type).describe()
+                if weighted is None
+                else self._read_weights(self.config.record, self.config.type).describe()
+            )
             checks.append(
                 PreflightCheck(
-                    name=f"read {self.config.record} {self.config.type}",
-                    ok=True,
-                    detail=f"serves {state.describe()}",
+                    name=f"read {self.config.record} {self.config.type}", ok=True, detail=f"serves {served}"
                 )
             )
         except ApplicationError as error:

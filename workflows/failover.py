@@ -36,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
         dns_preflight,
     )
     from runbooks.loader import LoadedRunbook
-    from runbooks.model import Runbook
+    from runbooks.model import DnsWeightedTraffic, Runbook
     from workflows.archive import begin_archive, finish_archive
     from workflows.common import STEP_ATTR, load_runbook, tag_run
     from workflows.failover_models import (
@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
         plan_checksum,
         render_report,
     )
-    from workflows.moves import Moves, probes
+    from workflows.moves import Moves, probes, weighted_dns_plan
     from workflows.run_control import Ended, failure_message
 
 INVALID_REQUEST = "InvalidFailoverRequest"
@@ -169,12 +169,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
 
         async def observe() -> tuple[DnsChangePlan, HealthProbeResults, ReplicationStatus | None, str]:
             dns_plan, health = await asyncio.gather(
-                self._activity(
-                    plan_dns_change,
-                    PlanDnsChangeRequest(dns=runbook.dns, target_address=target_address),
-                    f"plan DNS {runbook.dns.record} → {target_address}",
-                ),
-                self._probe_target(runbook, target),
+                self._plan_dns(runbook, target_address), self._probe_target(runbook, target)
             )
             source = _serving_region(runbook, dns_plan, target)
             await self._provider_preflight(runbook, source, target)
@@ -220,13 +215,39 @@ class FailoverWorkflow(Moves[FailoverReport]):
             raise Ended("no-op", f"{runbook.service} already runs in {target}: DNS answers {target_address}")
         return plan
 
+    async def _plan_dns(self, runbook: Runbook, target_address: str) -> DnsChangePlan:
+        """The DNS change to approve; with dns-weighted traffic, planned here from the served weights."""
+        traffic = runbook.traffic
+        if isinstance(traffic, DnsWeightedTraffic):
+            served: canary.TrafficWeightsState = await self._activity(
+                canary.read_weights,
+                canary.ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
+                f"read the weights of {runbook.dns.record}",
+            )
+            return weighted_dns_plan(runbook, served.weights, target_address)
+        plan: DnsChangePlan = await self._activity(
+            plan_dns_change,
+            PlanDnsChangeRequest(dns=runbook.dns, target_address=target_address),
+            f"plan DNS {runbook.dns.record} → {target_address}",
+        )
+        return plan
+
     async def _provider_preflight(self, runbook: Runbook, source: str, target: str) -> None:
         """Cloud providers check credentials, resources and permissions before anything changes."""
         reports: list[PreflightReport] = []
         if runbook.dns.provider in CLOUD_DNS:
             reports.append(
                 await self._activity(
-                    dns_preflight, DnsPreflightRequest(dns=runbook.dns), f"{runbook.dns.provider} preflight"
+                    dns_preflight,
+                    DnsPreflightRequest(
+                        dns=runbook.dns,
+                        weighted=(
+                            dict(runbook.traffic.servers)
+                            if isinstance(runbook.traffic, DnsWeightedTraffic)
+                            else None
+                        ),
+                    ),
+                    f"{runbook.dns.provider} preflight",
                 )
             )
         db = runbook.database

@@ -18,7 +18,10 @@ with workflow.unsafe.imports_passed_through():
         ApplyDnsChangeRequest,
         DnsChangePlan,
         DnsChangeResult,
+        DnsRecordState,
         apply_dns_change,
+        desired_state,
+        normalise_value,
     )
     from activities.dns_reader import DnsQuery
     from activities.dns_sync import DnsChangeStatusRequest, wait_for_change
@@ -31,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.postgres import FenceResult, WaitForReplayResult, lsn_diff
     from activities.propagation import PropagationRequest, PropagationResult, verify_propagation
-    from runbooks.model import Runbook, render_url
+    from runbooks.model import DnsWeightedTraffic, Runbook, render_url
     from workflows.failover_models import DatabasePlan, DataLossWindow, Mode, MoveReport, Outcome, StepRecord
     from workflows.run_control import ControlledRun, Ended, failure_message
 
@@ -189,6 +192,10 @@ class Moves(ControlledRun[M]):
 
     async def _cut_over_dns(self, plan: MovePlan) -> None:
         runbook = self._require_runbook()
+        if isinstance(runbook.traffic, DnsWeightedTraffic):
+            # The weighted records are the DNS change: the failover's traffic step (target 100, others 0) or
+            # the failback's canary stages move them; there is no simple record to rewrite.
+            return
         change: DnsChangeResult = await self._step(
             f"cut DNS over to {plan.target_address}",
             lambda: self._activity(
@@ -295,6 +302,28 @@ class Moves(ControlledRun[M]):
             return
         self._update(compensation=result)
         self._note(f"compensated: {plan.source} serves again ({'; '.join(result.actions)})")
+
+
+def weighted_dns_plan(runbook: Runbook, weights: dict[str, int], target_address: str) -> DnsChangePlan:
+    """The DNS plan of a dns-weighted runbook, from the served weights (pure: the workflow builds it).
+
+    Served now: the addresses of the regions whose weight is above 0; desired: the target's address alone,
+    which is what the weighted records answer once the target holds 100 % and every other region 0.
+    """
+    dns = runbook.dns
+    current = sorted(
+        {
+            normalise_value(dns.type, runbook.regions[region].address)
+            for region, weight in weights.items()
+            if weight > 0 and region in runbook.regions
+        }
+    )
+    return DnsChangePlan.build(
+        dns.provider,
+        dns.zone,
+        DnsRecordState(record=dns.record, type=dns.type, ttl=dns.ttl, values=current),
+        desired_state(dns, target_address),
+    )
 
 
 def probes(runbook: Runbook, region: str, serving: bool) -> list[HealthProbe]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -276,7 +277,12 @@ def throttling_proxy(upstream: str) -> Iterator[ThrottlingProxy]:
 # ------------------------------------------------------------------------------- Route53 nameserver
 @contextmanager
 def route53_nameserver(endpoint: str, hosted_zone_id: str, zone: str) -> Iterator[Nameserver]:
-    """Answers authoritatively, per query, what the emulator's hosted zone holds (simple records only)."""
+    """Answers authoritatively, per query, what the emulator's hosted zone holds.
+
+    A simple record answers as it is; weighted record sets answer as Route53 does: one set per query, drawn
+    by weight among those above 0 (all of them equally when every weight is 0). Other routing policies are
+    not served.
+    """
     route53 = client("route53", endpoint)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((LOOPBACK, 0))
@@ -296,11 +302,11 @@ def route53_nameserver(endpoint: str, hosted_zone_id: str, zone: str) -> Iterato
             StartRecordName=name,
             StartRecordType=dns.rdatatype.to_text(question.rdtype),
         )["ResourceRecordSets"]
-        found = [
+        matching = [
             rs for rs in listed
             if rs["Name"].lower() == name and rs["Type"] == dns.rdatatype.to_text(question.rdtype)
-            and "SetIdentifier" not in rs
         ]  # fmt: skip
+        found = [rs for rs in matching if "SetIdentifier" not in rs] or _weighted_choice(matching)
         if found:
             values = [rr["Value"] for rr in found[0].get("ResourceRecords", [])]
             response.answer.append(
@@ -328,6 +334,14 @@ def route53_nameserver(endpoint: str, hosted_zone_id: str, zone: str) -> Iterato
         stop.set()
         thread.join(5)
         sock.close()
+
+
+def _weighted_choice(record_sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    weighted = [rs for rs in record_sets if "SetIdentifier" in rs and "Weight" in rs]
+    live = [rs for rs in weighted if int(rs["Weight"]) > 0]
+    if live:
+        return random.choices(live, weights=[int(rs["Weight"]) for rs in live])
+    return [random.choice(weighted)] if weighted else []
 
 
 # ------------------------------------------------------------------------------------- environment
