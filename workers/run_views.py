@@ -8,7 +8,7 @@ from typing import Any
 
 from workflows.drill_models import DrillReport, render_drill
 from workflows.failback_models import FailbackReport, render_failback
-from workflows.failover_models import FailoverReport, RunReport, progress_lines, render_plan, render_report
+from workflows.failover_models import FailoverReport, progress_lines, render_plan, render_report
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,22 @@ def _failover_progress(report: FailoverReport) -> list[tuple[str, str]]:
     return progress_lines(report, render_plan(report.plan) if report.plan is not None else None)
 
 
-def _run_progress(report: RunReport) -> list[tuple[str, str]]:
-    return progress_lines(report)
+def _failback_progress(report: FailbackReport) -> list[tuple[str, str]]:
+    lines = progress_lines(report)
+    for stage in report.stages:
+        result = stage.analysis
+        if result is None or stage.outcome == "running":
+            continue
+        split = ", ".join(f"{region} {share:.0%}" for region, share in sorted(result.split.items()))
+        why = f" ({'; '.join(result.reasons)})" if result.reasons else ""
+        lines.append(
+            (
+                f"stage {stage.percent} {stage.outcome}",
+                f"  analysis at {stage.percent}%: {stage.outcome}{why}; {result.requests} requests, "
+                f"errors {result.error_rate:.1%}, split {split}",
+            )
+        )
+    return lines
 
 
 def _drill_progress(report: DrillReport) -> list[tuple[str, str]]:
@@ -37,7 +51,7 @@ def _drill_progress(report: DrillReport) -> list[tuple[str, str]]:
 
 VIEWS: dict[str, RunView] = {
     "Failover": RunView(FailoverReport, render_report, _failover_progress),
-    "Failback": RunView(FailbackReport, render_failback, _run_progress),
+    "Failback": RunView(FailbackReport, render_failback, _failback_progress),
     "Drill": RunView(DrillReport, render_drill, _drill_progress),
 }
 

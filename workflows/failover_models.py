@@ -314,7 +314,8 @@ def progress_lines(report: RunReport, plan_text: str | None = None) -> list[tupl
         lines.append(
             (
                 f"gate {report.open_gate} {len(report.approvals)}",
-                f"\n{plan_text or ''}\n\nwaiting for approval of the {report.open_gate} gate: "
+                (f"\n{plan_text}\n\n" if plan_text else "")
+                + f"waiting for approval of the {report.open_gate} gate: "
                 f'drflow {approve} {report.workflow_id} --as <approver> --reason "..."',
             )
         )
