@@ -19,10 +19,10 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities import canary, database
-    from activities.dns_providers import DnsChangePlan, PlanDnsChangeRequest, plan_dns_change
+    from activities.dns_providers import DnsChangePlan
     from activities.health import HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
     from activities.postgres import PrepareStandbyResult, ReplicationStatus
-    from runbooks.model import DnsWeightedTraffic, Failback, Runbook, TrafficConfig
+    from runbooks.model import Failback, Runbook, TrafficConfig
     from workflows.archive import begin_archive, finish_archive
     from workflows.common import STEP_ATTR, load_runbook, tag_run
     from workflows.failback_models import (
@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
         render_failback,
     )
     from workflows.failover_models import DatabasePlan, Mode
-    from workflows.moves import Moves, probes, weighted_dns_plan
+    from workflows.moves import Moves, probes
     from workflows.run_control import Ended
 
 INVALID_REQUEST = "InvalidFailbackRequest"
@@ -161,23 +161,6 @@ class FailbackWorkflow(Moves[FailbackReport]):
             stages=stages, checksum=_checksum(runbook.service, source, home, dns_plan, stages),
         )  # fmt: skip
         self._update(plan=plan)
-        return plan
-
-    async def _plan_dns(self, runbook: Runbook, address: str) -> DnsChangePlan:
-        """The DNS change back home; with dns-weighted traffic, planned here from the served weights."""
-        traffic = runbook.traffic
-        if isinstance(traffic, DnsWeightedTraffic):
-            served: canary.TrafficWeightsState = await self._activity(
-                canary.read_weights,
-                canary.ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
-                f"read the weights of {runbook.dns.record}",
-            )
-            return weighted_dns_plan(runbook, served.weights, address)
-        plan: DnsChangePlan = await self._activity(
-            plan_dns_change,
-            PlanDnsChangeRequest(dns=runbook.dns, target_address=address),
-            f"plan DNS {runbook.dns.record} → {address}",
-        )
         return plan
 
     async def _probe(self, runbook: Runbook, region: str) -> HealthProbeResults:

@@ -18,8 +18,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.cloud import PreflightReport
     from activities.dns_providers import (
         DnsChangePlan,
-        PlanDnsChangeRequest,
-        plan_dns_change,
     )
     from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
     from activities.health import (
@@ -49,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
         plan_checksum,
         render_report,
     )
-    from workflows.moves import Moves, probes, weighted_dns_plan
+    from workflows.moves import Moves, probes
     from workflows.run_control import Ended, failure_message
 
 INVALID_REQUEST = "InvalidFailoverRequest"
@@ -213,23 +211,6 @@ class FailoverWorkflow(Moves[FailoverReport]):
             raise Ended("not-ready", "; ".join(problems))
         if source == target and dns_plan.no_op:
             raise Ended("no-op", f"{runbook.service} already runs in {target}: DNS answers {target_address}")
-        return plan
-
-    async def _plan_dns(self, runbook: Runbook, target_address: str) -> DnsChangePlan:
-        """The DNS change to approve; with dns-weighted traffic, planned here from the served weights."""
-        traffic = runbook.traffic
-        if isinstance(traffic, DnsWeightedTraffic):
-            served: canary.TrafficWeightsState = await self._activity(
-                canary.read_weights,
-                canary.ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
-                f"read the weights of {runbook.dns.record}",
-            )
-            return weighted_dns_plan(runbook, served.weights, target_address)
-        plan: DnsChangePlan = await self._activity(
-            plan_dns_change,
-            PlanDnsChangeRequest(dns=runbook.dns, target_address=target_address),
-            f"plan DNS {runbook.dns.record} → {target_address}",
-        )
         return plan
 
     async def _provider_preflight(self, runbook: Runbook, source: str, target: str) -> None:

@@ -13,15 +13,17 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import database
+    from activities import canary, database
     from activities.dns_providers import (
         ApplyDnsChangeRequest,
         DnsChangePlan,
         DnsChangeResult,
         DnsRecordState,
+        PlanDnsChangeRequest,
         apply_dns_change,
         desired_state,
         normalise_value,
+        plan_dns_change,
     )
     from activities.dns_reader import DnsQuery
     from activities.dns_sync import DnsChangeStatusRequest, wait_for_change
@@ -67,6 +69,23 @@ class MovePlan(Protocol):
 class Moves(ControlledRun[M]):
     def _mode(self) -> Mode:
         return "planned"
+
+    async def _plan_dns(self, runbook: Runbook, target_address: str) -> DnsChangePlan:
+        """The DNS change to approve; with dns-weighted traffic, planned here from the served weights."""
+        traffic = runbook.traffic
+        if isinstance(traffic, DnsWeightedTraffic):
+            served: canary.TrafficWeightsState = await self._activity(
+                canary.read_weights,
+                canary.ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
+                f"read the weights of {runbook.dns.record}",
+            )
+            return weighted_dns_plan(runbook, served.weights, target_address)
+        plan: DnsChangePlan = await self._activity(
+            plan_dns_change,
+            PlanDnsChangeRequest(dns=runbook.dns, target_address=target_address),
+            f"plan DNS {runbook.dns.record} → {target_address}",
+        )
+        return plan
 
     def _finish(self, outcome: Outcome) -> None:
         """Close the report; a completed run's duration from start to recovery is its achieved RTO."""
