@@ -4,19 +4,20 @@ Two activities, both needing the Temporal client, so they live on a class built 
 like the lock activities: ``archive_start`` (a run's last step) starts the ``ArchiveRun`` workflow for the
 run, and ``archive_run`` (ArchiveRun's only step) waits for the run to close and archives it. Where the
 archive goes comes from the worker's environment (``DRFLOW_ARCHIVE``, ``DRFLOW_ARCHIVE_RETENTION_DAYS``,
-``DRFLOW_ARCHIVE_LOCK_MODE``; see ``workers.audit.archive``), read when the worker starts; with
-``DRFLOW_ARCHIVE=off`` ``archive_start`` starts nothing.
+``DRFLOW_ARCHIVE_LOCK_MODE``; see ``workers.audit.archive``), read when the worker starts and handed
+in as an ``ArchiveWriter``; with ``DRFLOW_ARCHIVE=off`` ``archive_start`` starts nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
 
+from pydantic import Field
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -26,13 +27,12 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.errors import ArchiveRefused, ErrorType
+from activities.search_attributes import KIND_ATTR, SERVICE_ATTR
 from runbooks.model import StrictModel
-from workers.audit.archive import ARCHIVE_ENV, ArchiveConfig, ArchiveError, ArchiveResult, archive_history
-from workflows.common import KIND_ATTR, SERVICE_ATTR
 
-RUN_STILL_OPEN = "RunStillOpen"
-RUN_NOT_FOUND = "RunNotFound"
-ARCHIVE_REFUSED = "ArchiveRefused"
+ARCHIVE_ENV = "DRFLOW_ARCHIVE"
+MANIFEST_FORMAT = "drflow-audit-archive/1"
 # The run closes a moment after it started its archive: look again soon, then less often.
 FIRST_POLL = timedelta(milliseconds=100)
 MAX_POLL = timedelta(seconds=2)
@@ -62,10 +62,66 @@ class ArchiveStart(StrictModel):
     note: str
 
 
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+
+
+class ArchivedFile(StrictModel):
+    name: str
+    sha256: str
+    bytes: int
+    media_type: str
+    version_id: str | None = Field(default=None, description="the S3 object version written")
+
+
+class ObjectLock(StrictModel):
+    mode: LockMode
+    retain_until: datetime
+
+
+class Manifest(StrictModel):
+    format: str = MANIFEST_FORMAT
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    kind: str
+    run_status: str
+    run_closed_at: datetime | None
+    history_events: int
+    archived_at: datetime
+    files: list[ArchivedFile]
+    object_lock: ObjectLock | None = None
+
+
+class ArchiveResult(StrictModel):
+    location: str = Field(description="the run's folder: a path or s3://bucket/prefix/<workflow>/<run>")
+    manifest_sha256: str
+    manifest: Manifest
+    already_archived: bool = False
+
+
+class ArchiveWriter(Protocol):
+    """Where archives go: the audit library (``workers.audit.archive.HistoryArchiver``), from the worker.
+
+    A Protocol so that activities never import the worker layer, and tests can hand in a writer of their own.
+    """
+
+    @property
+    def enabled(self) -> bool:
+        """False when archiving is off on this worker (``DRFLOW_ARCHIVE=off``)."""
+        ...
+
+    def write(self, history: WorkflowHistory, kind: str) -> ArchiveResult:
+        """Archive the closed run's history and report; blocking. Raises ``errors.ArchiveRefused``.
+
+        Idempotent: an archive already written for the run is verified and returned, never overwritten.
+        """
+        ...
+
+
 class ArchiveActivities:
-    def __init__(self, client: Client, config: ArchiveConfig | None = None) -> None:
+    def __init__(self, client: Client, writer: ArchiveWriter) -> None:
         self._client = client
-        self._config = config or ArchiveConfig.from_env()
+        self._writer = writer
 
     def activities(self) -> list[Any]:
         return [self.start_archive_run, self.archive_run]
@@ -73,7 +129,7 @@ class ArchiveActivities:
     @activity.defn(name="archive_start")
     async def start_archive_run(self, request: StartArchiveRequest) -> ArchiveStart:
         """Start ArchiveRun for a run (its own workflow, id ``archive-<workflow>-<run>``); idempotent."""
-        if not self._config.enabled:
+        if not self._writer.enabled:
             return ArchiveStart(
                 started=False,
                 archive_workflow_id=None,
@@ -116,7 +172,7 @@ class ArchiveActivities:
                     raise ApplicationError(
                         f"{request.workflow_id} (run {request.run_id}) is not known to Temporal: "
                         "nothing to archive (past the namespace's retention?)",
-                        type=RUN_NOT_FOUND,
+                        type=ErrorType.RUN_NOT_FOUND,
                         non_retryable=True,
                     ) from err
                 raise
@@ -126,17 +182,17 @@ class ArchiveActivities:
                 raise ApplicationError(
                     f"{request.workflow_id} is still running after {request.wait_seconds:g}s; "
                     "archiving is retried until it closes",
-                    type=RUN_STILL_OPEN,
+                    type=ErrorType.RUN_STILL_OPEN,
                 )
             activity.heartbeat(f"waiting for {request.workflow_id} to close")
             await asyncio.sleep(poll)
             poll = min(poll * 2, MAX_POLL.total_seconds())
         history = await handle.fetch_history()
-        writing = asyncio.create_task(asyncio.to_thread(archive_history, history, request.kind, self._config))
+        writing = asyncio.create_task(asyncio.to_thread(self._writer.write, history, request.kind))
         while not writing.done():  # a long history to a slow bucket: keep telling Temporal we are alive
             activity.heartbeat(f"writing the archive of {request.workflow_id}")
             await asyncio.wait({writing}, timeout=HEARTBEAT_EVERY.total_seconds())
         try:
             return writing.result()
-        except ArchiveError as err:
-            raise ApplicationError(str(err), type=ARCHIVE_REFUSED, non_retryable=True) from err
+        except ArchiveRefused as err:
+            raise ApplicationError(str(err), type=ErrorType.ARCHIVE_REFUSED, non_retryable=True) from err

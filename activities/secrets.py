@@ -11,7 +11,7 @@ from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-SECRET_UNAVAILABLE = "SecretUnavailable"
+from activities.errors import ErrorType
 
 
 def resolve_secret(reference: str) -> str:
@@ -20,7 +20,8 @@ def resolve_secret(reference: str) -> str:
         value = os.environ.get(where)
         if value is None:
             raise ApplicationError(
-                f"secret {reference} is not set in the worker's environment", type=SECRET_UNAVAILABLE
+                f"secret {reference} is not set in the worker's environment",
+                type=ErrorType.SECRET_UNAVAILABLE,
             )
         return value
     if kind == "file":
@@ -29,8 +30,8 @@ def resolve_secret(reference: str) -> str:
         except OSError as err:
             raise ApplicationError(
                 f"secret {reference} cannot be read by the worker: {err.strerror or err}",
-                type=SECRET_UNAVAILABLE,
+                type=ErrorType.SECRET_UNAVAILABLE,
             ) from None
     raise ApplicationError(
-        f"unsupported secret reference {reference!r}", type=SECRET_UNAVAILABLE, non_retryable=True
+        f"unsupported secret reference {reference!r}", type=ErrorType.SECRET_UNAVAILABLE, non_retryable=True
     )

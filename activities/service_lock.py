@@ -10,8 +10,8 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecut
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.search_attributes import run_attributes
 from runbooks.model import StrictModel
-from workflows.common import run_attributes
 
 
 def lock_workflow_id(service: str) -> str:

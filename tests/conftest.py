@@ -11,10 +11,10 @@ import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.search_attributes import SEARCH_ATTRIBUTES
 from tests.support.dns import dns_world  # noqa: F401  (session fixture)
 from tests.support.postgres import pg_pair  # noqa: F401
 from tests.support.temporal import add_search_attributes, start_dev_server, venv_binary
-from workflows.common import SEARCH_ATTRIBUTES
 
 # Runs archive themselves when they end (workflows/archive.py). Tests that are not about the archive keep
 # it off: it would write into the checkout, and on the time-skipping server a run still archiving when its

@@ -26,18 +26,10 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.archive import ArchiveRequest, archive_workflow_id
+from activities.archive import ArchiveRequest, ArchiveResult, Manifest, archive_workflow_id
 from tests.support.failover import stateless_service
 from tests.test_audit_timeline import SECRETS, history_with_secrets
-from workers.audit.archive import (
-    ArchiveConfig,
-    ArchiveError,
-    ArchiveResult,
-    Manifest,
-    archive_history,
-    read_archived_history,
-    verify,
-)
+from workers.audit.archive import ArchiveConfig, ArchiveError, archive_history, read_archived_history, verify
 from workers.audit.replay import replay_history
 from workers.audit.timeline import build_timeline, read_history_file
 from workers.sandbox.named import NamedPair, free_port

@@ -18,7 +18,7 @@ from workers.audit.replay import replay_history
 from workers.audit.timeline import read_history_file
 
 with workflow.unsafe.imports_passed_through():
-    from activities import database
+    from activities.database import activities as database
     from activities.service_lock import LockHolder
     from workflows.failover import FailoverWorkflow
     from workflows.failover_models import FailoverPlan, FailoverReport, FailoverRequest

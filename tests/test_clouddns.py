@@ -11,19 +11,21 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import dns_providers, traffic
-from activities.cloud import Backoff
-from activities.clouddns import REQUIRED_PERMISSIONS, CloudDnsProvider
-from activities.dns_providers import (
-    ApplyDnsChangeRequest,
-    ConcurrentChange,
-    DnsChangePlan,
-    PlanDnsChangeRequest,
+from activities.cloud.retry import Backoff
+from activities.dns import registry as dns_registry
+from activities.dns.activities import (
+    ApplyWeightsRequest,
+    DnsChangeStatusRequest,
+    PlanWeightsRequest,
     apply_dns_change,
+    apply_weights,
     plan_dns_change,
+    plan_weights,
+    wait_for_change,
 )
-from activities.dns_sync import DnsChangeStatusRequest, wait_for_change
-from activities.traffic import ApplyWeightsRequest, PlanWeightsRequest, apply_weights, plan_weights
+from activities.dns.clouddns import REQUIRED_PERMISSIONS, CloudDnsProvider
+from activities.dns.plan import ApplyDnsChangeRequest, DnsChangePlan, PlanDnsChangeRequest
+from activities.errors import ConcurrentChange
 from runbooks.model import CloudDns, DnsConfig
 from tests.support.clouddns_standin import CloudDnsStandIn, library_client, serve_clouddns
 
@@ -60,8 +62,8 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudDnsStandIn]:
             return CloudDnsProvider(dns, client=library_client(server), backoff=FAST)
 
         # The activities build providers from the runbook; here they get the library client of the stand-in.
-        monkeypatch.setattr(dns_providers, "provider_for", provider)
-        monkeypatch.setattr(traffic, "weights_provider_for", provider)
+        monkeypatch.setattr(dns_registry, "dns_provider_for", provider)
+        monkeypatch.setattr(dns_registry, "weights_provider_for", provider)
         yield server
 
 

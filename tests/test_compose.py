@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workflows.common import SEARCH_ATTRIBUTES
+from activities.search_attributes import SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = "docker-compose.yml"

@@ -17,7 +17,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.dns_reader import DnsQuery, DnsReadout, NameserverAnswer, read_dns_record
+from activities.dns.reader import DnsQuery, DnsReadout, NameserverAnswer, read_dns_record
 from runbooks.model import Nameserver
 from tests.support.dns import APP_ADDRESS, APP_RECORD, RECORD_TTL, ZONE
 from workers.sandbox.named import LOOPBACK, NamedPair, free_port

@@ -11,17 +11,17 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import traffic
-from activities.canary import (
+from activities.cloud.retry import Backoff
+from activities.dns import registry as dns_registry
+from activities.dns.clouddns import CloudDnsProvider
+from activities.traffic.activities import (
     ReadWeightsRequest,
     SetWeightsRequest,
     SetWeightsResult,
-    TrafficWeightsState,
     read_weights,
     set_weights,
 )
-from activities.cloud import Backoff
-from activities.clouddns import CloudDnsProvider
+from activities.traffic.provider import TrafficWeightsState
 from runbooks.model import CloudDns, DnsConfig, DnsWeightedTraffic, Route53Dns
 from tests.support.aws import (
     client,
@@ -42,15 +42,15 @@ def weighted(servers: dict[str, str]) -> DnsWeightedTraffic:
     )
 
 
-def set_to(traffic_config: DnsWeightedTraffic, dns: DnsConfig, weights: dict[str, int]) -> SetWeightsResult:
-    result: SetWeightsResult = ActivityEnvironment().run(
+async def set_to(traffic_config: DnsWeightedTraffic, dns: DnsConfig, weights: dict[str, int]) -> SetWeightsResult:
+    result: SetWeightsResult = await ActivityEnvironment().run(
         set_weights, SetWeightsRequest(traffic=traffic_config, weights=weights, dns=dns)
     )
     return result
 
 
-def read(traffic_config: DnsWeightedTraffic, dns: DnsConfig) -> TrafficWeightsState:
-    state: TrafficWeightsState = ActivityEnvironment().run(
+async def read(traffic_config: DnsWeightedTraffic, dns: DnsConfig) -> TrafficWeightsState:
+    state: TrafficWeightsState = await ActivityEnvironment().run(
         read_weights, ReadWeightsRequest(traffic=traffic_config, dns=dns)
     )
     return state
@@ -84,38 +84,38 @@ def route53_weights(dns: Route53Dns, endpoint: str) -> list[tuple[str, int, str]
     )
 
 
-def test_route53_weighted_records_move_the_canary_5_50_100_and_read_back(
+async def test_route53_weighted_records_move_the_canary_5_50_100_and_read_back(
     route53: tuple[Route53Dns, str],
 ) -> None:
     dns, endpoint = route53
     config = weighted({"us-east-1": EAST, "us-west-2": WEST})
-    assert read(config, dns).weights == {"us-east-1": 5, "us-west-2": 95}
+    assert (await read(config, dns)).weights == {"us-east-1": 5, "us-west-2": 95}
 
-    result = set_to(config, dns, {"us-east-1": 50, "us-west-2": 50})
+    result = await set_to(config, dns, {"us-east-1": 50, "us-west-2": 50})
     assert result.applied and result.before.weights == {"us-east-1": 5, "us-west-2": 95}
     assert result.after.weights == {"us-east-1": 50, "us-west-2": 50}
     assert route53_weights(dns, endpoint) == [("us-east-1", 50, EAST), ("us-west-2", 50, WEST)]
 
-    result = set_to(config, dns, {"us-east-1": 100, "us-west-2": 0})
+    result = await set_to(config, dns, {"us-east-1": 100, "us-west-2": 0})
     assert result.applied and result.after.weights == {"us-east-1": 100, "us-west-2": 0}
     assert route53_weights(dns, endpoint) == [("us-east-1", 100, EAST), ("us-west-2", 0, WEST)]
-    assert read(config, dns) == result.after
+    assert await read(config, dns) == result.after
 
-    again = set_to(config, dns, {"us-east-1": 100})  # regions left out get 0: the same weights
+    again = await set_to(config, dns, {"us-east-1": 100})  # regions left out get 0: the same weights
     assert not again.applied and again.before == again.after == result.after
     assert route53_weights(dns, endpoint) == [("us-east-1", 100, EAST), ("us-west-2", 0, WEST)]
 
 
-def test_dns_weighted_without_the_dns_section_or_with_bad_percents_is_refused(
+async def test_dns_weighted_without_the_dns_section_or_with_bad_percents_is_refused(
     route53: tuple[Route53Dns, str],
 ) -> None:
     dns, _ = route53
     config = weighted({"us-east-1": EAST, "us-west-2": WEST})
     with pytest.raises(ApplicationError) as raised:
-        ActivityEnvironment().run(set_weights, SetWeightsRequest(traffic=config, weights={"us-east-1": 100}))
+        await ActivityEnvironment().run(set_weights, SetWeightsRequest(traffic=config, weights={"us-east-1": 100}))
     assert raised.value.non_retryable and "carries no dns section" in raised.value.message
     with pytest.raises(ApplicationError) as raised:
-        set_to(config, dns, {"us-east-1": 60, "us-west-2": 60})
+        await set_to(config, dns, {"us-east-1": 60, "us-west-2": 60})
     assert raised.value.type == "InvalidTrafficWeights" and "add up to 120" in raised.value.message
 
 
@@ -140,7 +140,7 @@ def clouddns(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[CloudDns, CloudD
             assert isinstance(dns, CloudDns)
             return CloudDnsProvider(dns, client=library_client(server), backoff=FAST)
 
-        monkeypatch.setattr(traffic, "weights_provider_for", provider)
+        monkeypatch.setattr(dns_registry, "weights_provider_for", provider)
         dns = CloudDns(
             provider="clouddns",
             project=server.project,
@@ -152,15 +152,15 @@ def clouddns(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[CloudDns, CloudD
         yield dns, server
 
 
-def test_clouddns_weighted_round_robin_moves_the_canary_and_reads_back(
+async def test_clouddns_weighted_round_robin_moves_the_canary_and_reads_back(
     clouddns: tuple[CloudDns, CloudDnsStandIn],
 ) -> None:
     dns, server = clouddns
     config = weighted({"europe-west1": EAST, "europe-west4": WEST})
-    assert read(config, dns).weights == {"europe-west1": 5, "europe-west4": 95}
+    assert (await read(config, dns)).weights == {"europe-west1": 5, "europe-west4": 95}
 
     for east in (50, 100):
-        result = set_to(config, dns, {"europe-west1": east, "europe-west4": 100 - east})
+        result = await set_to(config, dns, {"europe-west1": east, "europe-west4": 100 - east})
         assert result.applied and result.after.weights == {"europe-west1": east, "europe-west4": 100 - east}
     rrset = server.rrset("example-com", RECORD, "A")
     assert rrset is not None
@@ -169,5 +169,5 @@ def test_clouddns_weighted_round_robin_moves_the_canary_and_reads_back(
     ]  # fmt: skip
     landed = server.landed_changes
 
-    again = set_to(config, dns, {"europe-west1": 100, "europe-west4": 0})
+    again = await set_to(config, dns, {"europe-west1": 100, "europe-west4": 0})
     assert not again.applied and server.landed_changes == landed

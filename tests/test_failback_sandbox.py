@@ -11,7 +11,7 @@ import pytest_asyncio
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.canary import ReadWeightsRequest, read_weights
+from activities.traffic.activities import ReadWeightsRequest, read_weights
 from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.test_failover_sandbox import answers, in_recovery
@@ -110,7 +110,7 @@ async def test_failback_with_canary_brings_data_and_traffic_home_with_no_row_los
         assert abs(stage.analysis.split.get("region-a", 0.0) - stage.percent / 100) <= 0.1, stage.analysis
     runbook = world.runbook
     assert runbook.traffic is not None
-    weights = read_weights(ReadWeightsRequest(traffic=runbook.traffic))
+    weights = await read_weights(ReadWeightsRequest(traffic=runbook.traffic))
     assert weights.weights == {"region-a": 100, "region-b": 0}
     assert await answers(world) == [[REGION_A], [REGION_A]]
     assert [(a.gate, a.decision) for a in report.approvals] == [
@@ -142,7 +142,7 @@ async def test_a_failing_home_region_at_25_percent_rolls_the_canary_back_by_itse
     assert failed[0].analysis is not None and failed[0].analysis.reasons
     runbook = world.runbook
     assert runbook.traffic is not None
-    assert read_weights(ReadWeightsRequest(traffic=runbook.traffic)).weights == {
+    assert (await read_weights(ReadWeightsRequest(traffic=runbook.traffic))).weights == {
         "region-a": 0,
         "region-b": 100,
     }

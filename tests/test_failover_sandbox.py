@@ -17,14 +17,15 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.dns_reader import DnsQuery, read_dns_record
+from activities.dns.reader import DnsQuery, read_dns_record
+from activities.search_attributes import KIND_ATTR, SERVICE_ATTR, STEP_ATTR
 from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.test_cli_check import drflow, target
 from tests.test_cli_runbooks import DRFLOW
 from workers.sandbox.named import soa_serial
 from workers.worker import build_worker
-from workflows.common import KIND_ATTR, SERVICE_ATTR, STEP_ATTR, TASK_QUEUE
+from workflows.common import TASK_QUEUE
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
 from workflows.readiness import ReadinessWorkflow

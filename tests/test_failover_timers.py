@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from activities.dns_reader import DnsQuery, read_dns_record
+from activities.dns.reader import DnsQuery, read_dns_record
 from tests.support.failover import StatelessService, stateless_service, wait_for_gate
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker

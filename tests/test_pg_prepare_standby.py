@@ -10,26 +10,25 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.database import PrepareStandbyDatabaseRequest
-from activities.database import prepare_standby as db_prepare_standby
-from activities.errors import ErrorType
-from activities.postgres import (
-    FenceRequest,
-    FenceResult,
-    MeasureReplicationRequest,
-    PrepareStandbyRequest,
-    PrepareStandbyResult,
+from activities.database.activities import PrepareStandbyDatabaseRequest
+from activities.database.activities import prepare_standby as db_prepare_standby
+from activities.database.postgres.fence import FenceRequest, fence
+from activities.database.postgres.measure import MeasureReplicationRequest, measure_replication
+from activities.database.postgres.promote import (
     PromoteRequest,
-    PromoteResult,
-    ReplicationStatus,
     WaitForReplayRequest,
-    WaitForReplayResult,
-    fence,
-    measure_replication,
-    prepare_standby,
     promote,
     wait_for_replay,
 )
+from activities.database.postgres.rewind import PrepareStandbyRequest, prepare_standby
+from activities.database.results import (
+    FenceResult,
+    PrepareStandbyResult,
+    PromoteResult,
+    ReplicationStatus,
+    WaitForReplayResult,
+)
+from activities.errors import ErrorType
 from runbooks.model import PostgresDatabase
 from tests.support.postgres import eventually, postgres_pair, target
 from workers.sandbox.postgres import PostgresPair, pg_ctl_status

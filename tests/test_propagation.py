@@ -16,20 +16,16 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.dns_providers import (
-    ApplyDnsChangeRequest,
-    PlanDnsChangeRequest,
-    apply_dns_change,
-    plan_dns_change,
-)
-from activities.dns_reader import DnsQuery
-from activities.propagation import (
+from activities.dns.activities import apply_dns_change, plan_dns_change
+from activities.dns.plan import ApplyDnsChangeRequest, PlanDnsChangeRequest
+from activities.dns.propagation import (
     NameserverConvergence,
     PropagationProgress,
     PropagationRequest,
     PropagationResult,
     verify_propagation,
 )
+from activities.dns.reader import DnsQuery
 from runbooks.model import Rfc2136Dns, TsigKey
 from tests.support.dns import RECORD_TTL, TSIG_NAME, ZONE
 from workers.sandbox.named import LOOPBACK, NamedPair

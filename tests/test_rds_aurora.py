@@ -17,10 +17,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import database
-from activities.aurora import AuroraProvider
-from activities.cloud import Backoff
-from activities.rds import RdsProvider
+from activities.cloud.retry import Backoff
+from activities.database import activities as database
+from activities.database.aurora import AuroraProvider
+from activities.database.rds import RdsProvider
 from runbooks.model import AuroraGlobalDatabase, RdsDatabase
 from tests.support.aws import (
     StubbedClients,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from activities.dns_reader import DnsReadout, NameserverAnswer
+from activities.database.results import ReplicationStatus
+from activities.dns.reader import DnsReadout, NameserverAnswer
 from activities.health import HealthProbeResult
-from activities.postgres import ReplicationStatus
 from runbooks.loader import LoadedRunbook, load_runbook_file
 from workflows.readiness_report import assess, render_markdown
 

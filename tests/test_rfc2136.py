@@ -16,18 +16,17 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.dns_providers import (
+from activities.dns.activities import apply_dns_change, plan_dns_change
+from activities.dns.plan import (
     ApplyDnsChangeRequest,
-    ConcurrentChange,
     DnsChangePlan,
     DnsChangeResult,
     PlanDnsChangeRequest,
-    apply_dns_change,
     normalise_value,
-    plan_dns_change,
-    provider_for,
 )
-from activities.rfc2136 import Rfc2136Provider
+from activities.dns.registry import dns_provider_for
+from activities.dns.rfc2136 import Rfc2136Provider
+from activities.errors import ConcurrentChange
 from runbooks.model import CloudDns, DnsConfig, Nameserver, Rfc2136Dns, Route53Dns, TsigKey
 from tests.support.dns import RECORD_TTL, TSIG_NAME, ZONE, signed_update
 from workers.sandbox.named import LOOPBACK, NamedPair, free_port
@@ -313,15 +312,15 @@ async def test_an_unreachable_primary_is_a_retryable_error_naming_it(
 
 
 def test_the_runbook_provider_key_picks_the_provider(dns_world: NamedPair) -> None:
-    from activities.clouddns import CloudDnsProvider
-    from activities.route53 import Route53Provider
+    from activities.dns.clouddns import CloudDnsProvider
+    from activities.dns.route53 import Route53Provider
 
-    assert isinstance(provider_for(runbook_dns(dns_world, f"app.{ZONE}")), Rfc2136Provider)
+    assert isinstance(dns_provider_for(runbook_dns(dns_world, f"app.{ZONE}")), Rfc2136Provider)
     common = {"zone": ZONE, "record": f"app.{ZONE}", "ttl": 30}
     route53 = Route53Dns.model_validate(common | {"provider": "route53", "hosted_zone_id": "Z0123456789ABC"})
     clouddns = CloudDns.model_validate(common | {"provider": "clouddns", "project": "p", "managed_zone": "z"})
-    assert isinstance(provider_for(route53), Route53Provider)
-    assert isinstance(provider_for(clouddns), CloudDnsProvider)
+    assert isinstance(dns_provider_for(route53), Route53Provider)
+    assert isinstance(dns_provider_for(clouddns), CloudDnsProvider)
 
 
 def test_targets_are_compared_as_nameservers_print_them() -> None:

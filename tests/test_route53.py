@@ -10,18 +10,20 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.cloud import Backoff
-from activities.dns_providers import (
-    ApplyDnsChangeRequest,
-    ConcurrentChange,
-    DnsChangePlan,
-    PlanDnsChangeRequest,
+from activities.cloud.retry import Backoff
+from activities.dns.activities import (
+    ApplyWeightsRequest,
+    DnsChangeStatusRequest,
+    PlanWeightsRequest,
     apply_dns_change,
+    apply_weights,
     plan_dns_change,
+    plan_weights,
+    wait_for_change,
 )
-from activities.dns_sync import DnsChangeStatusRequest, wait_for_change
-from activities.route53 import Route53Provider
-from activities.traffic import ApplyWeightsRequest, PlanWeightsRequest, apply_weights, plan_weights
+from activities.dns.plan import ApplyDnsChangeRequest, DnsChangePlan, PlanDnsChangeRequest
+from activities.dns.route53 import Route53Provider
+from activities.errors import ConcurrentChange
 from runbooks.model import Route53Dns
 from tests.support.aws import (
     client,

@@ -9,20 +9,17 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.canary import (
-    CanaryRequest,
-    CanaryResult,
+from activities.errors import ErrorType
+from activities.traffic.activities import (
     ReadWeightsRequest,
     SetWeightsRequest,
     SetWeightsResult,
-    TrafficWeightsState,
-    analyse,
-    expected_share,
     read_weights,
     set_weights,
 )
-from activities.errors import ErrorType
-from activities.haproxy import HaproxyRuntime
+from activities.traffic.analysis import CanaryRequest, CanaryResult, analyse, expected_share
+from activities.traffic.haproxy import HaproxyRuntime
+from activities.traffic.provider import TrafficWeightsState
 from runbooks.model import CanaryAnalysis, HaproxyTraffic
 from tests.support.sandbox import sandbox_world
 from workers.sandbox.processes import stop_process
@@ -38,13 +35,13 @@ ANALYSIS = CanaryAnalysis(
 )
 
 
-def read(traffic: HaproxyTraffic) -> TrafficWeightsState:
-    state: TrafficWeightsState = ActivityEnvironment().run(read_weights, ReadWeightsRequest(traffic=traffic))
+async def read(traffic: HaproxyTraffic) -> TrafficWeightsState:
+    state: TrafficWeightsState = await ActivityEnvironment().run(read_weights, ReadWeightsRequest(traffic=traffic))
     return state
 
 
-def set_to(traffic: HaproxyTraffic, weights: dict[str, int]) -> SetWeightsResult:
-    result: SetWeightsResult = ActivityEnvironment().run(
+async def set_to(traffic: HaproxyTraffic, weights: dict[str, int]) -> SetWeightsResult:
+    result: SetWeightsResult = await ActivityEnvironment().run(
         set_weights, SetWeightsRequest(traffic=traffic, weights=weights)
     )
     return result
@@ -79,12 +76,12 @@ async def test_weights_move_through_the_runtime_api_and_the_canary_measures_the_
         assert {(r.status_code, r.json()["region"], r.json()["database"]) for r in answers} == {
             (200, A, "primary")
         }
-        assert read(traffic) == TrafficWeightsState(
+        assert await read(traffic) == TrafficWeightsState(
             weights={A: 100, B: 0}, raw={A: "100 (initial 100)", B: "0 (initial 0)"}
         )
 
         # 50/50, verified by reading back, and measured through the frontend (region-b answers as a standby).
-        moved = set_to(traffic, {A: 50, B: 50})
+        moved = await set_to(traffic, {A: 50, B: 50})
         assert moved.applied
         assert (moved.before.weights, moved.after.weights) == ({A: 100, B: 0}, {A: 50, B: 50})
         assert moved.after.raw == {A: "50 (initial 100)", B: "50 (initial 0)"}
@@ -96,15 +93,15 @@ async def test_weights_move_through_the_runtime_api_and_the_canary_measures_the_
         assert measured.duration_ms >= 900
 
         # Idempotent: already there, nothing written.
-        again = set_to(traffic, {A: 50, B: 50})
+        again = await set_to(traffic, {A: 50, B: 50})
         assert (again.applied, again.before, again.after) == (False, moved.after, moved.after)
 
         # Weights that are not a split of 100 % are refused before anything is written.
         with pytest.raises(ApplicationError) as refused:
-            set_to(traffic, {A: 60, B: 60})
+            await set_to(traffic, {A: 60, B: 60})
         assert refused.value.type == ErrorType.INVALID_TRAFFIC_WEIGHTS and refused.value.non_retryable
         assert "add up to 120" in refused.value.message
-        assert read(traffic).weights == {A: 50, B: 50}
+        assert (await read(traffic)).weights == {A: 50, B: 50}
 
         # region-a's app dies: HAProxy keeps it in the rotation (no health checks), so the canary sees it.
         app_pid = sandbox._app_pid(A)
@@ -124,15 +121,15 @@ async def test_weights_move_through_the_runtime_api_and_the_canary_measures_the_
         assert sandbox.status().component("haproxy").state == "stopped"
         restarted = sandbox.up()
         assert restarted.component("haproxy").change == "started"
-        assert read(traffic).weights == {A: 50, B: 50}
+        assert (await read(traffic)).weights == {A: 50, B: 50}
         assert (await canary(traffic, {A: 50, B: 50})).passed
         assert "GET / HTTP/1.1" in (sandbox.haproxy_dir / "haproxy.log").read_text()
 
-        back = set_to(traffic, {A: 100})
+        back = await set_to(traffic, {A: 100})
         assert back.applied and back.after.weights == {A: 100, B: 0}
 
 
-def test_an_unreachable_runtime_api_is_a_retryable_error() -> None:
+async def test_an_unreachable_runtime_api_is_a_retryable_error() -> None:
     traffic = HaproxyTraffic(
         provider="haproxy",
         runtime_api="unix:/nonexistent/drflow/admin.sock",
@@ -141,7 +138,7 @@ def test_an_unreachable_runtime_api_is_a_retryable_error() -> None:
         frontend_url="http://127.0.0.1:1",
     )
     with pytest.raises(ApplicationError) as unreachable:
-        read(traffic)
+        await read(traffic)
     assert unreachable.value.type == ErrorType.TRAFFIC_MANAGER_UNREACHABLE
     assert not unreachable.value.non_retryable
     assert "unix:/nonexistent/drflow/admin.sock" in unreachable.value.message

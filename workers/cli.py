@@ -22,6 +22,7 @@ import click
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from activities.search_attributes import run_attributes
 from runbooks.durations import format_duration
 from runbooks.loader import (
     LoadedRunbook,
@@ -33,7 +34,7 @@ from runbooks.loader import (
 )
 from runbooks.model import Runbook
 from workers.connection import ConnectionSettingsError, TemporalSettings
-from workflows.common import TASK_QUEUE, run_attributes
+from workflows.common import TASK_QUEUE
 from workflows.readiness_report import ReadinessReport, ReadinessRequest, render_markdown
 
 EXIT_OK, EXIT_ERROR, EXIT_DEGRADED, EXIT_NOT_READY = 0, 1, 3, 4

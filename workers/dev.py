@@ -25,9 +25,10 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.search_attributes import SEARCH_ATTRIBUTES
 from workers.sandbox.world import Sandbox, SandboxError
 from workers.worker import build_worker, run_until_signalled
-from workflows.common import SEARCH_ATTRIBUTES, TASK_QUEUE
+from workflows.common import TASK_QUEUE
 
 log = logging.getLogger("drflow.dev")
 

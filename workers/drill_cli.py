@@ -23,9 +23,10 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from activities.search_attributes import run_attributes
 from workers.cli import EXIT_OK, Failure, _services_to_check, connect, connection_options, settings_from
 from workers.connection import TemporalSettings
-from workflows.common import TASK_QUEUE, run_attributes
+from workflows.common import TASK_QUEUE
 from workflows.drill_models import DrillReport, DrillRequest
 
 CATCHUP_WINDOW = timedelta(hours=4)  # a drill missed during an outage must not fire days later

@@ -14,20 +14,18 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.archive import ArchiveActivities
-from activities.canary import analyse, read_weights, set_weights
-from activities.database import DATABASE_ACTIVITIES
-from activities.dns_providers import apply_dns_change, plan_dns_change
-from activities.dns_reader import read_dns_record
-from activities.dns_sync import wait_for_change
+from activities.archive import ArchiveActivities, ArchiveWriter
+from activities.database.activities import DATABASE_ACTIVITIES
+from activities.dns.activities import DNS_ACTIVITIES
+from activities.dns.propagation import verify_propagation
+from activities.dns.reader import read_dns_record
 from activities.drill_report import write_drill_report
 from activities.health import probe_health, validate_health
-from activities.preflight import PREFLIGHT_ACTIVITIES
-from activities.propagation import verify_propagation
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
 from activities.slack import SLACK_ACTIVITIES
-from activities.traffic import TRAFFIC_ACTIVITIES
+from activities.traffic.activities import TRAFFIC_ACTIVITIES
+from workers.audit.archive import HistoryArchiver
 from workflows.archive import ArchiveRunWorkflow
 from workflows.common import TASK_QUEUE
 from workflows.drill import DrillWorkflow
@@ -51,27 +49,22 @@ WORKFLOWS: Sequence[type] = (
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
-def activities_for(client: Client, runbooks_dir: Path) -> list[Any]:
+def activities_for(client: Client, runbooks_dir: Path, archive: ArchiveWriter | None = None) -> list[Any]:
+    """Every activity the workflows call; ``archive`` defaults to the audit library as configured."""
     lock = ServiceLockActivities(client)
     return [
         RunbookActivities(runbooks_dir).load_runbook,
         probe_health,
         validate_health,
         read_dns_record,
-        plan_dns_change,
-        apply_dns_change,
         verify_propagation,
+        *DNS_ACTIVITIES,
         lock.acquire,
         lock.holder_status,
         *DATABASE_ACTIVITIES,
-        read_weights,
-        set_weights,
-        analyse,
-        write_drill_report,
-        wait_for_change,
-        *PREFLIGHT_ACTIVITIES,
         *TRAFFIC_ACTIVITIES,
-        *ArchiveActivities(client).activities(),
+        write_drill_report,
+        *ArchiveActivities(client, archive or HistoryArchiver()).activities(),
         *SLACK_ACTIVITIES,
     ]
 

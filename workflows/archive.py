@@ -23,15 +23,15 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.archive import (
-        ARCHIVE_REFUSED,
-        RUN_NOT_FOUND,
         ArchiveActivities,
         ArchiveRequest,
+        ArchiveResult,
         StartArchiveRequest,
         archive_workflow_id,
     )
-    from workers.audit.archive import ArchiveResult
-    from workflows.common import INFRA_RETRY, SERVICE_ATTR
+    from activities.errors import ErrorType
+    from activities.search_attributes import SERVICE_ATTR
+    from workflows.common import INFRA_RETRY
 
 __all__ = [
     "ARCHIVE_PATCH",
@@ -50,7 +50,7 @@ ARCHIVE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=10),
     maximum_attempts=150,
-    non_retryable_error_types=[RUN_NOT_FOUND, ARCHIVE_REFUSED],
+    non_retryable_error_types=[ErrorType.RUN_NOT_FOUND, ErrorType.ARCHIVE_REFUSED],
 )
 
 

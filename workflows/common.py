@@ -1,24 +1,23 @@
-"""Names shared by workflows, workers and the CLI: task queue, search attributes, retry defaults."""
+"""Shared by workflows, workers and the CLI: task queue, retry defaults, loading a runbook, tagging a run.
+
+The search attributes themselves live in ``activities.search_attributes`` (activities start workflows too).
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.errors import ErrorType
     from activities.runbook import LoadRunbookRequest, RunbookActivities
+    from activities.search_attributes import KIND_ATTR, SERVICE_ATTR, STEP_ATTR
     from runbooks.loader import LoadedRunbook
 
 TASK_QUEUE = "drflow"
-
-SERVICE_ATTR = SearchAttributeKey.for_keyword("DrflowService")
-KIND_ATTR = SearchAttributeKey.for_keyword("DrflowKind")
-STEP_ATTR = SearchAttributeKey.for_keyword("DrflowStep")
-SEARCH_ATTRIBUTES = (SERVICE_ATTR, KIND_ATTR, STEP_ATTR)
 
 # Infrastructure hiccups (worker restart, transient network) are retried with backoff; an activity that
 # reports a definite outcome (a failing health check, a refused runbook) returns or fails non-retryably.
@@ -48,17 +47,6 @@ async def load_runbook(service: str) -> LoadedRunbook:
         ):
             raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
         raise
-
-
-def run_attributes(service: str, kind: str, step: str) -> TypedSearchAttributes:
-    """What a starter (CLI, lock activity) sets at start, so the run needs no upsert of its own."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(SERVICE_ATTR, service),
-            SearchAttributePair(KIND_ATTR, kind),
-            SearchAttributePair(STEP_ATTR, step),
-        ]
-    )
 
 
 def tag_run(service: str, kind: str, step: str) -> None:

@@ -16,8 +16,9 @@ from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill_report import DrillReportFiles, write_drill_report
+    from activities.search_attributes import STEP_ATTR
     from workflows.archive import start_archive
-    from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
+    from workflows.common import INFRA_RETRY, load_runbook, tag_run
     from workflows.drill_models import DrillReport, DrillRequest, assess_drill, render_drill
     from workflows.failback_models import FailbackReport, FailbackRequest
     from workflows.failover_models import FailoverReport, FailoverRequest

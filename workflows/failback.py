@@ -18,13 +18,17 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import canary, database
-    from activities.dns_providers import DnsChangePlan
+    from activities.database import activities as database
+    from activities.database.results import PrepareStandbyResult, ReplicationStatus
+    from activities.dns.plan import DnsChangePlan
+    from activities.errors import ErrorType
     from activities.health import HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
-    from activities.postgres import PrepareStandbyResult, ReplicationStatus
+    from activities.search_attributes import STEP_ATTR
+    from activities.traffic.activities import SetWeightsRequest, set_weights
+    from activities.traffic.analysis import CanaryRequest, analyse
     from runbooks.model import Failback, Runbook, TrafficConfig
     from workflows.archive import begin_archive, finish_archive
-    from workflows.common import STEP_ATTR, load_runbook, tag_run
+    from workflows.common import load_runbook, tag_run
     from workflows.failback_models import (
         FailbackPlan,
         FailbackReport,
@@ -36,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.moves import Moves, probes
     from workflows.run_control import Ended
 
-INVALID_REQUEST = "InvalidFailbackRequest"
 SINGLE_STAGE = Failback(stages=[100])
 
 
@@ -119,7 +122,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
         if home not in runbook.regions:
             raise ApplicationError(
                 f"{home!r} is not a region of {request.service} (regions: {', '.join(runbook.regions)})",
-                type=INVALID_REQUEST,
+                type=ErrorType.INVALID_FAILBACK_REQUEST,
                 non_retryable=True,
             )
         self._runbook = runbook
@@ -240,14 +243,14 @@ class FailbackWorkflow(Moves[FailbackReport]):
             applied = await self._step(
                 f"canary {percent}%",
                 lambda w=weights: self._activity(  # type: ignore[misc]
-                    canary.set_weights,
-                    canary.SetWeightsRequest(traffic=traffic, weights=w, dns=runbook.dns),
+                    set_weights,
+                    SetWeightsRequest(traffic=traffic, weights=w, dns=runbook.dns),
                     f"weights {', '.join(f'{r} {v}%' for r, v in w.items())}",
                 ),
             )
             result = await self._activity(
-                canary.analyse,
-                canary.CanaryRequest(
+                analyse,
+                CanaryRequest(
                     url=traffic.frontend_url,
                     analysis=analysis,
                     expected_share={region: value / 100 for region, value in weights.items()},
@@ -271,8 +274,8 @@ class FailbackWorkflow(Moves[FailbackReport]):
         await self._step(
             f"roll back canary from {percent}%",
             lambda: self._activity(
-                canary.set_weights,
-                canary.SetWeightsRequest(traffic=traffic, weights=rollback, dns=self._require_runbook().dns),
+                set_weights,
+                SetWeightsRequest(traffic=traffic, weights=rollback, dns=self._require_runbook().dns),
                 f"weights back: {plan.target} 0%",
             ),
         )

@@ -7,9 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from activities.canary import CanaryResult, SetWeightsResult
-from activities.dns_providers import DnsChangePlan
-from activities.postgres import PrepareStandbyResult
+from activities.database.results import PrepareStandbyResult
+from activities.dns.plan import DnsChangePlan
+from activities.traffic.activities import SetWeightsResult
+from activities.traffic.analysis import CanaryResult
 from runbooks.model import StrictModel
 from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport
 

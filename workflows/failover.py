@@ -14,29 +14,26 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import canary, database
-    from activities.cloud import PreflightReport
-    from activities.dns_providers import (
-        DnsChangePlan,
-    )
-    from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
+    from activities.cloud.preflight import PreflightReport
+    from activities.database import activities as database
+    from activities.database.activities import DatabasePreflightRequest, db_preflight
+    from activities.database.results import ReplicationStatus
+    from activities.dns.activities import DnsPreflightRequest, dns_preflight
+    from activities.dns.plan import DnsChangePlan
+    from activities.dns.reader import DnsQuery, DnsReadout, read_dns_record
+    from activities.errors import ErrorType
     from activities.health import (
         HealthProbeRequest,
         HealthProbeResults,
         probe_budget,
         probe_health,
     )
-    from activities.postgres import ReplicationStatus
-    from activities.preflight import (
-        DatabasePreflightRequest,
-        DnsPreflightRequest,
-        db_preflight,
-        dns_preflight,
-    )
+    from activities.search_attributes import STEP_ATTR
+    from activities.traffic.activities import SetWeightsRequest, set_weights
     from runbooks.loader import LoadedRunbook
     from runbooks.model import DnsWeightedTraffic, Runbook
     from workflows.archive import begin_archive, finish_archive
-    from workflows.common import STEP_ATTR, load_runbook, tag_run
+    from workflows.common import load_runbook, tag_run
     from workflows.failover_models import (
         DatabasePlan,
         FailoverPlan,
@@ -50,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.moves import Moves, probes
     from workflows.run_control import Ended, failure_message
 
-INVALID_REQUEST = "InvalidFailoverRequest"
 CLOUD_DNS = frozenset({"route53", "clouddns"})
 CLOUD_DATABASES = frozenset({"rds", "aurora-global"})
 
@@ -136,8 +132,8 @@ class FailoverWorkflow(Moves[FailoverReport]):
         await self._step(
             f"send all traffic to {plan.target}",
             lambda: self._activity(
-                canary.set_weights,
-                canary.SetWeightsRequest(traffic=traffic, weights=weights, dns=runbook.dns),
+                set_weights,
+                SetWeightsRequest(traffic=traffic, weights=weights, dns=runbook.dns),
                 f"{traffic.provider}: {plan.target} 100%",
             ),
             lambda r: f"{r.before.describe()} → {r.after.describe()}",
@@ -151,7 +147,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
             raise ApplicationError(
                 f"{request.target!r} is not a region of {request.service} "
                 f"(regions: {', '.join(runbook.regions)})",
-                type=INVALID_REQUEST,
+                type=ErrorType.INVALID_FAILOVER_REQUEST,
                 non_retryable=True,
             )
         self._runbook = runbook

@@ -13,14 +13,19 @@ from typing import Literal
 
 from pydantic import Field
 
-from activities.cloud import PreflightReport
-from activities.database import UnfenceResult
-from activities.dns_providers import DnsChangePlan, DnsChangeResult
-from activities.dns_reader import DnsReadout
-from activities.dns_sync import DnsChangeStatus
+from activities.cloud.preflight import PreflightReport
+from activities.database.results import (
+    FenceResult,
+    PromoteResult,
+    ReplicationStatus,
+    UnfenceResult,
+    WaitForReplayResult,
+)
+from activities.dns.activities import DnsChangeStatus
+from activities.dns.plan import DnsChangePlan, DnsChangeResult
+from activities.dns.propagation import PropagationResult
+from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult, HealthValidationResult
-from activities.postgres import FenceResult, PromoteResult, ReplicationStatus, WaitForReplayResult
-from activities.propagation import PropagationResult
 from activities.service_lock import LockHolder
 from runbooks.durations import format_duration
 from runbooks.model import Gate, StrictModel

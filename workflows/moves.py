@@ -13,20 +13,25 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities import canary, database
-    from activities.dns_providers import (
+    from activities.database import activities as database
+    from activities.database.results import FenceResult, WaitForReplayResult, lsn_diff
+    from activities.dns.activities import (
+        DnsChangeStatusRequest,
+        apply_dns_change,
+        plan_dns_change,
+        wait_for_change,
+    )
+    from activities.dns.plan import (
         ApplyDnsChangeRequest,
         DnsChangePlan,
         DnsChangeResult,
         DnsRecordState,
         PlanDnsChangeRequest,
-        apply_dns_change,
         desired_state,
         normalise_value,
-        plan_dns_change,
     )
-    from activities.dns_reader import DnsQuery
-    from activities.dns_sync import DnsChangeStatusRequest, wait_for_change
+    from activities.dns.propagation import PropagationRequest, PropagationResult, verify_propagation
+    from activities.dns.reader import DnsQuery
     from activities.health import (
         HealthProbe,
         HealthValidationRequest,
@@ -34,8 +39,8 @@ with workflow.unsafe.imports_passed_through():
         ValidatedProbe,
         validate_health,
     )
-    from activities.postgres import FenceResult, WaitForReplayResult, lsn_diff
-    from activities.propagation import PropagationRequest, PropagationResult, verify_propagation
+    from activities.traffic.activities import ReadWeightsRequest, read_weights
+    from activities.traffic.provider import TrafficWeightsState
     from runbooks.model import DnsWeightedTraffic, Runbook, render_url
     from workflows.failover_models import DatabasePlan, DataLossWindow, Mode, MoveReport, Outcome, StepRecord
     from workflows.run_control import ControlledRun, Ended, failure_message
@@ -74,9 +79,9 @@ class Moves(ControlledRun[M]):
         """The DNS change to approve; with dns-weighted traffic, planned here from the served weights."""
         traffic = runbook.traffic
         if isinstance(traffic, DnsWeightedTraffic):
-            served: canary.TrafficWeightsState = await self._activity(
-                canary.read_weights,
-                canary.ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
+            served: TrafficWeightsState = await self._activity(
+                read_weights,
+                ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
                 f"read the weights of {runbook.dns.record}",
             )
             return weighted_dns_plan(runbook, served.weights, target_address)

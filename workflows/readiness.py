@@ -12,8 +12,9 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities import database
-    from activities.dns_reader import DnsQuery, DnsReadout, read_dns_record
+    from activities.database import activities as database
+    from activities.database.results import ReplicationStatus
+    from activities.dns.reader import DnsQuery, DnsReadout, read_dns_record
     from activities.health import (
         HealthProbe,
         HealthProbeRequest,
@@ -21,11 +22,11 @@ with workflow.unsafe.imports_passed_through():
         probe_budget,
         probe_health,
     )
-    from activities.postgres import ReplicationStatus
+    from activities.search_attributes import STEP_ATTR
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
     from workflows.archive import start_archive
-    from workflows.common import INFRA_RETRY, STEP_ATTR, load_runbook, tag_run
+    from workflows.common import INFRA_RETRY, load_runbook, tag_run
     from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
 
 DNS_QUERY_TIMEOUT = 2.0

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from activities.dns_reader import DnsReadout
+from activities.database.results import ReplicationStatus
+from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult
-from activities.postgres import ReplicationStatus
 from runbooks.durations import Duration, format_duration
 from runbooks.loader import LoadedRunbook
 from runbooks.model import StrictModel, budget_overrun

@@ -39,7 +39,7 @@ import dns.rrset
 import pytest
 from botocore.stub import Stubber
 
-from activities.aws import AwsClients
+from activities.cloud.aws import AwsClients
 from runbooks.model import Nameserver
 from workers.sandbox.named import LOOPBACK, free_port
 

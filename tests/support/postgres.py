@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from activities.postgres import PostgresTarget
+from activities.database.postgres.connection import PostgresTarget
 from workers.sandbox.named import free_ports
 from workers.sandbox.postgres import PostgresPair, PostgresPairConfig
 

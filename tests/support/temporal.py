@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from workflows.common import SEARCH_ATTRIBUTES
+from activities.search_attributes import SEARCH_ATTRIBUTES
 
 
 def venv_binary(name: str) -> str:

@@ -35,19 +35,26 @@ from urllib.parse import quote
 from pydantic import Field, ValidationError
 from temporalio.client import WorkflowHistory
 
+from activities.archive import (
+    ARCHIVE_ENV,
+    ArchivedFile,
+    ArchiveResult,
+    LockMode,
+    Manifest,
+    ObjectLock,
+)
+from activities.errors import ArchiveRefused
 from runbooks.model import StrictModel
 from workers.audit.model import Timeline
 from workers.audit.redact import redact_history
 from workers.audit.render import render_json, render_markdown
 from workers.audit.timeline import build_timeline
 
-ARCHIVE_ENV = "DRFLOW_ARCHIVE"
 RETENTION_ENV = "DRFLOW_ARCHIVE_RETENTION_DAYS"
 LOCK_MODE_ENV = "DRFLOW_ARCHIVE_LOCK_MODE"
 DEFAULT_ARCHIVE = ".drflow/archive"
 ARCHIVE_OFF = "off"
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "drflow-audit-archive/1"
 HISTORY = "history.json"
 MEDIA_TYPES = {
     HISTORY: "application/json",
@@ -56,10 +63,7 @@ MEDIA_TYPES = {
     MANIFEST: "application/json",
 }
 
-LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
-
-
-class ArchiveError(Exception):
+class ArchiveError(ArchiveRefused):
     """The archive cannot be written or read as asked; the message says what to fix."""
 
 
@@ -89,40 +93,6 @@ class ArchiveConfig(StrictModel):
     @property
     def enabled(self) -> bool:
         return self.location.strip().lower() != ARCHIVE_OFF
-
-
-class ArchivedFile(StrictModel):
-    name: str
-    sha256: str
-    bytes: int
-    media_type: str
-    version_id: str | None = Field(default=None, description="the S3 object version written")
-
-
-class ObjectLock(StrictModel):
-    mode: LockMode
-    retain_until: datetime
-
-
-class Manifest(StrictModel):
-    format: str = MANIFEST_FORMAT
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    kind: str
-    run_status: str
-    run_closed_at: datetime | None
-    history_events: int
-    archived_at: datetime
-    files: list[ArchivedFile]
-    object_lock: ObjectLock | None = None
-
-
-class ArchiveResult(StrictModel):
-    location: str = Field(description="the run's folder: a path or s3://bucket/prefix/<workflow>/<run>")
-    manifest_sha256: str
-    manifest: Manifest
-    already_archived: bool = False
 
 
 class FileCheck(StrictModel):
@@ -390,6 +360,20 @@ def archive_history(
     data = (manifest.model_dump_json(indent=2) + "\n").encode()
     store.write(MANIFEST, data, MEDIA_TYPES[MANIFEST])
     return ArchiveResult(location=store.location, manifest_sha256=_sha(data), manifest=manifest)
+
+
+class HistoryArchiver:
+    """``activities.archive.ArchiveWriter`` over this module: what the worker hands its archive activities."""
+
+    def __init__(self, config: ArchiveConfig | None = None) -> None:
+        self.config = config or ArchiveConfig.from_env()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def write(self, history: WorkflowHistory, kind: str) -> ArchiveResult:
+        return archive_history(history, kind, self.config)
 
 
 def _sha(data: bytes) -> str:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activities.haproxy import HaproxyError, HaproxyRuntime
+from activities.traffic.haproxy import HaproxyError, HaproxyRuntime
 from workers.sandbox.processes import pid_alive, spawn_detached, stop_process
 
 PACKAGE = "haproxy"

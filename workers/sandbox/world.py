@@ -30,7 +30,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from activities.haproxy import HaproxyError
+from activities.database.postgres.pg_ctl import (
+    PostgresCommandError,
+    PostgresNotInstalledError,
+    find_pg_bindir,
+)
+from activities.traffic.haproxy import HaproxyError
 from runbooks.loader import parse_runbook
 from runbooks.model import HaproxyTraffic, PostgresDatabase, Rfc2136Dns, Runbook, StrictModel
 from workers.sandbox.haproxy import (
@@ -49,14 +54,7 @@ from workers.sandbox.named import (
     ZoneRecord,
     find_named,
 )
-from workers.sandbox.postgres import (
-    PostgresCommandError,
-    PostgresNotInstalledError,
-    PostgresPair,
-    PostgresPairConfig,
-    PostgresServer,
-    find_pg_bindir,
-)
+from workers.sandbox.postgres import PostgresPair, PostgresPairConfig, PostgresServer
 from workers.sandbox.processes import pid_alive, spawn_detached, stop_process
 
 DEFAULT_STATE_DIR = Path(".drflow/sandbox")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import (
+from activities.cloud.aws import (
     AwsClientFactory,
     AwsClients,
     arn_region,
@@ -32,9 +32,18 @@ from activities.aws import (
     error_code,
     latest_metric,
 )
-from activities.cloud import DEFAULT_BACKOFF, Backoff, PreflightCheck, PreflightReport, heartbeat
+from activities.cloud.preflight import PreflightCheck, PreflightReport
+from activities.cloud.retry import DEFAULT_BACKOFF, Backoff, heartbeat
+from activities.database.results import (
+    FenceMode,
+    FenceResult,
+    PrepareStandbyResult,
+    PromoteResult,
+    ReplicationStatus,
+    UnfenceResult,
+    WaitForReplayResult,
+)
 from activities.errors import ErrorType
-from activities.postgres import FenceMode, FenceResult, PromoteResult, ReplicationStatus, UnfenceResult
 from runbooks.model import RdsDatabase, aws_region_name
 
 if TYPE_CHECKING:
@@ -156,7 +165,7 @@ class RdsProvider:
         )
 
     # -------------------------------------------------------------------------------------------- fence
-    def fence(self, region: str, mode: FenceMode) -> FenceResult:
+    def fence(self, region: str, mode: FenceMode, timeout_seconds: float = 30) -> FenceResult:
         source = self.instance(region)
         if mode != "emergency":
             raise ApplicationError(
@@ -185,7 +194,7 @@ class RdsProvider:
         )
 
     # ------------------------------------------------------------------------------------------ promote
-    def promote(self, region: str, timeout_seconds: float) -> PromoteResult:
+    def promote(self, region: str, timeout_seconds: float, mode: FenceMode | None = None) -> PromoteResult:
         """PromoteReadReplica unless already standalone; then wait until available without a source."""
         started = time.monotonic()
         deadline = started + timeout_seconds
@@ -260,12 +269,26 @@ class RdsProvider:
         return UnfenceResult(
             region=region,
             restored=serving,
-            already_serving=serving,
             actions=[
                 f"nothing to undo: {source} was not fenced (RDS has no fence)",
                 f"{source} is {described['DBInstanceStatus']}"
                 + (" and replicating" if _is_replica(described) else ", standalone"),
             ],
+        )
+
+    # ---------------------------------------------------------------------------- steps RDS does not have
+    def wait_for_replay(self, region: str, position: str, timeout_seconds: float) -> WaitForReplayResult:
+        raise ApplicationError(
+            f"{self.config.provider} has no replay position to wait for (its fence reports no final LSN)",
+            type=ErrorType.NOT_APPLICABLE,
+            non_retryable=True,
+        )
+
+    def prepare_standby(self, region: str, source: str, timeout_seconds: float) -> PrepareStandbyResult:
+        raise ApplicationError(
+            f"database provider {self.config.provider!r} is not supported by this worker yet",
+            type=ErrorType.UNSUPPORTED_PROVIDER,
+            non_retryable=True,
         )
 
     # ---------------------------------------------------------------------------------------- preflight

@@ -14,8 +14,8 @@ from pydantic import Field, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.dns_providers import normalise_value
-from activities.dns_reader import DnsQuery, NameserverAnswer, ask_nameserver, discover_nameservers
+from activities.dns.plan import normalise_value
+from activities.dns.reader import DnsQuery, NameserverAnswer, ask_nameserver, discover_nameservers
 from activities.errors import ErrorType
 from runbooks.model import Nameserver, StrictModel
 

@@ -23,11 +23,12 @@ from google.cloud import dns as google_dns
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.cloud import DEFAULT_BACKOFF, Backoff, PreflightCheck, PreflightReport, Verdict, with_backoff
-from activities.dns_providers import ConcurrentChange, DnsChangePlan, DnsRecordState, normalise_value
-from activities.dns_reader import RecordType
-from activities.errors import ErrorType
-from activities.traffic import TrafficShare, TrafficState, WeightPlan
+from activities.cloud.preflight import PreflightCheck, PreflightReport
+from activities.cloud.retry import DEFAULT_BACKOFF, Backoff, Verdict, with_backoff
+from activities.dns.plan import DnsChangePlan, DnsRecordState, normalise_value
+from activities.dns.reader import RecordType
+from activities.dns.weights import TrafficShare, TrafficState, WeightPlan
+from activities.errors import ConcurrentChange, ErrorType
 from runbooks.model import CloudDns
 
 RecordSet = dict[str, Any]

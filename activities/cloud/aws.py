@@ -29,7 +29,7 @@ from botocore.exceptions import (
 )
 from temporalio.exceptions import ApplicationError
 
-from activities.cloud import DEFAULT_BACKOFF, Backoff, Verdict, with_backoff
+from activities.cloud.retry import DEFAULT_BACKOFF, Backoff, Verdict, with_backoff
 from activities.errors import ErrorType
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""What the cloud providers share, whatever the vendor: retrying throttled calls, and the preflight report.
+"""Retrying throttled cloud calls with backoff and jitter, and heartbeats only where someone listens.
 
 Cloud APIs throttle bursts (Route53 allows five requests a second per account, Cloud DNS has per-minute
 quotas), and a failover is exactly such a burst. A throttled call did not run, so it is always safe to retry;
@@ -15,10 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from pydantic import Field
 from temporalio import activity
-
-from runbooks.model import StrictModel
 
 T = TypeVar("T")
 
@@ -81,30 +78,3 @@ def heartbeat(*details: object) -> None:
 def _short(error: Exception) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-# -------------------------------------------------------------------------------------------- preflight
-class PreflightCheck(StrictModel):
-    name: str = Field(description="what was checked, e.g. 'hosted zone Z123 exists'")
-    ok: bool | None = Field(description="None: could not be verified without changing something")
-    detail: str
-
-
-class PreflightReport(StrictModel):
-    """What a provider verified before anything changes; ``ok`` is False when any check failed."""
-
-    provider: str
-    ok: bool
-    checks: list[PreflightCheck]
-
-    @classmethod
-    def of(cls, provider: str, checks: list[PreflightCheck]) -> PreflightReport:
-        return cls(provider=provider, ok=all(check.ok is not False for check in checks), checks=checks)
-
-    @property
-    def problems(self) -> list[str]:
-        return [f"{check.name}: {check.detail}" for check in self.checks if check.ok is False]
-
-    def markdown(self) -> str:
-        mark = {True: "✓", False: "✗", None: "?"}
-        return "\n".join(f"- {mark[check.ok]} {check.name}: {check.detail}" for check in self.checks)

@@ -10,12 +10,15 @@ The runtime API answers one command per connection (non-interactive mode) and re
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities.canary import TrafficManagerRefused, TrafficManagerUnreachable
+from activities.errors import TrafficManagerRefused, TrafficManagerUnreachable
+from activities.traffic.provider import TrafficWeightsState
 from runbooks.model import HaproxyTraffic
 
 MAX_HAPROXY_WEIGHT = 256
@@ -104,7 +107,10 @@ class HaproxyRuntime:
 
 
 class HaproxyWeights:
-    """The runbook's regions as servers of one HAProxy backend."""
+    """The runbook's regions as servers of one HAProxy backend; a region's percent is its server weight.
+
+    The runtime API is a blocking socket, so each call runs in a thread and the event loop stays free.
+    """
 
     def __init__(self, traffic: HaproxyTraffic, runtime: HaproxyRuntime | None = None) -> None:
         self.traffic = traffic
@@ -114,7 +120,26 @@ class HaproxyWeights:
     def name(self) -> str:
         return "haproxy"
 
-    def read(self) -> dict[str, ServerWeight]:
+    async def read(self) -> TrafficWeightsState:
+        return _state(await asyncio.to_thread(self._server_weights))
+
+    async def write(self, desired: dict[str, int]) -> bool:
+        """Raised weights go first and lowered ones after, so the total never drops to 0 on the way."""
+        current = await asyncio.to_thread(self._server_weights)
+        changes = {region: weight for region, weight in desired.items() if current[region].current != weight}
+        for region in sorted(changes, key=lambda r: changes[r] - current[r].current, reverse=True):
+            server = self.traffic.servers[region]
+            try:
+                await asyncio.to_thread(
+                    self.runtime.set_weight, self.traffic.backend, server, changes[region]
+                )
+            except TrafficManagerRefused as err:
+                raise HaproxyRuntimeError(
+                    f"refused weight {changes[region]} for {region} ({self.traffic.backend}/{server}): {err}"
+                ) from None
+        return bool(changes)
+
+    def _server_weights(self) -> dict[str, ServerWeight]:
         """Each region's server weight, as HAProxy holds it now."""
         backend = self.traffic.backend
         return {
@@ -122,12 +147,13 @@ class HaproxyWeights:
             for region, server in self.traffic.servers.items()
         }
 
-    def write(self, region: str, weight: int) -> None:
-        """``weight`` is the region's percent, which is also its HAProxy weight (see the module docstring)."""
-        self.runtime.set_weight(self.traffic.backend, self.traffic.servers[region], weight)
 
-    def describe(self, region: str) -> str:
-        return f"{self.traffic.backend}/{self.traffic.servers[region]}"
+def _state(weights: Mapping[str, ServerWeight]) -> TrafficWeightsState:
+    total = sum(weight.current for weight in weights.values())
+    return TrafficWeightsState(
+        weights={region: round(100 * w.current / total) if total else 0 for region, w in weights.items()},
+        raw={region: w.raw for region, w in weights.items()},
+    )
 
 
 def _excerpt(text: str) -> str:

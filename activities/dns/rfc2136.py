@@ -19,10 +19,11 @@ import dns.update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.dns_providers import ConcurrentChange, DnsChangePlan, DnsRecordState
-from activities.dns_reader import DnsQuery, RecordType, ask_nameserver
-from activities.errors import ErrorType
-from activities.secrets import SECRET_UNAVAILABLE, resolve_secret
+from activities.cloud.preflight import PreflightReport
+from activities.dns.plan import DnsChangePlan, DnsRecordState
+from activities.dns.reader import DnsQuery, RecordType, ask_nameserver
+from activities.errors import ConcurrentChange, ErrorType
+from activities.secrets import resolve_secret
 from runbooks.model import Rfc2136Dns
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -48,6 +49,18 @@ class Rfc2136Provider:
     def __init__(self, config: Rfc2136Dns, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.config = config
         self.timeout_seconds = timeout_seconds
+
+    async def change_status(self, change_id: str) -> tuple[bool, str]:
+        raise ApplicationError(
+            "an RFC2136 update has no change status: its primary applied it when it answered NOERROR; "
+            "propagation to the secondaries is verified on every nameserver instead",
+            type=ErrorType.NOT_APPLICABLE,
+            non_retryable=True,
+        )
+
+    def preflight(self, weighted: dict[str, str] | None = None) -> PreflightReport:
+        """No cloud API to ask: the plan's read of the primary is the check that it answers."""
+        return PreflightReport.of(self.name, [])
 
     @property
     def server_label(self) -> str:
@@ -136,7 +149,7 @@ class Rfc2136Provider:
         except (binascii.Error, ValueError):
             raise ApplicationError(
                 f"the TSIG secret {tsig.secret} for key {tsig.name} is not valid base64",
-                type=SECRET_UNAVAILABLE,
+                type=ErrorType.SECRET_UNAVAILABLE,
                 non_retryable=True,
             ) from None
 

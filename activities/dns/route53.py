@@ -19,14 +19,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import AwsClientFactory, AwsClients, aws_error, call, error_code, error_message
-from activities.aws import is_throttling as _is_throttling
-from activities.aws import may_have_run as _may_have_run
-from activities.cloud import DEFAULT_BACKOFF, Backoff, PreflightCheck, PreflightReport
-from activities.dns_providers import ConcurrentChange, DnsChangePlan, DnsRecordState, normalise_value
-from activities.dns_reader import RecordType
-from activities.errors import ErrorType
-from activities.traffic import TrafficShare, TrafficState, WeightPlan
+from activities.cloud.aws import AwsClientFactory, AwsClients, aws_error, call, error_code, error_message
+from activities.cloud.aws import is_throttling as _is_throttling
+from activities.cloud.aws import may_have_run as _may_have_run
+from activities.cloud.preflight import PreflightCheck, PreflightReport
+from activities.cloud.retry import DEFAULT_BACKOFF, Backoff
+from activities.dns.plan import DnsChangePlan, DnsRecordState, normalise_value
+from activities.dns.reader import RecordType
+from activities.dns.weights import TrafficShare, TrafficState, WeightPlan
+from activities.errors import ConcurrentChange, ErrorType
 from runbooks.model import Route53Dns
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import (
+from activities.cloud.aws import (
     AwsClientFactory,
     AwsClients,
     arn_region,
@@ -35,9 +35,18 @@ from activities.aws import (
     error_code,
     latest_metric,
 )
-from activities.cloud import DEFAULT_BACKOFF, Backoff, PreflightCheck, PreflightReport, heartbeat
+from activities.cloud.preflight import PreflightCheck, PreflightReport
+from activities.cloud.retry import DEFAULT_BACKOFF, Backoff, heartbeat
+from activities.database.results import (
+    FenceMode,
+    FenceResult,
+    PrepareStandbyResult,
+    PromoteResult,
+    ReplicationStatus,
+    UnfenceResult,
+    WaitForReplayResult,
+)
 from activities.errors import ErrorType
-from activities.postgres import FenceMode, FenceResult, PromoteResult, ReplicationStatus, UnfenceResult
 from runbooks.model import AuroraGlobalDatabase
 
 if TYPE_CHECKING:
@@ -153,7 +162,7 @@ class AuroraProvider:
         return max(values)
 
     # -------------------------------------------------------------------------------------------- fence
-    def fence(self, region: str, mode: FenceMode) -> FenceResult:
+    def fence(self, region: str, mode: FenceMode, timeout_seconds: float = 30) -> FenceResult:
         """Record how the old writer stops writing: Aurora does it at promotion, so nothing changes here."""
         global_cluster = self._global_cluster(prefer=(region,), fallback=True)
         member = _members(global_cluster).get(self.arn(region))
@@ -191,7 +200,9 @@ class AuroraProvider:
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ promote
-    def promote(self, region: str, timeout_seconds: float, mode: FenceMode | None) -> PromoteResult:
+    def promote(
+        self, region: str, timeout_seconds: float, mode: FenceMode | None = None
+    ) -> PromoteResult:
         started = time.monotonic()
         deadline = started + timeout_seconds
         target_arn = self.arn(region)
@@ -306,12 +317,26 @@ class AuroraProvider:
         return UnfenceResult(
             region=region,
             restored=writer,
-            already_serving=writer,
             actions=[
                 f"nothing to undo: {self.label(region)} was not fenced (Aurora fences at promotion)",
                 f"{self.label(region)} {'is' if writer else 'is not'} the writer of "
                 f"{self.config.global_cluster}",
             ],
+        )
+
+    # ---------------------------------------------------------------------------- steps Aurora does not have
+    def wait_for_replay(self, region: str, position: str, timeout_seconds: float) -> WaitForReplayResult:
+        raise ApplicationError(
+            f"{self.config.provider} has no replay position to wait for (its fence reports no final LSN)",
+            type=ErrorType.NOT_APPLICABLE,
+            non_retryable=True,
+        )
+
+    def prepare_standby(self, region: str, source: str, timeout_seconds: float) -> PrepareStandbyResult:
+        raise ApplicationError(
+            f"database provider {self.config.provider!r} is not supported by this worker yet",
+            type=ErrorType.UNSUPPORTED_PROVIDER,
+            non_retryable=True,
         )
 
     # ---------------------------------------------------------------------------------------- preflight

@@ -1,0 +1,130 @@
+"""The ``db_*`` activities: each database step of a failover or failback, whatever the provider.
+
+The workflow calls these with the runbook's database section and region names; ``registry`` picks the
+provider and the provider does the work (``provider.DatabaseProvider``). Results are the same typed records
+for every provider (``results.py``). The activities block, so they are plain functions that the worker runs
+in its thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from temporalio import activity
+
+from activities.cloud.preflight import PreflightReport
+from activities.database.registry import database_provider_for
+from activities.database.results import (
+    FenceResult,
+    PrepareStandbyResult,
+    PromoteResult,
+    ReplicationStatus,
+    UnfenceResult,
+    WaitForReplayResult,
+)
+from runbooks.model import DatabaseConfig, StrictModel
+
+
+class ReplicationRequest(StrictModel):
+    database: DatabaseConfig
+    primary: str
+    standby: str
+
+
+class DatabaseFenceRequest(StrictModel):
+    database: DatabaseConfig
+    region: str
+    mode: Literal["planned", "emergency", "drill"]
+    timeout_seconds: float = 30
+
+
+class ReplayRequest(StrictModel):
+    database: DatabaseConfig
+    region: str
+    position: str
+    timeout_seconds: float
+
+
+class DatabasePromoteRequest(StrictModel):
+    database: DatabaseConfig
+    region: str
+    timeout_seconds: float = 60
+    mode: Literal["planned", "emergency", "drill"] | None = Field(
+        default=None,
+        description="Aurora: emergency fails over with AllowDataLoss, anything else switches over (no loss)",
+    )
+
+
+class DatabaseUnfenceRequest(StrictModel):
+    database: DatabaseConfig
+    region: str
+
+
+class PrepareStandbyDatabaseRequest(StrictModel):
+    database: DatabaseConfig
+    region: str = Field(description="the node to re-sync as a standby: the former primary")
+    source: str = Field(description="the current primary it will stream from")
+    timeout_seconds: float = 300
+
+
+class DatabasePreflightRequest(StrictModel):
+    database: DatabaseConfig
+    primary: str
+    standby: str
+
+
+@activity.defn(name="db_measure_replication")
+def measure_replication(request: ReplicationRequest) -> ReplicationStatus:
+    return database_provider_for(request.database).measure_replication(request.primary, request.standby)
+
+
+@activity.defn(name="db_fence")
+def fence(request: DatabaseFenceRequest) -> FenceResult:
+    return database_provider_for(request.database).fence(
+        request.region, request.mode, request.timeout_seconds
+    )
+
+
+@activity.defn(name="db_wait_for_replay")
+def wait_for_replay(request: ReplayRequest) -> WaitForReplayResult:
+    return database_provider_for(request.database).wait_for_replay(
+        request.region, request.position, request.timeout_seconds
+    )
+
+
+@activity.defn(name="db_promote")
+def promote(request: DatabasePromoteRequest) -> PromoteResult:
+    return database_provider_for(request.database).promote(
+        request.region, request.timeout_seconds, request.mode
+    )
+
+
+@activity.defn(name="db_unfence")
+def unfence(request: DatabaseUnfenceRequest) -> UnfenceResult:
+    """Compensation: give the old primary its service back when the failover stops before promotion."""
+    return database_provider_for(request.database).unfence(request.region)
+
+
+@activity.defn(name="db_prepare_standby")
+def prepare_standby(request: PrepareStandbyDatabaseRequest) -> PrepareStandbyResult:
+    """Failback: re-sync the former primary as a streaming standby of the current one (PostgreSQL: rewind)."""
+    return database_provider_for(request.database).prepare_standby(
+        request.region, request.source, request.timeout_seconds
+    )
+
+
+@activity.defn(name="db_preflight")
+def db_preflight(request: DatabasePreflightRequest) -> PreflightReport:
+    return database_provider_for(request.database).preflight(request.primary, request.standby)
+
+
+DATABASE_ACTIVITIES = [
+    measure_replication,
+    fence,
+    wait_for_replay,
+    promote,
+    unfence,
+    prepare_standby,
+    db_preflight,
+]

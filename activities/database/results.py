@@ -1,0 +1,99 @@
+"""What every database provider reports: one set of result types, whatever the provider.
+
+Fields a provider cannot know (LSNs on RDS and Aurora) are None, so the history shows fencing actions and
+promotion details as the provider saw them. These shapes are recorded in workflow histories: a field is never
+removed or renamed (models are ``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from runbooks.model import StrictModel
+
+
+def lsn_to_int(lsn: str) -> int:
+    """``"0/3000060"`` -> 50331744: the two hex halves of a pg_lsn as one byte position."""
+    high, sep, low = lsn.strip().partition("/")
+    if not sep:
+        raise ValueError(f"{lsn!r} is not an LSN (expected X/Y in hexadecimal, e.g. 0/3000060)")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def lsn_diff(a: str, b: str) -> int:
+    """Bytes from ``b`` to ``a`` (positive when ``a`` is ahead), as ``pg_wal_lsn_diff(a, b)``."""
+    return lsn_to_int(a) - lsn_to_int(b)
+
+
+class ReplicationStatus(StrictModel):
+    primary_region: str
+    standby_region: str
+    primary_reachable: bool
+    primary_in_recovery: bool | None
+    primary_lsn: str | None = Field(description="pg_current_wal_lsn() on the primary")
+    standby_reachable: bool
+    standby_in_recovery: bool | None
+    standby_receive_lsn: str | None
+    standby_replay_lsn: str | None
+    replay_paused: bool | None
+    lag_bytes: int | None = Field(description="primary_lsn - standby_replay_lsn; None if either is unknown")
+    lag_seconds: float | None = Field(
+        description="0 when replay has caught up, else now() - pg_last_xact_replay_timestamp() on the standby"
+    )
+    errors: list[str]
+
+
+FenceMode = Literal["planned", "emergency", "drill"]
+
+
+class FenceResult(StrictModel):
+    region: str
+    method: Literal["shutdown", "connections-cut", "none"]
+    fenced: bool
+    already_fenced: bool
+    final_lsn: str | None = Field(description="the last LSN the old primary can ever have written")
+    actions: list[str] = Field(description="what was done, in order")
+    errors: list[str] = Field(description="what could not be done (emergency: best effort)")
+
+
+class WaitForReplayResult(StrictModel):
+    reached: bool
+    replay_lsn: str | None
+    waited_ms: float
+
+
+class PromoteResult(StrictModel):
+    region: str
+    promoted: bool
+    already_primary: bool
+    replay_lsn_at_promotion: str | None = Field(
+        description="pg_last_wal_replay_lsn() right before pg_promote"
+    )
+    timeline: int | None
+    writable: bool = Field(description="a real write (temporary table) committed on the runbook's database")
+    duration_ms: float = Field(description="from the start of the activity until writability was verified")
+    actions: list[str]
+
+
+class UnfenceResult(StrictModel):
+    region: str
+    restored: bool = Field(description="the old primary serves writes again (a real write succeeded)")
+    actions: list[str] = Field(
+        description="what was done, in order; only checks when it already served"
+    )
+
+
+class PrepareStandbyResult(StrictModel):
+    region: str
+    source_region: str
+    already_standby: bool = Field(description="it was already streaming from the source: nothing was done")
+    rewound: bool = Field(description="pg_rewind ran against the source (see diverged for what it undid)")
+    diverged: bool | None = Field(
+        description="it had WAL the source never received, which pg_rewind discarded; None if not rewound"
+    )
+    streaming: bool = Field(
+        description="its WAL receiver streams from the source, which lists it as a standby"
+    )
+    actions: list[str]
