@@ -47,7 +47,7 @@ from temporalio import workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.slack import SLACK_ACTIVITIES
+from activities.slack.activities import SLACK_ACTIVITIES
 from runbooks.model import Runbook, StrictModel
 from tests.support.slack_standin import (
     BOT_TOKEN,

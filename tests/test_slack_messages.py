@@ -16,8 +16,18 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.slack import (
-    LIMITS,
+from activities.slack.activities import (
+    post_decision,
+    post_gate,
+    post_summary,
+    resolve_approvers,
+    sync_progress,
+    update_decision,
+    update_gate,
+)
+from activities.slack.blocks import LIMITS, decision_blocks, decision_text, gate_blocks
+from activities.slack.client import SlackErrorType
+from activities.slack.models import (
     Approvers,
     DecisionFacts,
     DecisionMessageRequest,
@@ -30,18 +40,7 @@ from activities.slack import (
     ProgressLine,
     ProgressRequest,
     ResolveApproversRequest,
-    SlackErrorType,
     SummaryRequest,
-    decision_blocks,
-    decision_text,
-    gate_blocks,
-    post_decision,
-    post_gate,
-    post_summary,
-    resolve_approvers,
-    sync_progress,
-    update_decision,
-    update_gate,
 )
 from tests.support.slack_standin import BOT_TOKEN, SlackStandIn, block_kit_problems, slack_standin
 

@@ -51,7 +51,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateR
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.slack import ACTION_UPDATES, DECISION_ACTIONS, api_url, slack_secret
+from activities.slack.blocks import ACTION_UPDATES, DECISION_ACTIONS
+from activities.slack.client import api_url, slack_secret
 from workflows.failover_models import ApprovalInput, DecisionInput, UpdateOutcome
 
 log = logging.getLogger("drflow.gateway")

@@ -26,7 +26,7 @@ from activities.preflight import PREFLIGHT_ACTIVITIES
 from activities.propagation import verify_propagation
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
-from activities.slack import SLACK_ACTIVITIES
+from activities.slack.activities import SLACK_ACTIVITIES
 from activities.traffic import TRAFFIC_ACTIVITIES
 from workflows.archive import ArchiveRunWorkflow
 from workflows.common import TASK_QUEUE

@@ -20,7 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
     from activities.service_lock import lock_workflow_id as lock_id
-    from activities.slack import GateFacts
+    from activities.slack.models import GateFacts
     from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook
     from workflows.common import INFRA_RETRY, STEP_ATTR
     from workflows.failover_models import (

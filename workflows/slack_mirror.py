@@ -24,9 +24,17 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.slack import (
-        FATAL_ERRORS,
-        NON_RETRYABLE_ERRORS,
+    from activities.slack.activities import (
+        post_decision,
+        post_gate,
+        post_summary,
+        resolve_approvers,
+        sync_progress,
+        update_decision,
+        update_gate,
+    )
+    from activities.slack.client import FATAL_ERRORS, NON_RETRYABLE_ERRORS
+    from activities.slack.models import (
         Approvers,
         DecisionFacts,
         DecisionMessageRequest,
@@ -40,13 +48,6 @@ with workflow.unsafe.imports_passed_through():
         ProgressRequest,
         ResolveApproversRequest,
         SummaryRequest,
-        post_decision,
-        post_gate,
-        post_summary,
-        resolve_approvers,
-        sync_progress,
-        update_decision,
-        update_gate,
     )
     from runbooks.durations import format_duration
     from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook, SlackApprovals
