@@ -33,14 +33,8 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         UpdateOutcome,
     )
-    from workflows.slack_mirror import (
-        DECISIONS_PATCH,
-        SLACK_PATCH,
-        GateView,
-        SlackMirror,
-        decision_facts,
-        gate_facts,
-    )
+    from workflows.slack_facts import decision_facts, gate_facts
+    from workflows.slack_mirror import DECISIONS_PATCH, SLACK_PATCH, GateView, SlackMirror
 
 T = TypeVar("T")
 R = TypeVar("R", bound=RunReport)
