@@ -58,7 +58,8 @@ from tests.support.slack_standin import (
     slack_standin,
 )
 from tests.support.temporal import start_dev_server
-from workers.gateway import GatewayConfig, running_gateway
+from workers.gateway import GatewayConfig
+from workers.gateway.server import running_gateway
 from workflows.failover_models import ApprovalInput, RunReport
 from workflows.run_control import ControlledRun
 

@@ -34,7 +34,8 @@ from tests.support.slack_standin import (
     signed,
     slack_standin,
 )
-from workers.gateway import GatewayConfig, RunningGateway, running_gateway
+from workers.gateway import GatewayConfig
+from workers.gateway.server import RunningGateway, running_gateway
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
