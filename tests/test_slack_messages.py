@@ -42,7 +42,9 @@ from activities.slack.models import (
     ResolveApproversRequest,
     SummaryRequest,
 )
-from tests.support.slack_standin import BOT_TOKEN, SlackStandIn, block_kit_problems, slack_standin
+from tests.support.slack.block_kit import block_kit_problems
+from tests.support.slack.standin import SlackStandIn, slack_standin
+from tests.support.slack.workspace import BOT_TOKEN
 
 A = TypeVar("A")
 R = TypeVar("R")
