@@ -5,7 +5,7 @@ Run by hand from the repository root (never from the tests):
     .venv/bin/python benchmarks/approval.py --clicks 200
 
 It starts a fresh Temporal dev server (in memory, or ``--db-file`` for SQLite), the Slack stand-in of the
-tests (``tests/support/slack_standin.py``), an in-process worker and the real gateway in HTTP mode, all on
+tests (``tests/support/slack/``), an in-process worker and the real gateway in HTTP mode, all on
 loopback. One workflow runs the real approval gates of ``workflows/run_control.py`` (``ControlledRun._gate``,
 with its Slack mirror: approvers looked up, the gate message posted, then updated) ``--clicks`` times in a
 row. For each gate the benchmark waits until the stand-in holds the gate message, builds the
@@ -47,18 +47,13 @@ from temporalio import workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.slack import SLACK_ACTIVITIES
+from activities.slack.activities import SLACK_ACTIVITIES
 from runbooks.model import Runbook, StrictModel
-from tests.support.slack_standin import (
-    BOT_TOKEN,
-    SIGNING_SECRET,
-    Message,
-    SlackStandIn,
-    signed,
-    slack_standin,
-)
+from tests.support.slack.standin import Message, SlackStandIn, signed, slack_standin
+from tests.support.slack.workspace import BOT_TOKEN, SIGNING_SECRET
 from tests.support.temporal import start_dev_server
-from workers.gateway import GatewayConfig, running_gateway
+from workers.gateway import GatewayConfig
+from workers.gateway.server import running_gateway
 from workflows.failover_models import ApprovalInput, RunReport
 from workflows.run_control import ControlledRun
 

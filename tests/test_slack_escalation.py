@@ -14,7 +14,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import stateless_service
-from tests.support.slack_standin import BOT_TOKEN, SlackStandIn, approve_in_slack, populate, slack_standin
+from tests.support.slack.standin import SlackStandIn, populate, slack_standin
+from tests.support.slack.workspace import BOT_TOKEN, approve_in_slack
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow

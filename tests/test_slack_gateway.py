@@ -22,19 +22,16 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import StatelessService, stateless_service, wait_for_decision, wait_for_gate
-from tests.support.slack_standin import (
+from tests.support.slack.standin import Message, SlackStandIn, populate, signed, slack_standin
+from tests.support.slack.workspace import (
     APP_TOKEN,
     BOT_TOKEN,
     SIGNING_SECRET,
-    Message,
-    SlackStandIn,
     approve_in_slack,
     decoded_history,
-    populate,
-    signed,
-    slack_standin,
 )
-from workers.gateway import GatewayConfig, RunningGateway, running_gateway
+from workers.gateway import GatewayConfig
+from workers.gateway.server import RunningGateway, running_gateway
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow

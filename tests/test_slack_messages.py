@@ -16,8 +16,18 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.slack import (
-    LIMITS,
+from activities.errors import SlackErrorType
+from activities.slack.activities import (
+    post_decision,
+    post_gate,
+    post_summary,
+    resolve_approvers,
+    sync_progress,
+    update_decision,
+    update_gate,
+)
+from activities.slack.blocks import LIMITS, decision_blocks, decision_text, gate_blocks
+from activities.slack.models import (
     Approvers,
     DecisionFacts,
     DecisionMessageRequest,
@@ -30,20 +40,11 @@ from activities.slack import (
     ProgressLine,
     ProgressRequest,
     ResolveApproversRequest,
-    SlackErrorType,
     SummaryRequest,
-    decision_blocks,
-    decision_text,
-    gate_blocks,
-    post_decision,
-    post_gate,
-    post_summary,
-    resolve_approvers,
-    sync_progress,
-    update_decision,
-    update_gate,
 )
-from tests.support.slack_standin import BOT_TOKEN, SlackStandIn, block_kit_problems, slack_standin
+from tests.support.slack.block_kit import block_kit_problems
+from tests.support.slack.standin import SlackStandIn, slack_standin
+from tests.support.slack.workspace import BOT_TOKEN
 
 A = TypeVar("A")
 R = TypeVar("R")

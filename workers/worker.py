@@ -23,7 +23,7 @@ from activities.drill_report import write_drill_report
 from activities.health import probe_health, validate_health
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
-from activities.slack import SLACK_ACTIVITIES
+from activities.slack.activities import SLACK_ACTIVITIES
 from activities.traffic.activities import TRAFFIC_ACTIVITIES
 from workers.audit.archive import HistoryArchiver
 from workflows.archive import ArchiveRunWorkflow

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.search_attributes import STEP_ATTR
     from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
     from activities.service_lock import lock_workflow_id as lock_id
-    from activities.slack import GateFacts
+    from activities.slack.models import GateFacts
     from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook
     from workflows.common import INFRA_RETRY
     from workflows.failover_models import (
@@ -34,14 +34,8 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         UpdateOutcome,
     )
-    from workflows.slack_mirror import (
-        DECISIONS_PATCH,
-        SLACK_PATCH,
-        GateView,
-        SlackMirror,
-        decision_facts,
-        gate_facts,
-    )
+    from workflows.slack_facts import decision_facts, gate_facts
+    from workflows.slack_mirror import DECISIONS_PATCH, SLACK_PATCH, GateView, SlackMirror
 
 T = TypeVar("T")
 R = TypeVar("R", bound=RunReport)

@@ -1,19 +1,14 @@
-"""A local stand-in for Slack: the Web API over HTTP, ``response_url``s, and a Socket Mode websocket.
+"""The stand-in's Web API over HTTP, its ``response_url``s, and the clicks Slack would send.
 
 The Web API answers on the real paths (``/api/chat.postMessage`` …) with the real JSON shapes, checks the
 bearer token like Slack does (``invalid_auth``), refuses blocks outside Block Kit's limits
 (``invalid_blocks``), and can answer HTTP 429 with ``Retry-After`` for the next N calls of a method. It keeps
-every call and every message, with its edits, so tests read what Slack users would see.
-
-Socket Mode: ``apps.connections.open`` (app token) returns the ``ws://127.0.0.1`` URL of a websocket server
-(the ``websockets`` package) that greets with ``hello``, pushes ``interactive`` envelopes and records the
-client's acknowledgements; slack-sdk's built-in Socket Mode client connects to it unchanged.
+every call and every message, with its edits, so tests read what Slack users would see. Socket Mode comes
+from its base class (``socket_mode.SocketModeServer``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import hmac
 import itertools
@@ -25,103 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from websockets.asyncio.server import ServerConnection, serve
-
-BOT_TOKEN = "xoxb-standin-bot-token-0123456789"
-APP_TOKEN = "xapp-1-standin-app-token-0123456789"
-SIGNING_SECRET = "standin-signing-secret-0123456789abcdef"
-TEAM = "T0DRFLOW"
-APP_ID = "A0DRFLOW"
-
-# Block Kit limits (api.slack.com/reference/block-kit): what every message posted here is checked against.
-BLOCK_TYPES = {"section", "header", "context", "actions", "divider", "image", "input", "rich_text"}
-
-
-def block_kit_problems(blocks: Any, text: str | None = None) -> list[str]:
-    """Every way a message breaks Slack's Block Kit limits (empty when Slack would accept it)."""
-    problems: list[str] = []
-    if text is not None and len(text) > 40_000:
-        problems.append(f"text is {len(text)} characters (> 40000)")
-    if blocks is None:
-        return problems
-    if not isinstance(blocks, list):
-        return [*problems, "blocks is not a list"]
-    if len(blocks) > 50:
-        problems.append(f"{len(blocks)} blocks (> 50)")
-    action_ids: list[str] = []
-    for index, block in enumerate(blocks):
-        where = f"blocks[{index}]"
-        kind = block.get("type")
-        if kind not in BLOCK_TYPES:
-            problems.append(f"{where}: unknown type {kind!r}")
-        if len(block.get("block_id", "")) > 255:
-            problems.append(f"{where}: block_id > 255")
-        if kind == "section":
-            body = block.get("text")
-            if body is None and not block.get("fields"):
-                problems.append(f"{where}: section without text or fields")
-            if body is not None:
-                problems += _text_problems(body, 3000, f"{where}.text")
-            fields = block.get("fields") or []
-            if len(fields) > 10:
-                problems.append(f"{where}: {len(fields)} fields (> 10)")
-            for n, item in enumerate(fields):
-                problems += _text_problems(item, 2000, f"{where}.fields[{n}]")
-        elif kind == "header":
-            problems += _text_problems(block.get("text"), 150, f"{where}.text", plain_only=True)
-        elif kind == "context":
-            elements = block.get("elements") or []
-            if not 1 <= len(elements) <= 10:
-                problems.append(f"{where}: {len(elements)} context elements (1..10)")
-            for n, item in enumerate(elements):
-                problems += _text_problems(item, 3000, f"{where}.elements[{n}]")
-        elif kind == "actions":
-            elements = block.get("elements") or []
-            if not 1 <= len(elements) <= 25:
-                problems.append(f"{where}: {len(elements)} action elements (1..25)")
-            for n, item in enumerate(elements):
-                problems += _button_problems(item, f"{where}.elements[{n}]")
-                action_ids.append(item.get("action_id", ""))
-    duplicates = {a for a in action_ids if action_ids.count(a) > 1}
-    if duplicates:
-        problems.append(f"duplicate action_id {sorted(duplicates)}")
-    return problems
-
-
-def _text_problems(obj: Any, limit: int, where: str, plain_only: bool = False) -> list[str]:
-    if not isinstance(obj, dict) or obj.get("type") not in ("plain_text", "mrkdwn"):
-        return [f"{where}: not a text object"]
-    if plain_only and obj["type"] != "plain_text":
-        return [f"{where}: must be plain_text"]
-    length = len(obj.get("text") or "")
-    if length == 0:
-        return [f"{where}: empty text"]
-    return [f"{where}: {length} characters (> {limit})"] if length > limit else []
-
-
-def _button_problems(button: dict[str, Any], where: str) -> list[str]:
-    if button.get("type") != "button":
-        return [f"{where}: not a button"]
-    problems = _text_problems(button.get("text"), 75, f"{where}.text", plain_only=True)
-    if len(button.get("value", "")) > 2000:
-        problems.append(f"{where}: value > 2000")
-    if not 1 <= len(button.get("action_id", "")) <= 255:
-        problems.append(f"{where}: action_id length")
-    if len(button.get("url", "")) > 3000:
-        problems.append(f"{where}: url > 3000")
-    if button.get("style") not in (None, "primary", "danger"):
-        problems.append(f"{where}: style {button.get('style')!r}")
-    confirm = button.get("confirm")
-    if confirm is not None:
-        problems += _text_problems(confirm.get("title"), 100, f"{where}.confirm.title", plain_only=True)
-        problems += _text_problems(confirm.get("text"), 300, f"{where}.confirm.text")
-        problems += _text_problems(confirm.get("confirm"), 30, f"{where}.confirm.confirm", plain_only=True)
-        problems += _text_problems(confirm.get("deny"), 30, f"{where}.confirm.deny", plain_only=True)
-    return problems
+from tests.support.slack.block_kit import block_kit_problems
+from tests.support.slack.socket_mode import SocketModeServer
+from tests.support.slack.workspace import APP_ID, APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, TEAM
 
 
 @dataclass
@@ -170,8 +74,9 @@ class SlackWorld:
     failing: dict[str, tuple[int, str]] = field(default_factory=dict)  # method -> (calls left, error)
 
 
-class SlackStandIn:
+class SlackStandIn(SocketModeServer):
     def __init__(self) -> None:
+        super().__init__()
         self.world = SlackWorld()
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
@@ -181,12 +86,6 @@ class SlackStandIn:
         self._ts = itertools.count(1)
         self._clock = int(time.time())
         self.base_url = ""
-        # Socket Mode
-        self.ws_url: str | None = None
-        self.acks: dict[str, threading.Event] = {}
-        self.connected = threading.Event()
-        self._ws_loop: asyncio.AbstractEventLoop | None = None
-        self._ws_connections: list[ServerConnection] = []
 
     # -------------------------------------------------------------------------------- test controls
     @property
@@ -390,69 +289,6 @@ class SlackStandIn:
         with self._lock:
             self.ephemerals.append({"via": "response_url", "path": path, **body})
 
-    # ------------------------------------------------------------------------------------ Socket Mode
-    def send_interactive(self, payload: dict[str, Any]) -> str:
-        """Push an ``interactive`` envelope to every connected client; returns its envelope id."""
-        assert self._ws_loop is not None, "Socket Mode is not running"
-        envelope_id = str(uuid.uuid4())
-        self.acks[envelope_id] = threading.Event()
-        envelope = {"envelope_id": envelope_id, "type": "interactive", "payload": payload,
-                    "accepts_response_payload": False, "retry_attempt": 0, "retry_reason": ""}  # fmt: skip
-        asyncio.run_coroutine_threadsafe(self._broadcast(json.dumps(envelope)), self._ws_loop).result(5)
-        return envelope_id
-
-    async def _broadcast(self, text: str) -> None:
-        for connection in list(self._ws_connections):
-            await connection.send(text)
-
-    async def _serve_socket(self, connection: ServerConnection) -> None:
-        self._ws_connections.append(connection)
-        await connection.send(json.dumps({"type": "hello", "num_connections": 1,
-                                          "connection_info": {"app_id": APP_ID},
-                                          "debug_info": {"host": "standin", "approximate_connection_time": 3600}}))  # fmt: skip
-        self.connected.set()
-        try:
-            async for raw in connection:
-                message = json.loads(raw)
-                envelope = message.get("envelope_id")
-                if envelope in self.acks:
-                    self.acks[envelope].set()
-        except Exception:  # the client went away; that is all a test needs to know
-            pass
-        finally:
-            self._ws_connections.remove(connection)
-            if not self._ws_connections:
-                self.connected.clear()
-
-    @contextmanager
-    def socket_mode(self) -> Iterator[str]:
-        """Run the websocket server (on its own thread and event loop) while the block runs."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        stop: asyncio.Future[None] | None = None
-
-        async def main() -> None:
-            nonlocal stop
-            stop = loop.create_future()
-            async with serve(self._serve_socket, "127.0.0.1", 0) as server:
-                port = next(iter(server.sockets)).getsockname()[1]
-                self.ws_url = f"ws://127.0.0.1:{port}"
-                ready.set()
-                await stop
-
-        thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-        thread.start()
-        ready.wait(5)
-        self._ws_loop = loop
-        try:
-            yield str(self.ws_url)
-        finally:
-            loop.call_soon_threadsafe(lambda: stop.set_result(None) if stop and not stop.done() else None)
-            thread.join(5)
-            loop.close()
-            self.ws_url = None
-            self._ws_loop = None
-
 
 @contextmanager
 def slack_standin() -> Iterator[SlackStandIn]:
@@ -533,55 +369,8 @@ def signed(
     }
 
 
-# ------------------------------------------------------------------------------------ runbook & workspace
-PLAIN_APPROVALS = "approvals:\n  approvers: [bob, carol]\n  separation_of_duties: true\n  timeout: 30m\n"
-SLACK_APPROVALS = """\
-approvals:
-  approvers: [bob, carol]
-  slack:
-    channel: {channel}
-    approvers: [U02BOB]
-    usergroup: S0ONCALL
-    escalation_group: S0LEADS
-    identities: {{U01ALICE: alice, U02BOB: bob}}
-  separation_of_duties: true
-  timeout: 30m
-{extra}"""
-
-
-def approve_in_slack(runbook: Path, channel: str = "C0DRFLOW", extra: str = "") -> None:
-    """Give a tests/support/failover.py runbook Slack approvals: U02BOB by id; alice and carol (U03CAROL)
-    as members of the on-call group S0ONCALL; alice is U01ALICE in Slack (she requests the failovers)."""
-    text = runbook.read_text()
-    assert text.count(PLAIN_APPROVALS) == 1, "tests/support/failover.py RUNBOOK changed its approvals"
-    runbook.write_text(text.replace(PLAIN_APPROVALS, SLACK_APPROVALS.format(channel=channel, extra=extra)))
-
-
 def populate(standin: SlackStandIn) -> SlackStandIn:
+    """The people that ``workspace.approve_in_slack``'s runbook approvals name, and their user groups."""
     standin.world.usergroups = {"S0ONCALL": ["U01ALICE", "U03CAROL"], "S0LEADS": ["U07LEAD"]}
     standin.world.users = {"U01ALICE": "Alice", "U02BOB": "Bob", "U03CAROL": "Carol", "U09MALLORY": "Mallory"}
     return standin
-
-
-def decoded_history(history_json: dict[str, Any]) -> str:
-    """A history as text with every payload decoded, to search it for what must never be there."""
-    parts: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "data" and isinstance(value, str):
-                    try:
-                        parts.append(base64.b64decode(value).decode("utf-8", "replace"))
-                    except ValueError:
-                        parts.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-        elif isinstance(node, str):
-            parts.append(node)
-
-    walk(history_json)
-    return "\n".join(parts)
