@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drflow-installed
 
-.PHONY: demo dev test lint typecheck install system-deps sandbox-deps schema clean
+.PHONY: demo dev test lint typecheck architecture install system-deps sandbox-deps schema clean
 
 demo: $(STAMP) sandbox-deps
 	$(BIN)/drflow dev --sandbox
@@ -18,6 +18,7 @@ dev: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 install: $(STAMP)
@@ -38,8 +39,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+architecture: $(STAMP)
+	$(BIN)/lint-imports
+
 schema: $(STAMP)
 	$(BIN)/drflow runbook schema > docs/runbook.schema.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache *.egg-info
