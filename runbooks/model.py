@@ -3,6 +3,10 @@
 The pydantic models are the single source of truth: the loader validates YAML against them, the JSON Schema
 (``docs/runbook.schema.json``) is generated from them, and workflows receive them through the pydantic data
 converter. Rules that span fields live in ``rule_problems``, so each problem names the field it is about.
+
+Why one module of about 550 lines: it is the runbook's schema, read top to bottom in the order of a runbook
+file and of ``docs/runbook.md``; every section is a handful of small models, and the cross-field rules at the
+end need all of them.
 """
 
 from __future__ import annotations
@@ -349,6 +353,11 @@ class Runbook(StrictModel):
                 },
             )
         return self
+
+    @property
+    def weighted_traffic(self) -> DnsWeightedTraffic | None:
+        """The traffic section when it is the DNS provider's weighted records (then they are the DNS change)."""
+        return self.traffic if isinstance(self.traffic, DnsWeightedTraffic) else None
 
     @property
     def health_minimum(self) -> timedelta:

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.search_attributes import STEP_ATTR
     from activities.traffic.activities import SetWeightsRequest, set_weights
     from runbooks.loader import LoadedRunbook
-    from runbooks.model import DnsWeightedTraffic, Runbook
+    from runbooks.model import Runbook
     from workflows.archive import begin_archive, finish_archive
     from workflows.common import load_runbook, tag_run
     from workflows.failover_models import (
@@ -219,9 +219,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
                     DnsPreflightRequest(
                         dns=runbook.dns,
                         weighted=(
-                            dict(runbook.traffic.servers)
-                            if isinstance(runbook.traffic, DnsWeightedTraffic)
-                            else None
+                            dict(runbook.weighted_traffic.servers) if runbook.weighted_traffic else None
                         ),
                     ),
                     f"{runbook.dns.provider} preflight",

@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.traffic.activities import ReadWeightsRequest, read_weights
     from activities.traffic.provider import TrafficWeightsState
-    from runbooks.model import DnsWeightedTraffic, Runbook, render_url
+    from runbooks.model import Runbook, render_url
     from workflows.failover_models import DatabasePlan, DataLossWindow, Mode, MoveReport, Outcome, StepRecord
     from workflows.run_control import ControlledRun, Ended, failure_message
 
@@ -77,8 +77,8 @@ class Moves(ControlledRun[M]):
 
     async def _plan_dns(self, runbook: Runbook, target_address: str) -> DnsChangePlan:
         """The DNS change to approve; with dns-weighted traffic, planned here from the served weights."""
-        traffic = runbook.traffic
-        if isinstance(traffic, DnsWeightedTraffic):
+        traffic = runbook.weighted_traffic
+        if traffic is not None:
             served: TrafficWeightsState = await self._activity(
                 read_weights,
                 ReadWeightsRequest(traffic=traffic, dns=runbook.dns),
@@ -216,7 +216,7 @@ class Moves(ControlledRun[M]):
 
     async def _cut_over_dns(self, plan: MovePlan) -> None:
         runbook = self._require_runbook()
-        if isinstance(runbook.traffic, DnsWeightedTraffic):
+        if runbook.weighted_traffic is not None:
             # The weighted records are the DNS change: the failover's traffic step (target 100, others 0) or
             # the failback's canary stages move them; there is no simple record to rewrite.
             return
