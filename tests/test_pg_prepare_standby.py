@@ -14,6 +14,7 @@ from activities.database.activities import PrepareStandbyDatabaseRequest
 from activities.database.activities import prepare_standby as db_prepare_standby
 from activities.database.postgres.fence import FenceRequest, fence
 from activities.database.postgres.measure import MeasureReplicationRequest, measure_replication
+from activities.database.postgres.pg_ctl import pg_ctl_status
 from activities.database.postgres.promote import (
     PromoteRequest,
     WaitForReplayRequest,
@@ -31,7 +32,7 @@ from activities.database.results import (
 from activities.errors import ErrorType
 from runbooks.model import PostgresDatabase
 from tests.support.postgres import eventually, postgres_pair, target
-from workers.sandbox.postgres import PostgresPair, pg_ctl_status
+from workers.sandbox.postgres import PostgresPair
 
 A, B = "region-a", "region-b"
 

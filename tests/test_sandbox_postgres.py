@@ -14,6 +14,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.database.postgres.connection import PostgresTarget
 from activities.database.postgres.fence import FenceRequest, UnfenceRequest, fence, unfence
 from activities.database.postgres.measure import MeasureReplicationRequest, measure_replication
+from activities.database.postgres.pg_ctl import find_pg_bindir, pg_ctl_status
 from activities.database.postgres.promote import (
     PromoteRequest,
     WaitForReplayRequest,
@@ -25,7 +26,7 @@ from activities.errors import ErrorType
 from runbooks.model import PostgresNode
 from tests.support.postgres import eventually, postgres_pair, target
 from workers.sandbox.named import free_port
-from workers.sandbox.postgres import PostgresPair, find_pg_bindir, pg_ctl_status
+from workers.sandbox.postgres import PostgresPair
 
 PRIMARY, STANDBY = "region-a", "region-b"
 
