@@ -24,7 +24,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from activities.search_attributes import run_attributes
-from workers.cli import EXIT_OK, Failure, _services_to_check, connect, connection_options, settings_from
+from workers.cli.common import EXIT_OK, Failure, connect, connection_options, services_to_check, settings_from
 from workers.connection import TemporalSettings
 from workflows.common import TASK_QUEUE
 from workflows.drill_models import DrillReport, DrillRequest
@@ -96,7 +96,7 @@ def schedule(
     """Create the drill schedule of SERVICE (default: first Tuesday of each quarter, 09:00 UTC)."""
     if calendar and cron:
         raise click.UsageError("give --calendar or --cron, not both")
-    _services_to_check(directory, service)
+    services_to_check(directory, service)
     spec = (
         ScheduleSpec(cron_expressions=[cron])
         if cron

@@ -15,14 +15,11 @@ import click
 from temporalio.client import WorkflowHistory
 from temporalio.service import RPCError
 
+from workers.cli.common import EXIT_ERROR, EXIT_OK, Failure, connect, connection_options, settings_from
+
 audit: click.Group = click.Group(
     "audit", help="Forensic audit: a run's timeline, its tamper-evident archive, replay against today's code."
 )
-
-
-# workers.cli imports this module to register `audit`; importing it back only after `audit` exists works
-# whichever of the two modules is imported first.
-from workers.cli import EXIT_ERROR, EXIT_OK, Failure, connect, connection_options, settings_from  # noqa: E402
 
 
 @audit.command("export")

@@ -1,0 +1,116 @@
+"""What every ``drflow`` command module shares: exit codes, errors, connection options, runbook lookup.
+
+The leaf of the CLI package: it imports no other ``workers.cli`` module, so each command module can import
+it without a cycle.
+
+Exit status: 0 success (or ``ready``), 1 bad input or an error that changed nothing, 2 usage error,
+3 ``degraded``, 4 ``not ready``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from temporalio.client import Client
+
+from runbooks.loader import LoadedRunbook, load_directory
+from workers.connection import ConnectionSettingsError, TemporalSettings
+
+EXIT_OK, EXIT_ERROR, EXIT_DEGRADED, EXIT_NOT_READY = 0, 1, 3, 4
+VERDICT_EXIT = {"ready": EXIT_OK, "degraded": EXIT_DEGRADED, "not-ready": EXIT_NOT_READY}
+UI_URL_ENV = "DRFLOW_UI_URL"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """An operator-facing error: one clear message, exit status 1, nothing changed."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"drflow: {self.format_message()}", err=True)
+
+
+def connection_options(func: F) -> F:
+    options = [
+        click.option("--address", help="Temporal frontend host:port [env TEMPORAL_ADDRESS; localhost:7233]"),
+        click.option("--namespace", help="Temporal namespace [env TEMPORAL_NAMESPACE; default]"),
+        click.option(
+            "--tls-cert", type=click.Path(dir_okay=False), help="mTLS client cert [env TEMPORAL_TLS_CERT]"
+        ),
+        click.option(
+            "--tls-key", type=click.Path(dir_okay=False), help="mTLS client key [env TEMPORAL_TLS_KEY]"
+        ),
+        click.option(
+            "--tls-ca", type=click.Path(dir_okay=False), help="server CA bundle [env TEMPORAL_TLS_CA]"
+        ),
+        click.option("--api-key", help="Temporal Cloud API key; prefer the env TEMPORAL_API_KEY"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def settings_from(options: dict[str, Any]) -> TemporalSettings:
+    try:
+        return TemporalSettings.resolve(
+            address=options.get("address"),
+            namespace=options.get("namespace"),
+            tls_cert=options.get("tls_cert"),
+            tls_key=options.get("tls_key"),
+            tls_ca=options.get("tls_ca"),
+            api_key=options.get("api_key"),
+        )
+    except ConnectionSettingsError as err:
+        raise Failure(str(err)) from err
+
+
+async def connect(settings: TemporalSettings) -> Client:
+    try:
+        return await settings.connect()
+    except RuntimeError as err:
+        raise Failure(
+            f"cannot reach Temporal at {settings.describe()}: {err}\n"
+            "  Is it running? Locally: `make dev` (or `drflow dev`)."
+        ) from err
+
+
+def workflow_link(settings: TemporalSettings, workflow_id: str) -> str:
+    base = os.environ.get(UI_URL_ENV, "http://localhost:8233").rstrip("/")
+    return f"{base}/namespaces/{settings.namespace}/workflows/{workflow_id}"
+
+
+def default_user() -> str:
+    return os.environ.get("DRFLOW_USER") or getpass.getuser()
+
+
+def services_to_check(directory: Path, service: str | None) -> list[LoadedRunbook]:
+    """The runbook of SERVICE, or every runbook (None); a Failure naming what is wrong otherwise."""
+    loaded, problems = load_directory(directory)
+    if service is None:
+        if problems:
+            raise Failure("fix these runbooks first:\n" + "\n".join(f"  {p}" for p in problems))
+        if not loaded:
+            raise Failure(f"no runbooks in {directory}")
+        return loaded
+    for item in loaded:
+        if item.runbook.service == service:
+            return [item]
+    broken = [p for p in problems if Path(p.file).stem == service]
+    if broken:
+        raise Failure(f"the runbook of {service} is invalid:\n" + "\n".join(f"  {p}" for p in broken))
+    known = ", ".join(sorted(i.runbook.service for i in loaded)) or "none"
+    raise Failure(f"unknown service {service!r}: no runbook in {directory} describes it (known: {known})")
+
+
+def configure_logging(level: int) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )

@@ -1,0 +1,44 @@
+"""``drflow dev``: the embedded stack; ``workers.dev`` and the sandbox behind it load only when it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workers.cli.common import EXIT_OK, Failure, configure_logging
+
+
+@click.command()
+@click.option("--port", default=7233, show_default=True, help="Temporal gRPC port")
+@click.option("--ui-port", default=8233, show_default=True, help="Temporal Web UI port")
+@click.option("--state-dir", default=".drflow", show_default=True, type=click.Path(file_okay=False))
+@click.option("--sandbox", is_flag=True, help="also run the local two-region sandbox (runbooks/sandbox.yaml)")
+@click.pass_obj
+def dev(directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bool) -> int:
+    """Run the embedded stack: Temporal dev server (SQLite under --state-dir), Web UI, a drflow worker."""
+    from workers.dev import DevConfig, DevStackError, describe, run_dev
+
+    configure_logging(logging.WARNING)
+    config = DevConfig(
+        state_dir=Path(state_dir), port=port, ui_port=ui_port, runbooks_dir=directory, sandbox=sandbox
+    )
+    if sandbox and Path(state_dir) != Path(".drflow"):
+        raise Failure(
+            "--sandbox keeps its servers in .drflow/sandbox, where runbooks/sandbox.yaml points: "
+            "leave --state-dir at its default"
+        )
+
+    def announce(cfg: DevConfig, server: Any) -> None:
+        for line in describe(cfg, server):
+            click.echo(line)
+
+    try:
+        asyncio.run(run_dev(config, announce))
+    except DevStackError as err:
+        raise Failure(str(err)) from err
+    click.echo("drflow dev: stopped")
+    return EXIT_OK

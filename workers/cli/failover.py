@@ -1,0 +1,301 @@
+"""``drflow failover|failback|approve|reject|accept-data-loss|decide|status``: start and steer runs.
+
+Failover and failback start a run; the gate answers, ``decide`` and ``status`` act on any run by workflow id
+(a drill's too); ``--wait`` and ``status --follow`` share the live step-by-step view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from workers.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Failure,
+    connect,
+    connection_options,
+    default_user,
+    services_to_check,
+    settings_from,
+    workflow_link,
+)
+from workers.connection import TemporalSettings
+from workflows.common import TASK_QUEUE, run_attributes
+
+
+@click.command()
+@click.argument("service")
+@click.option("--to", "target", required=True, help="the region to fail over to")
+@click.option("--reason", required=True, help="why; shown to approvers and kept in the report")
+@click.option(
+    "--mode", type=click.Choice(["planned", "emergency", "drill"]), default="planned", show_default=True
+)
+@click.option("--as", "requested_by", default=default_user, help="who asks [env DRFLOW_USER; your login]")
+@click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
+@connection_options
+@click.pass_obj
+def failover(
+    directory: Path,
+    /,
+    service: str,
+    target: str,
+    reason: str,
+    mode: str,
+    requested_by: str,
+    wait: bool,
+    **options: Any,
+) -> int:
+    """Fail SERVICE over to another region (workflow id failover-SERVICE)."""
+    from workflows.failover_models import FailoverRequest
+
+    loaded = services_to_check(directory, service)[0].runbook
+    if target not in loaded.regions:
+        raise Failure(f"{target!r} is not a region of {service} (regions: {', '.join(loaded.regions)})")
+    request = FailoverRequest(
+        service=service, target=target, reason=reason, requested_by=requested_by, mode=mode
+    )
+    settings = settings_from(options)
+    # The serving region is known for sure only after preflight; the runbook's primary is the usual source.
+    source = loaded.primary if loaded.primary != target else "?"
+    return asyncio.run(_start_failover(settings, request, wait, source))
+
+
+async def _start_failover(settings: TemporalSettings, request: Any, wait: bool, source: str = "?") -> int:
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workflows.failover_models import FailoverReport
+
+    client = await connect(settings)
+    workflow_id = f"failover-{request.service}"
+    try:
+        handle = await client.start_workflow(
+            "Failover",
+            request,
+            id=workflow_id,
+            task_queue=TASK_QUEUE,
+            result_type=FailoverReport,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"Failover {request.service} {source} → {request.target} ({request.mode})",
+            search_attributes=run_attributes(request.service, "failover", "preflight"),
+            static_details=f"Requested by {request.requested_by}: {request.reason}",
+        )
+    except WorkflowAlreadyStartedError as err:
+        raise Failure(
+            f"a failover of {request.service} is already running ({workflow_id}, run {err.run_id}): "
+            f"follow it with `drflow status {workflow_id}`"
+        ) from err
+    click.echo(f"started {handle.id}  {workflow_link(settings, handle.id)}")
+    if not wait:
+        click.echo(f"follow it: drflow status {handle.id} --follow")
+        return EXIT_OK
+    return await _follow(client, handle.id)
+
+
+async def _follow(client: Client, workflow_id: str) -> int:
+    """Live step-by-step view: a line when a step starts or ends, instructions when a person is needed."""
+    from temporalio.client import RPCError, WorkflowExecutionStatus, WorkflowQueryFailedError
+
+    handle = client.get_workflow_handle(workflow_id)
+    view = await _view(client, workflow_id)
+    printed: set[str] = set()
+    while True:
+        description = await handle.describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            break
+        try:
+            report = await handle.query("status", result_type=view.report_type)
+        except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
+            await asyncio.sleep(0.5)
+            continue
+        for key, line in view.progress(report):
+            if key not in printed:
+                printed.add(key)
+                click.echo(line)
+        await asyncio.sleep(0.3)
+    report = await _final_report(client, workflow_id, view.report_type)
+    if report is None:
+        raise Failure(
+            f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
+        )
+    for key, line in view.progress(report):  # what happened after the last look
+        if key not in printed:
+            click.echo(line)
+    click.echo()
+    click.echo(view.render(report))
+    return EXIT_OK if report.outcome in ("completed", "no-op", "passed") else EXIT_ERROR
+
+
+async def _view(client: Client, workflow_id: str) -> Any:
+    from temporalio.client import RPCError
+
+    from workers.run_views import view_for
+
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message}") from err
+    try:
+        return view_for(description.workflow_type)
+    except ValueError as err:
+        raise Failure(str(err)) from err
+
+
+async def _final_report(client: Client, workflow_id: str, report_type: type[Any]) -> Any:
+    try:
+        return await client.get_workflow_handle(workflow_id, result_type=report_type).result()
+    except WorkflowFailureError:
+        return None
+
+
+@click.command()
+@click.argument("service")
+@click.option("--reason", required=True, help="why; shown to approvers and kept in the report")
+@click.option("--home", default=None, help="the region traffic returns to (default: the runbook's primary)")
+@click.option("--prepare", is_flag=True, help="re-sync the home database as a standby first (pg_rewind)")
+@click.option("--as", "requested_by", default=default_user, help="who asks [env DRFLOW_USER; your login]")
+@click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
+@connection_options
+@click.pass_obj
+def failback(
+    directory: Path, /, service: str, reason: str, home: str | None, prepare: bool, requested_by: str,
+    wait: bool, **options: Any,
+) -> int:  # fmt: skip
+    """Bring SERVICE home: database back with zero loss, then traffic in canary stages (failback-SERVICE)."""
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workflows.failback_models import FailbackReport, FailbackRequest
+
+    runbook = services_to_check(directory, service)[0].runbook
+    if home is not None and home not in runbook.regions:
+        raise Failure(f"{home!r} is not a region of {service} (regions: {', '.join(runbook.regions)})")
+    request = FailbackRequest(
+        service=service, reason=reason, home=home, prepare=prepare, requested_by=requested_by
+    )
+    settings = settings_from(options)
+
+    async def start() -> int:
+        client = await connect(settings)
+        workflow_id = f"failback-{service}"
+        try:
+            handle = await client.start_workflow(
+                "Failback", request, id=workflow_id, task_queue=TASK_QUEUE, result_type=FailbackReport,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                static_summary=f"Failback {service} → {home or runbook.primary}",
+                static_details=f"Requested by {requested_by}: {reason}",
+                search_attributes=run_attributes(service, "failback", "preflight"),
+            )  # fmt: skip
+        except WorkflowAlreadyStartedError as err:
+            raise Failure(
+                f"a failback of {service} is already running ({workflow_id}, run {err.run_id})"
+            ) from err
+        click.echo(f"started {handle.id}  {workflow_link(settings, handle.id)}")
+        if not wait:
+            click.echo(f"follow it: drflow status {handle.id} --follow")
+            return EXIT_OK
+        return await _follow(client, handle.id)
+
+    return asyncio.run(start())
+
+
+def _update_command(update: str, help_text: str) -> click.Command:
+    @click.command(update.replace("_", "-"), help=help_text)
+    @click.argument("workflow_id")
+    @click.option("--as", "who", default=default_user, help="you [env DRFLOW_USER; your login]")
+    @click.option("--reason", default="", help="kept in the audit record")
+    @click.option("--gate", default=None, help="the gate you answer (default: the open one)")
+    @click.option("--plan", "plan_checksum", default=None, help="the plan checksum you reviewed")
+    @connection_options
+    def command(
+        workflow_id: str, who: str, reason: str, gate: str | None, plan_checksum: str | None, **options: Any
+    ) -> int:
+        from workflows.failover_models import ApprovalInput
+
+        answer = ApprovalInput(
+            approver=who, reason=reason, channel="cli", gate=gate, plan_checksum=plan_checksum
+        )
+        return asyncio.run(_send_update(settings_from(options), workflow_id, update, answer))
+
+    return command
+
+
+approve = _update_command("approve", "Approve the open gate of a run.")
+reject = _update_command("reject", "Reject the open gate of a run; it ends with nothing (more) changed.")
+accept_data_loss = _update_command(
+    "accept_data_loss", "Pass the data-loss gate: promote although the standby lacks writes (needs --reason)."
+)
+
+
+@click.command()
+@click.argument("workflow_id")
+@click.argument("decision", type=click.Choice(["retry", "skip", "abort"]))
+@click.option("--as", "who", default=default_user, help="you [env DRFLOW_USER; your login]")
+@click.option("--reason", default="", help="kept in the audit record")
+@connection_options
+def decide(workflow_id: str, decision: str, who: str, reason: str, **options: Any) -> int:
+    """Answer a failed step: retry it, skip it (where allowed) or abort the run."""
+    from workflows.failover_models import DecisionInput
+
+    answer = DecisionInput(decision=decision, operator=who, reason=reason, channel="cli")
+    return asyncio.run(_send_update(settings_from(options), workflow_id, "decide", answer))
+
+
+async def _send_update(settings: TemporalSettings, workflow_id: str, update: str, payload: Any) -> int:
+    from temporalio.client import RPCError, WorkflowUpdateFailedError
+
+    from workflows.failover_models import UpdateOutcome
+
+    client = await connect(settings)
+    try:
+        outcome = await client.get_workflow_handle(workflow_id).execute_update(
+            update, payload, result_type=UpdateOutcome
+        )
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+        raise Failure(f"refused: {message}") from err
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message}") from err
+    click.echo(outcome.message)
+    return EXIT_OK
+
+
+@click.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True, help="the live report as JSON")
+@click.option("--follow", is_flag=True, help="keep printing until the run ends")
+@connection_options
+def status(workflow_id: str, as_json: bool, follow: bool, **options: Any) -> int:
+    """Print a run's live report (the workflow's status query)."""
+    return asyncio.run(_status(settings_from(options), workflow_id, as_json, follow))
+
+
+async def _status(settings: TemporalSettings, workflow_id: str, as_json: bool, follow: bool) -> int:
+    from temporalio.client import RPCError, WorkflowExecutionStatus
+
+    client = await connect(settings)
+    if follow:
+        return await _follow(client, workflow_id)
+    view = await _view(client, workflow_id)
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        description = await handle.describe()
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            report = await handle.query("status", result_type=view.report_type)
+        else:
+            report = await _final_report(client, workflow_id, view.report_type)
+    except RPCError as err:
+        raise Failure(f"{workflow_id}: {err.message}") from err
+    if report is None:
+        raise Failure(
+            f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
+        )
+    click.echo(report.model_dump_json(indent=2) if as_json else view.render(report))
+    return EXIT_OK

@@ -1,0 +1,36 @@
+"""``drflow worker``: a drflow worker against any Temporal; the worker code is imported only when it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workers.cli.common import EXIT_OK, configure_logging, connect, connection_options, settings_from
+from workflows.common import TASK_QUEUE
+
+
+@click.command()
+@connection_options
+@click.option("--task-queue", default=TASK_QUEUE, show_default=True)
+@click.pass_obj
+def worker(directory: Path, /, task_queue: str, **options: Any) -> int:
+    """Run a drflow worker against any Temporal (dev server, self-hosted, Temporal Cloud)."""
+    from workers.worker import build_worker, run_until_signalled
+
+    settings = settings_from(options)
+    configure_logging(logging.INFO)
+
+    async def serve() -> None:
+        client = await connect(settings)
+        logging.getLogger("drflow.worker").info(
+            "worker polling task queue %s on %s, runbooks from %s", task_queue, settings.describe(), directory
+        )
+        await run_until_signalled(build_worker(client, directory, task_queue=task_queue))
+        logging.getLogger("drflow.worker").info("worker stopped")
+
+    asyncio.run(serve())
+    return EXIT_OK
