@@ -38,8 +38,9 @@ from workers.audit.archive import (
     read_archived_history,
     verify,
 )
+from workers.audit.history import read_history_file
 from workers.audit.replay import replay_history
-from workers.audit.timeline import build_timeline, read_history_file
+from workers.audit.timeline import build_timeline
 from workers.sandbox.named import NamedPair, free_port
 from workers.worker import WORKFLOWS, activities_for, build_worker
 from workflows.archive import ArchiveRunWorkflow, start_archive

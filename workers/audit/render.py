@@ -17,9 +17,9 @@ from pydantic import Field
 
 from runbooks.model import StrictModel
 from workers.audit.evidence import describe_dns
+from workers.audit.formatting import format_span
 from workers.audit.model import ActivityRecord, Timeline
 from workers.audit.redact import redact_json
-from workers.audit.timeline import format_span
 
 REPORT_FORMAT = "drflow-audit-report/1"
 
