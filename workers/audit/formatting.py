@@ -1,11 +1,11 @@
-"""How the audit puts things into words: spans, step and timer names.
+"""How the audit puts things into words: spans, times, durations, step and timer names.
 
 Shared by the timeline's chronology and the renderings, so a step or a span reads the same everywhere.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from workers.audit.model import ActivityRecord, TimerRecord
 
@@ -26,3 +26,24 @@ def step_name(record: ActivityRecord) -> str:
 
 def timer_name(record: TimerRecord) -> str:
     return f"of {record.seconds:g}s" + (f" ({record.summary})" if record.summary else "")
+
+
+def format_time(value: datetime | None, day: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = value.strftime("%Y-%m-%d %H:%M:%S.%f" if day else "%H:%M:%S.%f")[:-3]
+    return f"{text} UTC" if day else text
+
+
+def format_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
+def format_yes(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def format_met(value: bool | None) -> str:
+    return "not known" if value is None else ("**met**" if value else "**missed**")
