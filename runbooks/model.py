@@ -356,7 +356,7 @@ class Runbook(StrictModel):
 
     @property
     def weighted_traffic(self) -> DnsWeightedTraffic | None:
-        """The traffic section when it is the DNS provider's weighted records (then they are the DNS change)."""
+        """The traffic section when it is the DNS provider's weighted records: they are the DNS change."""
         return self.traffic if isinstance(self.traffic, DnsWeightedTraffic) else None
 
     @property

@@ -30,8 +30,9 @@ from activities.archive import ArchiveRequest, ArchiveResult, Manifest, archive_
 from tests.support.failover import stateless_service
 from tests.test_audit_timeline import SECRETS, history_with_secrets
 from workers.audit.archive import ArchiveConfig, ArchiveError, archive_history, read_archived_history, verify
+from workers.audit.history import read_history_file
 from workers.audit.replay import replay_history
-from workers.audit.timeline import build_timeline, read_history_file
+from workers.audit.timeline import build_timeline
 from workers.sandbox.named import NamedPair, free_port
 from workers.worker import WORKFLOWS, activities_for, build_worker
 from workflows.archive import ArchiveRunWorkflow, start_archive

@@ -14,8 +14,8 @@ import pytest
 from temporalio import workflow
 
 from tests.test_replay import ReadinessProbingHealthTwice
+from workers.audit.history import read_history_file
 from workers.audit.replay import replay_history
-from workers.audit.timeline import read_history_file
 
 with workflow.unsafe.imports_passed_through():
     from activities.database import activities as database

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHistory
 
+from workers.audit.history import read_history_file
 from workers.audit.render import render_html, render_json, render_markdown
-from workers.audit.timeline import Timeline, build_timeline, read_history_file
+from workers.audit.timeline import Timeline, build_timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 HISTORIES = ROOT / "tests" / "histories"

@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from workers.audit.timeline import read_history_file
+from workers.audit.history import read_history_file
 from workers.worker import WORKFLOWS
 
 with workflow.unsafe.imports_passed_through():

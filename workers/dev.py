@@ -26,7 +26,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.search_attributes import SEARCH_ATTRIBUTES
-from workers.sandbox.world import Sandbox, SandboxError
+from workers.sandbox.host import SandboxError
+from workers.sandbox.world import Sandbox
 from workers.worker import build_worker, run_until_signalled
 from workflows.common import TASK_QUEUE
 

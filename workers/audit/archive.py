@@ -35,14 +35,7 @@ from urllib.parse import quote
 from pydantic import Field, ValidationError
 from temporalio.client import WorkflowHistory
 
-from activities.archive import (
-    ARCHIVE_ENV,
-    ArchivedFile,
-    ArchiveResult,
-    LockMode,
-    Manifest,
-    ObjectLock,
-)
+from activities.archive import ARCHIVE_ENV, ArchivedFile, ArchiveResult, LockMode, Manifest, ObjectLock
 from activities.errors import ArchiveRefused
 from runbooks.model import StrictModel
 from workers.audit.model import Timeline

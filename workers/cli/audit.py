@@ -126,7 +126,7 @@ def _load(
     workflow_id: str | None = None,
 ) -> WorkflowHistory:
     from workers.audit.archive import ArchiveError, is_archive, read_archived_history
-    from workers.audit.timeline import read_history_file
+    from workers.audit.history import read_history_file
 
     path = Path(source)
     if from_files and (source.startswith("s3://") or path.exists()):

@@ -12,6 +12,7 @@ import click
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from activities.search_attributes import run_attributes
 from runbooks.loader import LoadedRunbook
 from workers.cli.common import (
     VERDICT_EXIT,
@@ -23,7 +24,7 @@ from workers.cli.common import (
     workflow_link,
 )
 from workers.connection import TemporalSettings
-from workflows.common import TASK_QUEUE, run_attributes
+from workflows.common import TASK_QUEUE
 from workflows.readiness_report import ReadinessReport, ReadinessRequest, render_markdown
 
 

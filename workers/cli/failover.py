@@ -14,6 +14,7 @@ import click
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from activities.search_attributes import run_attributes
 from workers.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -26,7 +27,7 @@ from workers.cli.common import (
     workflow_link,
 )
 from workers.connection import TemporalSettings
-from workflows.common import TASK_QUEUE, run_attributes
+from workflows.common import TASK_QUEUE
 
 
 @click.command()

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from workers.sandbox.world import DEFAULT_STATE_DIR, Sandbox, SandboxError, SandboxPorts, SandboxStatus
+from workers.sandbox.host import SandboxError
+from workers.sandbox.world import DEFAULT_STATE_DIR, Sandbox, SandboxPorts, SandboxStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATE_DIR_ENV = "DRFLOW_SANDBOX_DIR"

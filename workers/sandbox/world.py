@@ -10,21 +10,17 @@ that ``runbooks/sandbox.yaml``'s ``file:.drflow/sandbox/...`` secrets resolve fr
     sandbox.json  the ports of this world, so ``down`` and ``status`` need only the directory
 
 Every server is a detached process that outlives the command which started it; ``down`` stops them all and
-checks by pid that nothing is left.
+checks by pid that nothing is left. What the world needs from the host (system packages, free ports, the
+state directory's permissions, HTTP probes) is ``workers.sandbox.host``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +29,6 @@ from typing import Literal
 from activities.database.postgres.pg_ctl import (
     PostgresCommandError,
     PostgresNotInstalledError,
-    find_pg_bindir,
 )
 from activities.traffic.haproxy import HaproxyError
 from runbooks.loader import parse_runbook
@@ -43,7 +38,15 @@ from workers.sandbox.haproxy import (
     HaproxyNotInstalledError,
     HaproxyServer,
     HaproxyStartError,
-    find_haproxy,
+)
+from workers.sandbox.host import SandboxError as SandboxError  # raised by Sandbox too: callers import it here
+from workers.sandbox.host import (
+    ensure_system_packages,
+    http_ok,
+    log_tail,
+    make_searchable_dirs,
+    require_free,
+    terminate,
 )
 from workers.sandbox.named import (
     NamedNotInstalledError,
@@ -52,10 +55,9 @@ from workers.sandbox.named import (
     NamedServer,
     NamedStartError,
     ZoneRecord,
-    find_named,
 )
 from workers.sandbox.postgres import PostgresPair, PostgresPairConfig, PostgresServer
-from workers.sandbox.processes import pid_alive, spawn_detached, stop_process
+from workers.sandbox.processes import pid_alive, spawn_detached
 
 DEFAULT_STATE_DIR = Path(".drflow/sandbox")
 LOOPBACK = "127.0.0.1"
@@ -68,20 +70,14 @@ REGIONS: dict[str, str] = {"region-a": "127.0.1.1", "region-b": "127.0.2.1"}
 PRIMARY_REGION, STANDBY_REGION = "region-a", "region-b"
 DBNAME = "app"
 DB_USER = "drflow"
-SYSTEM_PACKAGES = {"named": "bind9", "postgres": "postgresql", "haproxy": "haproxy"}
 # At first the runbook's primary serves all the traffic; a canary failback moves these weights.
 INITIAL_WEIGHTS: dict[str, int] = {PRIMARY_REGION: 100, STANDBY_REGION: 0}
 APP_START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _CONFIG_FILE = "sandbox.json"
-_LOG_TAIL_LINES = 20
 
 State = Literal["running", "stopped"]
 Change = Literal["started", "already-running", "held"]
-
-
-class SandboxError(RuntimeError):
-    """The sandbox cannot do what was asked; the message is what an operator needs to fix it."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +209,7 @@ class Sandbox:
                 f"the sandbox in {self.state_dir} is running with other ports ({_describe_ports(recorded)}); "
                 "run `drflow sandbox down` first, or `up --reset`"
             )
-        _make_searchable_dirs(self.state_dir)
+        make_searchable_dirs(self.state_dir)
         self.config_path.write_text(json.dumps(asdict(self.ports), indent=2) + "\n")
         changes: dict[str, Change] = {}
         try:
@@ -249,7 +245,7 @@ class Sandbox:
         pids = [c.pid for c in self.status().components if c.pid is not None]
         self._haproxy().stop(STOP_TIMEOUT)
         for region in REGIONS:
-            _terminate(self._app_pid(region), STOP_TIMEOUT)
+            terminate(self._app_pid(region), STOP_TIMEOUT)
         if self.postgres_dir.exists():
             try:
                 self._postgres_pair().stop()
@@ -258,7 +254,7 @@ class Sandbox:
         if self.dns_dir.exists():
             pair = self._named_pair()
             for server in (pair.secondary, pair.primary):
-                _terminate(server.pid, STOP_TIMEOUT)
+                terminate(server.pid, STOP_TIMEOUT)
         alive = [pid for pid in pids if pid_alive(pid)]
         if alive:
             raise SandboxError(f"processes still running after stopping the sandbox: {alive}")
@@ -294,7 +290,7 @@ class Sandbox:
         servers = (pair.primary, pair.secondary)
         stopped = [s for s in servers if not s.is_running()]
         for server in stopped:
-            _require_free(LOOPBACK, server.port, f"DNS {server.role}", udp=True)
+            require_free(LOOPBACK, server.port, f"DNS {server.role}", udp=True)
         pair.start()
         for server in servers:
             changes[f"dns-{server.role}"] = "started" if server in stopped else "already-running"
@@ -344,7 +340,7 @@ class Sandbox:
         pair = self._postgres_pair()
         for server in pair.servers:
             if server.pid is None and pair.held_reason(server) is None:
-                _require_free(LOOPBACK, server.port, f"PostgreSQL {server.region}")
+                require_free(LOOPBACK, server.port, f"PostgreSQL {server.region}")
         for outcome in pair.start():
             changes[f"postgres-{outcome.region}"] = outcome.outcome
 
@@ -400,7 +396,7 @@ class Sandbox:
             if self._app_pid(region) is not None:
                 changes[name] = "already-running"
                 continue
-            _require_free(address, self.ports.app, f"app {region}")
+            require_free(address, self.ports.app, f"app {region}")
             self._start_app(region, address)
             changes[name] = "started"
 
@@ -423,13 +419,13 @@ class Sandbox:
         while time.monotonic() < deadline:
             code = process.poll()
             if code is not None:
-                raise SandboxError(f"app {region} exited with status {code}\n{_tail(log_path)}")
-            if _http_ok(url):
+                raise SandboxError(f"app {region} exited with status {code}\n{log_tail(log_path)}")
+            if http_ok(url):
                 return
             time.sleep(0.05)
-        _terminate(process.pid, STOP_TIMEOUT)
+        terminate(process.pid, STOP_TIMEOUT)
         raise SandboxError(
-            f"app {region} did not answer {url} within {APP_START_TIMEOUT:g}s\n{_tail(log_path)}"
+            f"app {region} did not answer {url} within {APP_START_TIMEOUT:g}s\n{log_tail(log_path)}"
         )
 
     def _app_status(self) -> list[ComponentStatus]:
@@ -465,7 +461,7 @@ class Sandbox:
         if haproxy.is_running():
             changes["haproxy"] = "already-running"
             return
-        _require_free(LOOPBACK, self.ports.haproxy, "HAProxy frontend")
+        require_free(LOOPBACK, self.ports.haproxy, "HAProxy frontend")
         haproxy.start(APP_START_TIMEOUT)
         changes["haproxy"] = "started"
 
@@ -497,93 +493,6 @@ class Sandbox:
 
     def _any_running(self) -> bool:
         return any(c.state == "running" for c in self.status().components)
-
-
-def ensure_system_packages() -> list[str]:
-    """Install named, the PostgreSQL server and HAProxy if missing (root on Debian/Ubuntu); returns them.
-
-    Otherwise a missing program is an error carrying the exact command to run.
-    """
-    missing = []
-    try:
-        find_named()
-    except NamedNotInstalledError:
-        missing.append(SYSTEM_PACKAGES["named"])
-    try:
-        find_pg_bindir()
-    except PostgresNotInstalledError:
-        missing.append(SYSTEM_PACKAGES["postgres"])
-    try:
-        find_haproxy()
-    except HaproxyNotInstalledError:
-        missing.append(SYSTEM_PACKAGES["haproxy"])
-    if not missing:
-        return []
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
-    apt_get = shutil.which("apt-get")
-    if os.geteuid() != 0 or apt_get is None or not Path("/etc/debian_version").exists():
-        raise SandboxError(
-            f"the sandbox needs {' and '.join(missing)}, which are not installed: "
-            f"run `sudo apt-get install -y {' '.join(missing)}` (Debian/Ubuntu; elsewhere install BIND's "
-            "named, the PostgreSQL server and HAProxy from your package manager)"
-        )
-    environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for step in (["apt-get", "update", "-qq"], command):
-        done = subprocess.run(step, env=environment, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise SandboxError(
-                f"`{' '.join(step)}` failed with status {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()[-500:]}\ninstall them yourself: "
-                f"`apt-get install -y {' '.join(missing)}`"
-            )
-    return missing
-
-
-def _require_free(host: str, port: int, what: str, udp: bool = False) -> None:
-    """Refuse early with the port and its purpose, rather than a server's log line after a timeout."""
-    kinds = [socket.SOCK_STREAM, socket.SOCK_DGRAM] if udp else [socket.SOCK_STREAM]
-    for kind in kinds:
-        with socket.socket(socket.AF_INET, kind) as probe:
-            if kind == socket.SOCK_STREAM:
-                # As servers do: a connection lingering in TIME_WAIT does not make the port unusable.
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                raise SandboxError(
-                    f"port {port} ({what}) is already in use on {host}: stop whatever holds it (another "
-                    "sandbox? `drflow sandbox down --state-dir DIR`) or bring this one up on other ports"
-                ) from None
-
-
-def _make_searchable_dirs(directory: Path) -> None:
-    """Create the state directory so that the postgres system user can reach its own subdirectories."""
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    for created in missing:
-        created.chmod(0o755)
-
-
-def _terminate(pid: int | None, timeout: float) -> None:
-    if pid is not None:
-        stop_process(pid, timeout)
-
-
-def _http_ok(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=1) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
-    except OSError:
-        return "(no log output)"
-    return f"--- {path} ---\n" + "\n".join(lines)
 
 
 def _describe_ports(ports: SandboxPorts) -> str:
