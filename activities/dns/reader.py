@@ -28,6 +28,7 @@ from pydantic import Field, field_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import ErrorType
 from runbooks.model import Nameserver, StrictModel
 
 RecordType = Literal["A", "AAAA", "CNAME"]
@@ -228,7 +229,7 @@ def _discovery_failed(query: DnsQuery, reason: str) -> ApplicationError:
         f"Could not discover the authoritative nameservers of {query.zone}: {reason}. "
         "Check the zone name and that this worker's resolver can see it, or list the nameservers under "
         "dns.nameservers in the runbook.",
-        type="DnsDiscoveryFailed",
+        type=ErrorType.DNS_DISCOVERY_FAILED,
         non_retryable=False,
     )
 

@@ -48,6 +48,9 @@ class AppConfig:
 
 class HealthServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a canary analysis opens up to 32 connections at once, and SYNs
+    # past the backlog are dropped and retried by the client only after a second, which reads as timeouts.
+    request_queue_size = 128
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
