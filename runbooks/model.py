@@ -18,7 +18,15 @@ import string
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from runbooks.durations import Duration, format_duration
@@ -26,7 +34,7 @@ from runbooks.secrets import SecretRef
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lowercase letters, digits and dashes")]
-Gate = Literal["failover", "promote", "data-loss", "failback", "failback-100"]
+Gate = Literal["failover", "promote", "data-loss", "unfenced", "failback", "failback-100"]
 URL_PLACEHOLDERS = frozenset({"region", "address"})
 DEFAULT_GATES: tuple[Gate, ...] = ("failover", "data-loss")
 
@@ -40,6 +48,20 @@ class Objectives(StrictModel):
         description="recovery time objective: detection excluded, start of failover to healthy"
     )
     rpo: Duration = Field(description="recovery point objective: the most recent writes the service may lose")
+    rpo_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="the RPO as WAL bytes the target may lack; when set, a loss must fit both this and rpo",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rpo_bytes(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A runbook without ``rpo_bytes`` serialises as before it existed, so workers of the previous
+        release still decode the runbook payloads that newer workers write into histories."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("rpo_bytes") is None:
+            data.pop("rpo_bytes", None)
+        return data
 
 
 class Region(StrictModel):
@@ -478,12 +500,22 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
     )
     if approvals.gates and not approvals.approvers and not slack_approvers:
         problems.append((("approvals", "approvers"), "gates are configured but nobody may approve them"))
+    if "unfenced" in approvals.gates:
+        problems.append(
+            (
+                ("approvals", "gates"),
+                "the unfenced gate is not configurable: it opens by itself whenever a fence is not confirmed",
+            )
+        )
     for gate in approvals.skip_in_emergency:
-        if gate == "data-loss":
+        if gate in ("data-loss", "unfenced"):
             problems.append(
                 (
                     ("approvals", "skip_in_emergency"),
-                    "the data-loss gate can never be skipped: accepting data loss needs a recorded decision",
+                    "the data-loss gate can never be skipped: accepting data loss needs a recorded decision"
+                    if gate == "data-loss"
+                    else "the unfenced gate can never be skipped: promoting without a confirmed fence needs "
+                    "a recorded decision with a reason",
                 )
             )
         elif gate not in approvals.gates:

@@ -136,6 +136,8 @@ class DataLossWindow(StrictModel):
     seconds: float | None
     within_rpo: bool
     basis: str
+    rpo_seconds: float | None = Field(default=None, description="the objective it was judged against")
+    rpo_bytes: int | None = Field(default=None, description="the byte objective, when the runbook sets one")
 
 
 class FinalState(StrictModel):
@@ -174,6 +176,11 @@ class MoveReport(RunReport):
     data_loss: DataLossWindow | None = None
     promotion: PromoteResult | None = None
     compensation: UnfenceResult | None = None
+    unfenced_promotion: str | None = Field(
+        default=None,
+        description="set when a person promoted although the old primary's fence was not confirmed: "
+        "who and why",
+    )
     dns_change: DnsChangeResult | None = None
     dns_sync: DnsChangeStatus | None = None
     propagation: PropagationResult | None = None
@@ -270,6 +277,11 @@ def render_report(report: FailoverReport) -> str:
             + ("accept_data_loss" if report.open_gate == "data-loss" else "approve")
             + '` with `{"approver": "<you>", "reason": "..."}`',
         ]
+        if report.open_gate == "unfenced":
+            lines.append(
+                "The old primary's fence is NOT confirmed: promoting now may leave two primaries that both "
+                "accept writes. Approve only after fencing it another way (network, power), with a reason."
+            )
     if report.waiting_step is not None:
         lines += [
             "",
@@ -289,7 +301,14 @@ def render_report(report: FailoverReport) -> str:
             else f"{dl.bytes if dl.bytes is not None else '?'} bytes, "
             + (f"{dl.seconds:.1f}s" if dl.seconds is not None else "? s")
         )
-        lines += ["", f"**Data-loss window at promotion**: {amount}. {dl.basis}"]
+        objective = ""
+        if dl.rpo_seconds is not None:
+            objective = f" Objective: RPO {dl.rpo_seconds:g}s" + (
+                f" and {dl.rpo_bytes} bytes." if dl.rpo_bytes is not None else "."
+            )
+        lines += ["", f"**Data-loss window at promotion**: {amount}. {dl.basis}{objective}"]
+    if report.unfenced_promotion is not None:
+        lines += ["", f"**Promoted without a confirmed fence**: {report.unfenced_promotion}"]
     if report.achieved_rto_seconds is not None:
         lines += [
             "",

@@ -14,7 +14,13 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.database import activities as database
-    from activities.database.results import FenceResult, WaitForReplayResult, lsn_diff
+    from activities.database.results import (
+        FenceResult,
+        PromoteResult,
+        UnfenceResult,
+        WaitForReplayResult,
+        lsn_diff,
+    )
     from activities.dns.activities import (
         DnsChangeStatusRequest,
         apply_dns_change,
@@ -47,6 +53,12 @@ with workflow.unsafe.imports_passed_through():
 
 REPLAY_WAIT_PLANNED = timedelta(seconds=60)
 REPLAY_WAIT_EMERGENCY = timedelta(seconds=5)
+
+# Each patch is asked for only on the branch it changes, so runs that never take the branch pay nothing.
+FENCE_CONFIRMED_PATCH = "fence-confirmed"  # an unconfirmed fence opens the unfenced gate before promotion
+RPO_BYTES_PATCH = "rpo-bytes"  # known-lost bytes with no measurable age are not "within the RPO"
+WRITABLE_PATCH = "writable-before-dns"  # a promotion that is not writable is a failed step
+UNFENCE_STEP_PATCH = "unfence-step"  # a failed compensation is a failed step, not a note
 
 
 M = TypeVar("M", bound=MoveReport)
@@ -162,6 +174,27 @@ class Moves(ControlledRun[M]):
         if not window.within_rpo:
             self._note(f"RPO guard: {window.basis}")
             await self._gate("data-loss", plan.checksum, always=True)
+        await self._confirm_fence(plan, fence)
+
+    async def _confirm_fence(self, plan: MovePlan, fence: FenceResult) -> None:
+        """Never promote after an unconfirmed fence without a person saying so, with a reason.
+
+        Accepting data loss is not accepting two primaries: if the old primary may still take writes, the
+        ``unfenced`` gate asks for an explicit override and the report says the promotion had no fence.
+        """
+        if fence.fenced or not workflow.patched(FENCE_CONFIRMED_PATCH):
+            return
+        why = "; ".join(fence.errors) or f"method {fence.method}: nothing stops {plan.source} taking writes"
+        self._note(
+            f"the fence of {plan.source} is NOT confirmed ({why}): promoting {plan.target} could leave two "
+            "primaries; the unfenced gate needs an approval with a reason"
+        )
+        await self._gate("unfenced", plan.checksum, always=True)
+        answer = self._report.approvals[-1]
+        self._update(
+            unfenced_promotion=f"approved by {answer.by} via {answer.channel}: {answer.reason}; "
+            f"fence of {plan.source}: {why}"
+        )
 
     async def _data_loss_window(
         self, plan: MovePlan, fence: FenceResult, replay: WaitForReplayResult | None
@@ -187,6 +220,9 @@ class Moves(ControlledRun[M]):
             lost_bytes = status.lag_bytes
         seconds = status.lag_seconds
         within = seconds is not None and seconds <= rpo and lost_bytes is not None
+        rpo_bytes = self._require_runbook().objectives.rpo_bytes
+        if lost_bytes and (not seconds or rpo_bytes is not None) and workflow.patched(RPO_BYTES_PATCH):
+            return _byte_window(plan, lost_bytes, seconds, rpo, rpo_bytes)
         basis = (
             f"{plan.target} lacks {lost_bytes if lost_bytes is not None else 'an unknown amount of'} bytes"
             f" ({f'{seconds:.1f}s' if seconds is not None else 'age unknown'}) of {plan.source}'s WAL; "
@@ -199,20 +235,40 @@ class Moves(ControlledRun[M]):
     async def _promote(self, plan: MovePlan) -> None:
         db = self._require_runbook().database
         assert db is not None
-        promotion = await self._step(
-            f"promote {plan.target}",
-            lambda: self._activity(
-                database.promote,
-                database.DatabasePromoteRequest(database=db, region=plan.target, mode=self._mode()),
-                f"promote {plan.target}",
-                timeout=timedelta(seconds=120),
-            ),
-            lambda r: (
-                ("already primary" if r.already_primary else f"promoted at {r.replay_lsn_at_promotion}")
-                + f", timeline {r.timeline}, writable {r.writable}"
-            ),
-        )
-        self._update(promotion=promotion)
+        name = f"promote {plan.target}"
+
+        async def promote() -> PromoteResult:
+            result: PromoteResult = await self._step(
+                name,
+                lambda: self._activity(
+                    database.promote,
+                    database.DatabasePromoteRequest(database=db, region=plan.target, mode=self._mode()),
+                    f"promote {plan.target}",
+                    timeout=timedelta(seconds=120),
+                ),
+                lambda r: (
+                    ("already primary" if r.already_primary else f"promoted at {r.replay_lsn_at_promotion}")
+                    + f", timeline {r.timeline}, writable {r.writable}"
+                ),
+            )
+            self._update(promotion=result)
+            return result
+
+        promotion = await promote()
+        # DNS never moves to a database that does not take writes: retry (promotion is idempotent and
+        # proves writability again) or abort, which leaves DNS where it is and says so.
+        while not promotion.writable and workflow.patched(WRITABLE_PATCH):
+            problem = (
+                f"{plan.target} is promoted but a write did not commit "
+                f"({'; '.join(promotion.actions[-1:])}); DNS stays on {plan.source} until it does"
+            )
+            self._finish_step(name, "failed", error=problem)
+            if await self._await_decision(name, problem) != "retry":
+                raise Ended("aborted", f"{problem}: aborted, the database moved and DNS did not")
+            promotion = await promote()
+
+    def _past_point_of_no_return(self) -> bool:
+        return self._report.promotion is not None
 
     async def _cut_over_dns(self, plan: MovePlan) -> None:
         runbook = self._require_runbook()
@@ -315,15 +371,29 @@ class Moves(ControlledRun[M]):
         fence = self._report.fence
         if db is None or fence is None or not fence.fenced or self._report.promotion is not None:
             return
-        try:
-            result = await self._activity(
-                database.unfence,
-                database.DatabaseUnfenceRequest(database=db, region=plan.source),
-                f"compensate: unfence {plan.source}",
-            )
-        except ActivityError as err:
-            self._note(f"could not unfence {plan.source}: {failure_message(err)}")
-            return
+        name = f"compensate: unfence {plan.source}"
+        while True:
+            try:
+                result: UnfenceResult = await self._activity(
+                    database.unfence,
+                    database.DatabaseUnfenceRequest(database=db, region=plan.source),
+                    name,
+                )
+                break
+            except ActivityError as err:
+                message = failure_message(err)
+                if not workflow.patched(UNFENCE_STEP_PATCH):
+                    self._note(f"could not unfence {plan.source}: {message}")
+                    return
+                # A failed unfence leaves the service without a primary: a failed step a person answers.
+                self._set_step(StepRecord(name=name, started_at=workflow.now()))
+                self._finish_step(name, "failed", error=message)
+                if await self._await_decision(name, message) != "retry":
+                    self._note(
+                        f"{plan.source} is STILL FENCED and {plan.target} was not promoted: the service has "
+                        f"no primary until someone unfences {plan.source} ({message})"
+                    )
+                    return
         self._update(compensation=result)
         self._note(f"compensated: {plan.source} serves again ({'; '.join(result.actions)})")
 
@@ -370,3 +440,24 @@ def _describe_propagation(result: PropagationResult) -> str:
 
 def _describe_health(result: HealthValidationResult) -> str:
     return ", ".join(f"{c.check} {c.required}x in {c.passed_after_ms or 0:.0f} ms" for c in result.checks)
+
+
+def _byte_window(
+    plan: MovePlan, lost: int, seconds: float | None, rpo: float, rpo_bytes: int | None
+) -> DataLossWindow:
+    """Bytes known lost decide, whatever the lag in seconds says.
+
+    A standby that replayed everything it received reads a lag of 0 s while it lacks the primary's last
+    ``lost`` bytes: their age is unknown, so they may be older than the RPO. With an RPO in bytes, the loss
+    must fit it too.
+    """
+    age_known = bool(seconds)
+    within = age_known and seconds is not None and seconds <= rpo and (rpo_bytes is None or lost <= rpo_bytes)
+    age = f"{seconds:.1f}s" if age_known and seconds is not None else "age unknown: possibly above the RPO"
+    objective = f"RPO {rpo:g}s" + (f" and {rpo_bytes} bytes" if rpo_bytes is not None else "")
+    return DataLossWindow(
+        zero_proven=False, bytes=lost, seconds=seconds if age_known else None, within_rpo=within,
+        basis=f"{plan.target} lacks {lost} bytes ({age}) of {plan.source}'s WAL; {objective}",
+        rpo_seconds=rpo, rpo_bytes=rpo_bytes,
+    )  # fmt: skip
+

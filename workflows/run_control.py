@@ -40,6 +40,8 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 R = TypeVar("R", bound=RunReport)
 HEARTBEAT = timedelta(seconds=10)
+# After promotion an unanswered decision keeps waiting instead of expiring into an abort.
+FORWARD_PATCH = "forward-after-promotion"
 
 
 class Ended(Exception):
@@ -392,15 +394,26 @@ class ControlledRun(Generic[R]):
                 runbook.approvals.timeout,
             )
         )
-        try:
-            await workflow.wait_condition(
-                lambda: self._decision is not None, timeout=runbook.approvals.timeout
-            )
-        except TimeoutError:
-            self._decision = DecisionRecord(
-                step=step, error=error, decision="expired", by=None, at=workflow.now(), channel=None,
-                reason=f"no decision within {runbook.approvals.timeout}: aborting",
-            )  # fmt: skip
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None, timeout=runbook.approvals.timeout
+                )
+                break
+            except TimeoutError:
+                if self._past_point_of_no_return() and workflow.patched(FORWARD_PATCH):
+                    # Aborting now would leave the data moved and the traffic not: keep asking instead.
+                    self._note(
+                        f"no decision on {step} within {runbook.approvals.timeout}; the database is "
+                        "already promoted, so the run does not abort by itself: still waiting for a decision"
+                    )
+                    self._show(self._render())
+                    continue
+                self._decision = DecisionRecord(
+                    step=step, error=error, decision="expired", by=None, at=workflow.now(), channel=None,
+                    reason=f"no decision within {runbook.approvals.timeout}: aborting",
+                )  # fmt: skip
+                break
         record = self._decision
         assert record is not None
         if slack is not None and view is not None:
@@ -417,6 +430,10 @@ class ControlledRun(Generic[R]):
         if self._require_runbook().approvals.slack is None or not workflow.patched(DECISIONS_PATCH):
             return None
         return self._slack_mirror()
+
+    def _past_point_of_no_return(self) -> bool:
+        """True once the run changed something that an abort would not undo (a promoted database)."""
+        return False
 
     async def _release_lock(self, service: str) -> None:
         if not self._holds_lock:
