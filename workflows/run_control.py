@@ -208,6 +208,11 @@ class ControlledRun(Generic[R]):
         gate = self._check_gate_answer(answer)
         if gate == "data-loss":
             raise ValueError("this gate accepts data loss: send accept_data_loss (with a reason) to pass it")
+        if gate == "unfenced" and not answer.reason.strip():
+            raise ValueError(
+                "promoting without a confirmed fence needs a reason (how the old primary was stopped "
+                "another way); it is kept in the audit record"
+            )
 
     @workflow.update
     async def reject(self, answer: ApprovalInput) -> UpdateOutcome:
