@@ -8,6 +8,7 @@ read a lag of 0 s while it lacked the primary's last writes, so the data-loss ga
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -15,13 +16,13 @@ import pytest_asyncio
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.failover import wait_for_gate
+from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
-from tests.test_failover_sandbox import in_recovery, start
+from tests.test_failover_sandbox import answers, in_recovery, start
 from workers.sandbox.named import free_port
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
-from workflows.failover_models import ApprovalInput
+from workflows.failover_models import ApprovalInput, DecisionInput
 
 
 @pytest.fixture
@@ -131,3 +132,89 @@ async def test_known_lost_bytes_open_the_data_loss_gate_although_the_lag_reads_z
     final = await handle.result()
     assert final.outcome == "completed", final.messages
     assert final.unfenced_promotion is None, "a clean shutdown is a confirmed fence"
+
+
+async def test_after_promotion_an_unanswered_decision_keeps_waiting_instead_of_aborting(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    world.write_runbook(dns__propagation_budget="2s", approvals__timeout="4s")
+    world.sandbox._named_pair().stop_secondary()
+    handle = await start(dev_env, world, worker_on)
+    await wait_for_gate(dev_env.client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
+    waiting = await wait_for_decision(dev_env.client, handle.id)
+    assert waiting.waiting_step == "verify propagation" and waiting.promotion is not None
+    async with asyncio.timeout(60):  # one approval timeout passes unanswered, then another
+        while True:
+            report = await handle.query(FailoverWorkflow.status)
+            notes = [m for m in report.messages if "does not abort by itself" in m]
+            if len(notes) >= 2:
+                break
+            assert report.outcome == "running", report.messages
+            await asyncio.sleep(0.2)
+    assert report.waiting_step == "verify propagation" and not report.decisions
+    await handle.execute_update(
+        FailoverWorkflow.decide, DecisionInput(decision="skip", operator="carol", reason="ns2 is retired")
+    )
+    final = await handle.result()
+    assert final.outcome == "completed", final.messages
+    assert [(d.step, d.decision, d.by) for d in final.decisions] == [("verify propagation", "skip", "carol")]
+
+
+async def test_a_promotion_that_cannot_write_stops_before_dns_until_it_can(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    # Every session on region-b is read-only, also once it is promoted: the write check cannot pass.
+    with world.connect("region-b") as standby:
+        standby.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        standby.execute("SELECT pg_reload_conf()")
+    handle = await start(dev_env, world, worker_on)
+    await wait_for_gate(dev_env.client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
+    waiting = await wait_for_decision(dev_env.client, handle.id, timeout=180)
+    assert waiting.waiting_step == "promote region-b", waiting.steps
+    assert waiting.promotion is not None and not waiting.promotion.writable
+    assert waiting.dns_change is None and await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
+    with world.connect("region-b") as promoted:
+        promoted.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        promoted.execute("SELECT pg_reload_conf()")
+    await handle.execute_update(
+        FailoverWorkflow.decide, DecisionInput(decision="retry", operator="carol", reason="read-only off")
+    )
+    final = await handle.result()
+    assert final.outcome == "completed", final.messages
+    assert final.promotion is not None and final.promotion.writable and final.promotion.already_primary
+    assert await answers(world) == [["127.0.2.1"], ["127.0.2.1"]]
+
+
+async def test_a_failed_unfence_is_a_failed_step_that_a_person_answers(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    world.write_runbook(approvals__gates=["failover", "data-loss", "promote"])
+    handle = await start(dev_env, world, worker_on)
+    await wait_for_gate(dev_env.client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
+    fenced = await wait_for_gate(dev_env.client, handle.id, gate="promote")
+    assert fenced.fence is not None and fenced.fence.method == "shutdown"
+    # Something else took region-a's port while it was down: it cannot start again.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", world.runbook.database.nodes["region-a"].port))  # type: ignore[union-attr]
+    squatter.listen()
+    try:
+        await handle.execute_update(
+            FailoverWorkflow.reject, ApprovalInput(approver="carol", reason="not today")
+        )
+        waiting = await wait_for_decision(dev_env.client, handle.id, timeout=120)
+        assert waiting.waiting_step == "compensate: unfence region-a", waiting.steps
+        failed = next(s for s in waiting.steps if s.name == "compensate: unfence region-a")
+        assert failed.outcome == "failed" and failed.error
+    finally:
+        squatter.close()
+    await handle.execute_update(
+        FailoverWorkflow.decide, DecisionInput(decision="retry", operator="carol", reason="port freed")
+    )
+    final = await handle.result()
+    assert final.outcome == "rejected", final.messages
+    assert final.compensation is not None and final.compensation.restored
+    assert not in_recovery(world, "region-a")
