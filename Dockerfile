@@ -23,10 +23,18 @@ COPY workers/ workers/
 RUN pip install --no-cache-dir . \
     && rm -rf /src
 
-# The runbooks the worker serves; mount a directory over /app/runbooks to use your own.
+# No runbook is baked in: the worker serves /etc/drflow/runbooks, empty in the image, and you mount your
+# runbooks there (read-only). The repository's runbooks/sandbox.yaml (the dev sandbox) and examples/ are
+# not served; they stay in site-packages only for `drflow runbook validate`.
+# /var/lib/drflow is the only place the worker writes (archives, drill reports): owned by the runtime user,
+# so a named volume mounted there starts out writable by it. Everything else may be read-only.
 WORKDIR /app
-COPY runbooks/ /app/runbooks/
-ENV DRFLOW_RUNBOOKS=/app/runbooks
+RUN install -d -m 0755 /etc/drflow/runbooks \
+    && install -d -m 0750 -o 10001 -g 10001 /var/lib/drflow
+ENV DRFLOW_RUNBOOKS=/etc/drflow/runbooks \
+    DRFLOW_ARCHIVE=/var/lib/drflow/archive \
+    DRFLOW_DRILL_REPORTS=/var/lib/drflow/drills
+VOLUME ["/var/lib/drflow"]
 
 USER 10001:10001
 

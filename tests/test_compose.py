@@ -24,12 +24,21 @@ from typing import Any
 import pytest
 import yaml
 
+from activities.archive import ARCHIVE_ENV
+from activities.drill_report import REPORTS_ENV
 from activities.search_attributes import SEARCH_ATTRIBUTES
+from activities.temporal_ui import UI_URL_ENV
+from runbooks.loader import RUNBOOKS_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = "docker-compose.yml"
 ENV_DIR = Path("infra/compose")
 DYNAMIC_CONFIG = Path("infra/temporal/dynamicconfig/production.yaml")
+RUNBOOKS_MOUNT = ENV_DIR / "runbooks"
+# Where the worker image keeps what it serves and what it writes (Dockerfile, docker-compose.yml).
+RUNBOOKS_DIR = "/etc/drflow/runbooks"
+STATE_DIR = "/var/lib/drflow"
+STATE_VOLUME = "drflow-state"
 
 SERVICES = {
     "postgresql",
@@ -116,6 +125,7 @@ def committed_copy(destination: Path) -> Path:
     (destination / ENV_DIR).mkdir(parents=True)
     for template in (REPO / ENV_DIR).glob("*.env.example"):
         shutil.copy2(template, destination / ENV_DIR / template.name)
+    shutil.copytree(REPO / RUNBOOKS_MOUNT, destination / RUNBOOKS_MOUNT)
     return destination
 
 
@@ -190,6 +200,7 @@ def raw_compose() -> dict[str, Any]:
 def test_compose_file_renders_offline(config: dict[str, Any]) -> None:
     assert set(config["services"]) == SERVICES
     assert "temporal-postgres-data" in config["volumes"]
+    assert STATE_VOLUME in config["volumes"], "the worker's archives and drill reports need their volume"
     postgres_volumes = config["services"]["postgresql"]["volumes"]
     assert any(v["type"] == "volume" and v["source"] == "temporal-postgres-data" for v in postgres_volumes), (
         "PostgreSQL data must live in the named volume"
@@ -297,7 +308,10 @@ def test_worker_builds_from_the_repo_dockerfile_and_runs_worker(
     assert worker["environment"] == {
         "TEMPORAL_ADDRESS": "temporal:7233",
         "TEMPORAL_NAMESPACE": "default",
-        "DRFLOW_RUNBOOKS": "/app/runbooks",
+        RUNBOOKS_ENV: RUNBOOKS_DIR,
+        ARCHIVE_ENV: f"{STATE_DIR}/archive",
+        REPORTS_ENV: f"{STATE_DIR}/drills",
+        UI_URL_ENV: "http://localhost:8080",
     }
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert worker["image"] == f"drflow:{version}", "tag the worker image with the project version"
@@ -314,7 +328,71 @@ def test_worker_builds_from_the_repo_dockerfile_and_runs_worker(
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
     assert any("pip install --no-cache-dir ." in line for line in instructions)
-    assert any(line.startswith("COPY runbooks/ /app/runbooks") for line in instructions)
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ENV of the Dockerfile (``KEY=VALUE`` pairs, backslash continuations joined)."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in line.removeprefix("ENV ").split():
+                key, _, value = pair.partition("=")
+                values[key] = value
+    return values
+
+
+def test_the_image_serves_an_empty_runbooks_directory_not_the_repositorys() -> None:
+    """The sandbox's runbook and the examples are for the dev stack; a production worker serves what is mounted."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    copies = [line for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert "COPY runbooks/ runbooks/" in copies, "the runbooks package is installed (the model, the loader)"
+    served = [line for line in copies if "runbooks" in line and line != "COPY runbooks/ runbooks/"]
+    assert not served, f"runbooks copied where a worker would serve them: {served}"
+    assert dockerfile_env()[RUNBOOKS_ENV] == RUNBOOKS_DIR
+    assert f"install -d -m 0755 {RUNBOOKS_DIR}" in dockerfile, "an empty directory, made in the image"
+
+
+def test_the_worker_writes_only_to_its_state_volume(config: dict[str, Any], project: Path) -> None:
+    worker = config["services"]["drflow-worker"]
+    assert worker["read_only"] is True
+    assert worker["tmpfs"] == ["/tmp"]
+    mounts = {v["target"]: v for v in worker["volumes"]}
+    assert set(mounts) == {STATE_DIR, RUNBOOKS_DIR}
+    state, runbooks = mounts[STATE_DIR], mounts[RUNBOOKS_DIR]
+    assert state["type"] == "volume" and state["source"] == STATE_VOLUME and not state.get("read_only")
+    assert runbooks["type"] == "bind" and runbooks["read_only"] is True, "runbooks are mounted read-only"
+    assert Path(runbooks["source"]) == project / RUNBOOKS_MOUNT
+    assert not [*(REPO / RUNBOOKS_MOUNT).glob("*.y*ml")], "the committed mount is empty: users add their own"
+    assert (REPO / RUNBOOKS_MOUNT / "README.md").is_file()
+
+    environment = worker["environment"]
+    writable = [STATE_DIR, *worker["tmpfs"]]
+    for key in (ARCHIVE_ENV, REPORTS_ENV):
+        value = environment[key]
+        assert value.startswith("/"), f"{key}={value}: relative to the read-only working directory"
+        assert any(Path(value).is_relative_to(root) for root in writable), f"{key}={value} is not writable"
+        assert not Path(value).is_relative_to("/tmp"), f"{key}={value}: a tmpfs loses the evidence"
+    assert environment[RUNBOOKS_ENV] == RUNBOOKS_DIR
+
+    # A plain `docker run` of the image (Temporal Cloud, docs/deploy.md) writes to the same place.
+    image_env = dockerfile_env()
+    for key in (RUNBOOKS_ENV, ARCHIVE_ENV, REPORTS_ENV):
+        assert image_env[key] == environment[key], f"{key}: the image and the compose file disagree"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"-o 10001 -g 10001 {STATE_DIR}" in dockerfile, (
+        "the state directory must belong to the runtime user: a new named volume copies its owner"
+    )
+    assert f'VOLUME ["{STATE_DIR}"]' in dockerfile
+
+
+def test_run_links_point_at_the_published_web_ui(config: dict[str, Any]) -> None:
+    services = config["services"]
+    ui = services["temporal-ui"]
+    [port] = ui["ports"]
+    published = f"http://localhost:{port['published']}"
+    assert services["drflow-worker"]["environment"][UI_URL_ENV] == published
+    assert ui["environment"]["TEMPORAL_CORS_ORIGINS"] == published
 
 
 def test_gateway_runs_the_worker_image_with_slack_secrets_from_its_env_file(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +20,14 @@ from activities.database.activities import DATABASE_ACTIVITIES
 from activities.dns.activities import DNS_ACTIVITIES
 from activities.dns.propagation import verify_propagation
 from activities.dns.reader import read_dns_record
-from activities.drill_report import write_drill_report
+from activities.drill_report import REPORTS_ENV, reports_dir, write_drill_report
 from activities.health import probe_health, validate_health
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
 from activities.slack.activities import SLACK_ACTIVITIES
 from activities.traffic.activities import TRAFFIC_ACTIVITIES
-from workers.audit.archive import HistoryArchiver
+from runbooks.loader import RUNBOOKS_ENV, load_directory
+from workers.audit.archive import ArchiveConfig, ArchiveError, HistoryArchiver
 from workflows.archive import ArchiveRunWorkflow
 from workflows.common import TASK_QUEUE
 from workflows.drill import DrillWorkflow
@@ -47,6 +49,88 @@ WORKFLOWS: Sequence[type] = (
 # In-flight activities get this long to finish after SIGTERM before they are cancelled; a promotion or a
 # DNS change half-done is worse than a slow deploy.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+
+
+def check_runbooks(directory: Path) -> None:
+    """Say at start what the worker serves. An empty or missing directory is logged, not fatal.
+
+    Runbooks are read on every run (``load_runbook``), so runbooks mounted later are served without a
+    restart, and the same worker also finishes the archives and service locks of runs already in flight; a
+    worker that refused to start would stop those too and, under ``restart: unless-stopped``, bury the reason
+    in a restart loop. A run for a service the directory lacks fails at once with ``UnknownService``, naming
+    the directory.
+    """
+    where = directory.absolute()
+    if not directory.is_dir():
+        log.warning(
+            "runbooks directory %s does not exist: no service can be failed over, drilled or checked until "
+            "runbooks are mounted there (or %s / --runbooks names another directory)", where, RUNBOOKS_ENV
+        )
+        return
+    loaded, problems = load_directory(directory)
+    for problem in problems:
+        log.warning("runbook not served: %s", problem)
+    if not loaded:
+        log.warning(
+            "no runbooks in %s: no service can be failed over, drilled or checked until *.yaml runbooks "
+            "are put there (or %s / --runbooks names another directory)", where, RUNBOOKS_ENV
+        )
+        return
+    log.info("serving %d runbook(s) from %s: %s", len(loaded), where,
+             ", ".join(sorted(item.runbook.service for item in loaded)))  # fmt: skip
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files could not be created in ``folder`` (or the directories leading to it), or None.
+
+    Asks the kernel (``access(2)``, which also reports a read-only filesystem to root) about the nearest
+    directory that exists, and writes nothing: the check must not leave directories behind where it runs.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this process (read-only filesystem or permissions)"
+    return None
+
+
+def check_outputs() -> None:
+    """Log where archives and drill reports go; an ERROR at start if that place is not writable.
+
+    A read-only root filesystem (docker-compose.yml) and a relative default would otherwise surface only at
+    the end of a run: an archive retried for a day, a drill failing after it has failed over and back.
+    """
+    try:
+        archive = ArchiveConfig.from_env()
+    except ArchiveError as err:
+        log.error("%s", err)
+    else:
+        if not archive.enabled:
+            log.info("archiving is off (DRFLOW_ARCHIVE=%s)", archive.location)
+        elif archive.location.startswith("s3://"):
+            log.info("archives go to %s", archive.location)
+        else:
+            folder = Path(archive.location).absolute()
+            problem = _unwritable(folder)
+            if problem:
+                log.error(
+                    "archives cannot be written to %s: %s; every run's archive will fail until "
+                    "DRFLOW_ARCHIVE names a writable directory (a volume) or s3://bucket/prefix",
+                    folder, problem,
+                )  # fmt: skip
+            else:
+                log.info("archives go to %s", folder)
+    reports = reports_dir().absolute()
+    problem = _unwritable(reports)
+    if problem:
+        log.error(
+            "drill reports cannot be written to %s: %s; every drill will fail at its last step until %s "
+            "names a writable directory (a volume)", reports, problem, REPORTS_ENV
+        )  # fmt: skip
+    else:
+        log.info("drill reports go to %s", reports)
 
 
 def activities_for(client: Client, runbooks_dir: Path, archive: ArchiveWriter | None = None) -> list[Any]:

@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
-from urllib.parse import quote
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -26,11 +25,10 @@ from slack_sdk.web import SlackResponse
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import SlackErrorType
+from activities.temporal_ui import workflow_url
 
 API_URL_ENV = "SLACK_API_URL"
-UI_URL_ENV = "DRFLOW_UI_URL"
 DEFAULT_API_URL = "https://slack.com/api/"
-DEFAULT_UI_URL = "http://localhost:8233"
 HTTP_TIMEOUT = 10
 
 
@@ -83,8 +81,8 @@ def bot_client() -> WebClient:
 
 
 def run_link(workflow_id: str, run_id: str, namespace: str) -> str:
-    base = (os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL).rstrip("/")
-    return f"{base}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow_id, safe='')}/{run_id}"
+    """The run's page in the Web UI (``DRFLOW_UI_URL``, see ``activities.temporal_ui``)."""
+    return workflow_url(namespace, workflow_id, run_id)
 
 
 # ------------------------------------------------------------------------------------------- errors

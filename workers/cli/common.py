@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 import click
 from temporalio.client import Client
 
+from activities.temporal_ui import workflow_url
 from runbooks.loader import LoadedRunbook, load_directory
 from workers.connection import ConnectionSettingsError, TemporalSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_DEGRADED, EXIT_NOT_READY = 0, 1, 3, 4
 VERDICT_EXIT = {"ready": EXIT_OK, "degraded": EXIT_DEGRADED, "not-ready": EXIT_NOT_READY}
-UI_URL_ENV = "DRFLOW_UI_URL"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -83,8 +83,8 @@ async def connect(settings: TemporalSettings) -> Client:
 
 
 def workflow_link(settings: TemporalSettings, workflow_id: str) -> str:
-    base = os.environ.get(UI_URL_ENV, "http://localhost:8233").rstrip("/")
-    return f"{base}/namespaces/{settings.namespace}/workflows/{workflow_id}"
+    """The workflow's page in the Web UI (``DRFLOW_UI_URL``, see ``activities.temporal_ui``)."""
+    return workflow_url(settings.namespace, workflow_id)
 
 
 def default_user() -> str:

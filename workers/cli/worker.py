@@ -19,10 +19,12 @@ from workflows.common import TASK_QUEUE
 @click.pass_obj
 def worker(directory: Path, /, task_queue: str, **options: Any) -> int:
     """Run a drflow worker against any Temporal (dev server, self-hosted, Temporal Cloud)."""
-    from workers.worker import build_worker, run_until_signalled
+    from workers.worker import build_worker, check_outputs, check_runbooks, run_until_signalled
 
     settings = settings_from(options)
     configure_logging(logging.INFO)
+    check_runbooks(directory)
+    check_outputs()
 
     async def serve() -> None:
         client = await connect(settings)
