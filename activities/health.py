@@ -21,6 +21,11 @@ from runbooks.durations import Duration
 from runbooks.model import HttpCheck, StrictModel
 
 BODY_EXCERPT = 200
+HEARTBEAT_EVERY = 2.0
+"""Seconds between heartbeats while validation waits, for an answer or for the next probe: far inside the
+workflow's 10 s heartbeat timeout, whatever intervals and timeouts the runbook gives its checks."""
+VALIDATION_FLOOR = timedelta(seconds=30)
+VALIDATION_SLACK = timedelta(seconds=30)
 
 
 class HealthProbe(StrictModel):
@@ -124,6 +129,26 @@ class ValidatedProbe(StrictModel):
     consecutive_successes: int
     interval: Duration
 
+    @property
+    def clean_streak(self) -> timedelta:
+        """The longest N consecutive successes can take: N probes, each up to its timeout, with the
+        intervals between them (and one to spare): ``consecutive_successes * (interval + timeout)``."""
+        return self.consecutive_successes * (self.interval + self.probe.timeout)
+
+
+def validation_budget(probes: list[ValidatedProbe], minimum: timedelta) -> tuple[timedelta, timedelta]:
+    """The validation window and the activity's start-to-close timeout, for any intervals and timeouts.
+
+    The window (how long validation keeps probing) is three times the runbook's health minimum, room for a
+    target that warms up slowly; at least 30 s; and at least the clean streak of every check, so a check
+    whose probes each take their whole timeout can still pass. The activity may take the window, plus the
+    longest probe timeout (the last probe may start just as the window closes), plus 30 s of slack.
+    """
+    streak = max((p.clean_streak for p in probes), default=timedelta(0))
+    window = max(minimum * 3, VALIDATION_FLOOR, streak)
+    longest = max((p.probe.timeout for p in probes), default=timedelta(0))
+    return window, window + longest + VALIDATION_SLACK
+
 
 class HealthValidationRequest(StrictModel):
     probes: list[ValidatedProbe]
@@ -151,15 +176,21 @@ class HealthValidationResult(StrictModel):
 async def validate_health(request: HealthValidationRequest) -> HealthValidationResult:
     """Each check must pass N consecutive times, probed at its interval, within the timeout.
 
-    A pure read, so a retry after a worker crash simply starts counting again. Heartbeats carry the progress.
+    A pure read, so a retry after a worker crash simply starts counting again. Heartbeats carry the progress:
+    one after every probe, and one every ``HEARTBEAT_EVERY`` seconds while the checks wait (for an answer
+    or for their next probe), so an interval or a timeout longer than the heartbeat timeout is no silence.
     """
     started = time.monotonic()
     deadline = started + request.timeout.total_seconds()
     progress: dict[str, str] = {}
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
-        checks = await asyncio.gather(
-            *(_validate(client, item, started, deadline, progress) for item in request.probes)
-        )
+        beating = asyncio.create_task(_heartbeat_while_waiting(progress))
+        try:
+            checks = await asyncio.gather(
+                *(_validate(client, item, started, deadline, progress) for item in request.probes)
+            )
+        finally:
+            beating.cancel()
     result = HealthValidationResult(
         passed=all(c.passed for c in checks), elapsed_ms=_ms_since(started), checks=list(checks)
     )
@@ -195,6 +226,13 @@ async def _validate(
         if time.monotonic() + item.interval.total_seconds() > deadline:
             return _validation(item, False, attempts, None, last)
         await asyncio.sleep(item.interval.total_seconds())
+
+
+async def _heartbeat_while_waiting(progress: dict[str, str]) -> None:
+    """Sleep in slices of ``HEARTBEAT_EVERY`` seconds, heartbeat the progress after each; until cancelled."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_EVERY)
+        activity.heartbeat(dict(progress))
 
 
 def _validation(

@@ -443,7 +443,9 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
                         f"placeholder {{{field}}} is neither region nor address nor in every region's vars",
                     )
                 )
-        if check.timeout > check.interval:
+        if check.timeout <= timedelta(0):
+            problems.append((("health", index, "timeout"), "must be longer than 0s: no answer could ever pass"))
+        elif check.timeout > check.interval:
             problems.append(
                 (("health", index, "timeout"), "timeout is longer than the interval between checks")
             )

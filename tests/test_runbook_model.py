@@ -136,6 +136,11 @@ def test_valid_runbook_round_trips_through_json_as_temporal_sends_it(tmp_path: P
             "{zone}.checkout.example.com/healthz",
             "FILE:20: health[0].http.url: placeholder {zone} is neither region nor address nor in every region's vars",
         ),
+        (
+            '      url: "https://{region}.checkout.example.com/healthz"',
+            '      url: "https://{region}.checkout.example.com/healthz"\n    timeout: 0s\n    interval: 0s',
+            "FILE:21: health[0].timeout: must be longer than 0s: no answer could ever pass",
+        ),
     ],
     ids=[
         "duration-in-words",
@@ -151,6 +156,7 @@ def test_valid_runbook_round_trips_through_json_as_temporal_sends_it(tmp_path: P
         "data-loss-gate-skipped",
         "unknown-field",
         "unknown-url-placeholder",
+        "zero-health-timeout",
     ],
 )
 def test_invalid_runbook_gets_one_line_naming_file_line_and_field(
@@ -265,3 +271,25 @@ def test_health_minimum_is_the_slowest_checks_consecutive_successes(tmp_path: Pa
     runbook = load_runbook_file(path).runbook
     assert runbook.health_minimum == timedelta(seconds=30)
     assert runbook.cutover_budget == timedelta(seconds=30 + 60 + 30)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "interval"), [("25s", "25s"), ("5s", "25s"), ("1m", "1h"), ("250ms", "250ms")]
+)
+def test_any_positive_timeout_up_to_its_interval_is_accepted(
+    tmp_path: Path, timeout: str, interval: str
+) -> None:
+    """Health validation heartbeats while it waits, so no interval is too long for the workflow."""
+    path = tmp_path / "checkout.yaml"
+    path.write_text(
+        VALID.replace(
+            "  rto: 5m",
+            "  rto: 2h",
+        ).replace(
+            '      url: "https://{region}.checkout.example.com/healthz"',
+            f'      url: "https://{{region}}.checkout.example.com/healthz"\n    timeout: {timeout}\n'
+            f"    interval: {interval}\n    consecutive_successes: 2",
+        )
+    )
+    [check] = load_runbook_file(path).runbook.health
+    assert (format_duration(check.timeout), format_duration(check.interval)) == (timeout, interval)
