@@ -1,7 +1,12 @@
 """HTTP health checks, run concurrently, each bounded by its own timeout.
 
 A failing check is a result, not an error: the activity returns what it saw (status, latency, why it failed)
-and the workflow decides what it means. Only a broken worker makes this activity fail.
+and the workflow decides what it means. Only a broken worker (or a header secret it cannot read) makes this
+activity fail.
+
+Header values are secret references (``env:``/``file:``), resolved here at the moment of each request: the
+value is handed to httpx and nowhere else, and any error text that could carry it back (an echoed body, a
+protocol error quoting the header) is scrubbed before it becomes part of a result.
 """
 
 from __future__ import annotations
@@ -9,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
+from activities.secrets import resolve_secret
 from runbooks.durations import Duration
 from runbooks.model import HttpCheck, StrictModel
 
@@ -26,6 +33,8 @@ HEARTBEAT_EVERY = 2.0
 workflow's 10 s heartbeat timeout, whatever intervals and timeouts the runbook gives its checks."""
 VALIDATION_FLOOR = timedelta(seconds=30)
 VALIDATION_SLACK = timedelta(seconds=30)
+SCRUBBED = "[secret header value]"
+T = TypeVar("T")
 
 
 class HealthProbe(StrictModel):
@@ -59,12 +68,26 @@ async def probe_health(request: HealthProbeRequest) -> HealthProbeResults:
     # Health checks go straight to the service: a proxy from the worker's environment is not the path
     # users take, and would make the result depend on where the worker runs.
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
-        results = await asyncio.gather(*(_probe(client, probe) for probe in request.probes))
-    return HealthProbeResults(results=list(results))
+        results = await _all(_probe(client, probe) for probe in request.probes)
+    return HealthProbeResults(results=results)
+
+
+async def _all(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Like ``gather``, but when one fails (a header secret the worker cannot read) the others are cancelled
+    and awaited, so no probe runs on after the activity failed and closed its HTTP client."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeResult:
     timeout = probe.timeout.total_seconds()
+    headers = resolve_headers(probe.http)
     started = time.monotonic()
 
     def result(ok: bool, status: int | None, error: str | None) -> HealthProbeResult:
@@ -76,33 +99,55 @@ async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeRe
             ok=ok,
             status=status,
             latency_ms=latency,
-            error=error,
+            error=None if error is None else scrub(error, headers.values()),
         )
 
     try:
         async with asyncio.timeout(timeout):
-            response = await client.request(
-                probe.http.method, probe.url, headers=probe.http.headers, timeout=timeout
-            )
+            response = await client.request(probe.http.method, probe.url, headers=headers, timeout=timeout)
     except (TimeoutError, httpx.TimeoutException):
         return result(False, None, f"no answer within {timeout:g}s")
     except httpx.HTTPError as err:
         return result(False, None, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
-    problem = _expectation_problem(probe.http, response)
+    problem = _expectation_problem(probe.http, response, headers.values())
     return result(problem is None, response.status_code, problem)
 
 
-def _expectation_problem(check: HttpCheck, response: httpx.Response) -> str | None:
+def resolve_headers(check: HttpCheck) -> dict[str, str]:
+    """The check's headers with their secret references resolved: for the request only, never returned."""
+    headers: dict[str, str] = {}
+    for name, reference in check.headers.items():
+        value = resolve_secret(reference).strip()
+        if not value or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+            raise ApplicationError(
+                f"header {name} from {reference} is empty or holds a line break or control character, "
+                "which an HTTP header cannot carry",
+                type=ErrorType.SECRET_UNAVAILABLE,
+            )
+        headers[name] = value
+    return headers
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without any of the secret values (a body or an httpx error may quote a header back)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, SCRUBBED)
+    return text
+
+
+def _expectation_problem(check: HttpCheck, response: httpx.Response, secrets: Iterable[str]) -> str | None:
+    # scrubbed before the excerpt is cut: a truncated secret would no longer match, and leak in part
+    shown = scrub(response.text, secrets)
     if response.status_code not in check.expect_status:
         expected = " or ".join(str(s) for s in check.expect_status)
-        return f"status {response.status_code}, expected {expected}{_excerpt(response.text)}"
+        return f"status {response.status_code}, expected {expected}{_excerpt(shown)}"
     if check.expect_body_contains is not None and check.expect_body_contains not in response.text:
-        return f"body does not contain {check.expect_body_contains!r}{_excerpt(response.text)}"
+        return f"body does not contain {check.expect_body_contains!r}{_excerpt(shown)}"
     if check.expect_json is not None:
         try:
             body: Any = json.loads(response.text)
         except ValueError:
-            return f"body is not JSON{_excerpt(response.text)}"
+            return f"body is not JSON{_excerpt(shown)}"
         if not isinstance(body, dict):
             return "JSON body is not an object"
         for key, expected in check.expect_json.items():
@@ -186,8 +231,8 @@ async def validate_health(request: HealthValidationRequest) -> HealthValidationR
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
         beating = asyncio.create_task(_heartbeat_while_waiting(progress))
         try:
-            checks = await asyncio.gather(
-                *(_validate(client, item, started, deadline, progress) for item in request.probes)
+            checks = await _all(
+                _validate(client, item, started, deadline, progress) for item in request.probes
             )
         finally:
             beating.cancel()

@@ -293,3 +293,41 @@ def test_any_positive_timeout_up_to_its_interval_is_accepted(
     )
     [check] = load_runbook_file(path).runbook.health
     assert (format_duration(check.timeout), format_duration(check.interval)) == (timeout, interval)
+
+
+def test_a_plain_header_value_is_refused_and_a_reference_is_accepted(tmp_path: Path) -> None:
+    with_header = VALID.replace(
+        '      url: "https://{region}.checkout.example.com/healthz"',
+        '      url: "https://{region}.checkout.example.com/healthz"\n'
+        "      headers:\n        Authorization: Bearer s3cr3t-token",
+    )
+    [problem] = problems_for(tmp_path, with_header)
+    assert problem == (
+        "FILE:22: health[0].http.headers.Authorization: a header value must be a secret reference "
+        "(env:VARIABLE or file:/path/to/secret) holding the whole value, e.g. 'Bearer ...': a value written "
+        "here would be copied into every workflow history, report and log"
+    )
+    assert "s3cr3t" not in problem, "the refusal never repeats the value"
+
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        with_header.replace(
+            "Bearer s3cr3t-token", "env:CHECKOUT_HEALTH_TOKEN\n        X-Tenant: file:/run/secrets/tenant"
+        )
+    )
+    [check] = load_runbook_file(path).runbook.health
+    assert check.http.headers == {
+        "Authorization": "env:CHECKOUT_HEALTH_TOKEN",
+        "X-Tenant": "file:/run/secrets/tenant",
+    }
+
+
+def test_a_header_name_http_cannot_send_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    text = VALID.replace(
+        '      url: "https://{region}.checkout.example.com/healthz"',
+        '      url: "https://{region}.checkout.example.com/healthz"\n'
+        '      headers: {"X Tenant": "env:TENANT"}',
+    )
+    assert problems_for(tmp_path, text) == [
+        "FILE:21: health[0].http.headers.X Tenant: not an HTTP header name (letters, digits, -)"
+    ]

@@ -23,6 +23,8 @@ class AppBehaviour:
     """Headers a request must carry with exactly these values, or it is answered 401."""
     authorized: int = 0
     """Requests that carried every required header."""
+    echo_headers: bool = False
+    """Answer with the request's headers in the body, as some debug endpoints do."""
 
 
 @dataclass
@@ -50,6 +52,8 @@ def serve_app(host: str = "127.0.0.1", behaviour: AppBehaviour | None = None) ->
                 status, body = 401, {"status": "unauthorized"}
             elif state.required_headers:
                 state.authorized += 1
+            if state.echo_headers:
+                body = {**body, "headers": dict(self.headers.items())}
             payload = json.dumps(body).encode()
             try:
                 self.send_response(status)
