@@ -30,11 +30,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from runbooks.durations import Duration, format_duration
-from runbooks.secrets import SecretRef
+from runbooks.secrets import HeaderRef, SecretRef
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lowercase letters, digits and dashes")]
 Gate = Literal["failover", "promote", "data-loss", "unfenced", "failback", "failback-100"]
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 URL_PLACEHOLDERS = frozenset({"region", "address"})
 DEFAULT_GATES: tuple[Gate, ...] = ("failover", "data-loss")
 
@@ -192,7 +193,10 @@ class HttpCheck(StrictModel):
     expect_status: list[int] = Field(default_factory=lambda: [200])
     expect_body_contains: str | None = None
     expect_json: dict[str, Any] | None = Field(default=None, description="keys that must have these values")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, HeaderRef] = Field(
+        default_factory=dict,
+        description="request headers; every value is a secret reference (env:/file:) holding the whole value",
+    )
 
     @field_validator("expect_status", mode="before")
     @classmethod
@@ -457,6 +461,14 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
                 problems.append(
                     (("health", index, "regions"), f"{listed!r} is not one of the regions ({known})")
                 )
+        for header in check.http.headers:
+            if not re.fullmatch(HEADER_NAME_PATTERN, header):
+                problems.append(
+                    (
+                        ("health", index, "http", "headers", header),
+                        "not an HTTP header name (letters, digits, -)",
+                    )
+                )
         for field in _url_fields(check.http.url):
             if field not in URL_PLACEHOLDERS and not all(field in r.vars for r in runbook.regions.values()):
                 problems.append(
@@ -465,7 +477,11 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
                         f"placeholder {{{field}}} is neither region nor address nor in every region's vars",
                     )
                 )
-        if check.timeout > check.interval:
+        if check.timeout <= timedelta(0):
+            problems.append(
+                (("health", index, "timeout"), "must be longer than 0s: no answer could ever pass")
+            )
+        elif check.timeout > check.interval:
             problems.append(
                 (("health", index, "timeout"), "timeout is longer than the interval between checks")
             )

@@ -136,6 +136,11 @@ def test_valid_runbook_round_trips_through_json_as_temporal_sends_it(tmp_path: P
             "{zone}.checkout.example.com/healthz",
             "FILE:20: health[0].http.url: placeholder {zone} is neither region nor address nor in every region's vars",
         ),
+        (
+            '      url: "https://{region}.checkout.example.com/healthz"',
+            '      url: "https://{region}.checkout.example.com/healthz"\n    timeout: 0s\n    interval: 0s',
+            "FILE:21: health[0].timeout: must be longer than 0s: no answer could ever pass",
+        ),
     ],
     ids=[
         "duration-in-words",
@@ -151,6 +156,7 @@ def test_valid_runbook_round_trips_through_json_as_temporal_sends_it(tmp_path: P
         "data-loss-gate-skipped",
         "unknown-field",
         "unknown-url-placeholder",
+        "zero-health-timeout",
     ],
 )
 def test_invalid_runbook_gets_one_line_naming_file_line_and_field(
@@ -265,3 +271,63 @@ def test_health_minimum_is_the_slowest_checks_consecutive_successes(tmp_path: Pa
     runbook = load_runbook_file(path).runbook
     assert runbook.health_minimum == timedelta(seconds=30)
     assert runbook.cutover_budget == timedelta(seconds=30 + 60 + 30)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "interval"), [("25s", "25s"), ("5s", "25s"), ("1m", "1h"), ("250ms", "250ms")]
+)
+def test_any_positive_timeout_up_to_its_interval_is_accepted(
+    tmp_path: Path, timeout: str, interval: str
+) -> None:
+    """Health validation heartbeats while it waits, so no interval is too long for the workflow."""
+    path = tmp_path / "checkout.yaml"
+    path.write_text(
+        VALID.replace(
+            "  rto: 5m",
+            "  rto: 2h",
+        ).replace(
+            '      url: "https://{region}.checkout.example.com/healthz"',
+            f'      url: "https://{{region}}.checkout.example.com/healthz"\n    timeout: {timeout}\n'
+            f"    interval: {interval}\n    consecutive_successes: 2",
+        )
+    )
+    [check] = load_runbook_file(path).runbook.health
+    assert (format_duration(check.timeout), format_duration(check.interval)) == (timeout, interval)
+
+
+def test_a_plain_header_value_is_refused_and_a_reference_is_accepted(tmp_path: Path) -> None:
+    with_header = VALID.replace(
+        '      url: "https://{region}.checkout.example.com/healthz"',
+        '      url: "https://{region}.checkout.example.com/healthz"\n'
+        "      headers:\n        Authorization: Bearer s3cr3t-token",
+    )
+    [problem] = problems_for(tmp_path, with_header)
+    assert problem == (
+        "FILE:22: health[0].http.headers.Authorization: a header value must be a secret reference "
+        "(env:VARIABLE or file:/path/to/secret) holding the whole value, e.g. 'Bearer ...': a value written "
+        "here would be copied into every workflow history, report and log"
+    )
+    assert "s3cr3t" not in problem, "the refusal never repeats the value"
+
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        with_header.replace(
+            "Bearer s3cr3t-token", "env:CHECKOUT_HEALTH_TOKEN\n        X-Tenant: file:/run/secrets/tenant"
+        )
+    )
+    [check] = load_runbook_file(path).runbook.health
+    assert check.http.headers == {
+        "Authorization": "env:CHECKOUT_HEALTH_TOKEN",
+        "X-Tenant": "file:/run/secrets/tenant",
+    }
+
+
+def test_a_header_name_http_cannot_send_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    text = VALID.replace(
+        '      url: "https://{region}.checkout.example.com/healthz"',
+        '      url: "https://{region}.checkout.example.com/healthz"\n'
+        '      headers: {"X Tenant": "env:TENANT"}',
+    )
+    assert problems_for(tmp_path, text) == [
+        "FILE:21: health[0].http.headers.X Tenant: not an HTTP header name (letters, digits, -)"
+    ]

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         HealthValidationResult,
         ValidatedProbe,
         validate_health,
+        validation_budget,
     )
     from activities.traffic.activities import ReadWeightsRequest, read_weights
     from activities.traffic.provider import TrafficWeightsState
@@ -347,14 +348,17 @@ class Moves(ControlledRun[M]):
                            interval=checks[p.check].interval)
             for p in probes(runbook, plan.target, serving=True)
         ]  # fmt: skip
-        budget = max(runbook.health_minimum * 3, timedelta(seconds=30))
+        # Values only (the validation window, the start-to-close timeout): the same command as before, so
+        # open runs replay unchanged. The window covers a clean streak of every check, and the activity
+        # heartbeats while it waits, so any interval and timeout the runbook model accepts can pass.
+        window, start_to_close = validation_budget(validated, runbook.health_minimum)
         result = await self._optional_step(
             "validate health",
             lambda: self._activity(
                 validate_health,
-                HealthValidationRequest(probes=validated, timeout=budget),
+                HealthValidationRequest(probes=validated, timeout=window),
                 f"{len(validated)} health checks on {plan.target}, consecutive successes",
-                timeout=budget + timedelta(seconds=30),
+                timeout=start_to_close,
                 heartbeat=True,
             ),
             _describe_health,

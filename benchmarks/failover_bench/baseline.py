@@ -15,7 +15,7 @@ from activities.dns.activities import apply_dns_change, plan_dns_change
 from activities.dns.plan import ApplyDnsChangeRequest, PlanDnsChangeRequest
 from activities.dns.propagation import PropagationRequest, verify_propagation
 from activities.dns.reader import DnsQuery
-from activities.health import HealthValidationRequest, ValidatedProbe, validate_health
+from activities.health import HealthValidationRequest, ValidatedProbe, validate_health, validation_budget
 from runbooks.model import Runbook
 from tests.support.sandbox import sandbox_world
 from workflows.moves import REPLAY_WAIT_PLANNED
@@ -47,7 +47,9 @@ def validated_probes(runbook: Runbook) -> list[ValidatedProbe]:
 
 
 def health_budget(runbook: Runbook) -> timedelta:
-    return max(runbook.health_minimum * 3, timedelta(seconds=30))
+    """The validation window the workflow gives the same checks."""
+    window, _ = validation_budget(validated_probes(runbook), runbook.health_minimum)
+    return window
 
 
 async def run_script(ttl_then_health: bool) -> ScriptRun:

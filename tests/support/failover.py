@@ -7,10 +7,11 @@ changes and the lock of one service never blocks another test.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,15 +43,25 @@ dns:
   tsig: {{name: drflow-test, secret: "{tsig}"}}
 health:
   - name: app
-    http: {{url: "http://{{address}}:{{port}}/healthz", expect_json: {{status: ok}}}}
-    timeout: 500ms
-    interval: 500ms
-    consecutive_successes: 2
+    http: {{url: "http://{{address}}:{{port}}/healthz", expect_json: {{status: ok}}{headers}}}
+    timeout: {health_timeout}
+    interval: {health_interval}
+    consecutive_successes: {health_successes}
 approvals:
   approvers: [bob, carol]
   separation_of_duties: true
   timeout: 30m
 """
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """The runbook's one health check; ``headers`` are written as given (secret references)."""
+
+    timeout: str = "500ms"
+    interval: str = "500ms"
+    consecutive_successes: int = 2
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,13 +76,22 @@ class StatelessService:
 
 @contextmanager
 def stateless_service(
-    runbooks: Path, dns: NamedPair, ttl: int = 5, rto: str = "2m", propagation: str = "10s"
+    runbooks: Path,
+    dns: NamedPair,
+    ttl: int = 5,
+    rto: str = "2m",
+    propagation: str = "10s",
+    health: HealthSettings | None = None,
+    behaviour: AppBehaviour | None = None,
 ) -> Iterator[StatelessService]:
+    """Both regions' apps start from ``behaviour`` (each with its own copy, so counts stay per region)."""
+    checks = health or HealthSettings()
+    headers = f", headers: {json.dumps(checks.headers)}" if checks.headers else ""
     service = f"svc-{uuid.uuid4().hex[:8]}"
     record = f"{service}.{ZONE}"
     with ExitStack() as stack:
-        region_a = stack.enter_context(serve_app("127.0.1.1", AppBehaviour()))
-        region_b = stack.enter_context(serve_app("127.0.2.1", AppBehaviour()))
+        region_a = stack.enter_context(serve_app("127.0.1.1", replace(behaviour or AppBehaviour())))
+        region_b = stack.enter_context(serve_app("127.0.2.1", replace(behaviour or AppBehaviour())))
         signed_update(dns, lambda update: update.replace(record, ttl, "A", region_a.host))
         stack.callback(signed_update, dns, lambda update: update.delete(record))
         (runbooks / f"{service}.yaml").write_text(
@@ -79,6 +99,8 @@ def stateless_service(
                 service=service, rto=rto, ttl=ttl, propagation=propagation, zone=ZONE, record=record,
                 a_address=region_a.host, a_port=region_a.port, b_address=region_b.host, b_port=region_b.port,
                 primary_port=dns.primary_port, secondary_port=dns.secondary_port, tsig=dns.tsig_secret_ref,
+                headers=headers, health_timeout=checks.timeout, health_interval=checks.interval,
+                health_successes=checks.consecutive_successes,
             )
         )  # fmt: skip
         yield StatelessService(service, record, runbooks, region_a, region_b, dns)

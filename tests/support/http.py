@@ -19,6 +19,12 @@ class AppBehaviour:
     body: dict[str, object] = field(default_factory=lambda: {"status": "ok"})
     delay: float = 0.0
     requests: int = 0
+    required_headers: dict[str, str] = field(default_factory=dict)
+    """Headers a request must carry with exactly these values, or it is answered 401."""
+    authorized: int = 0
+    """Requests that carried every required header."""
+    echo_headers: bool = False
+    """Answer with the request's headers in the body, as some debug endpoints do."""
 
 
 @dataclass
@@ -41,9 +47,16 @@ def serve_app(host: str = "127.0.0.1", behaviour: AppBehaviour | None = None) ->
             state.requests += 1
             if state.delay:
                 time.sleep(state.delay)
-            payload = json.dumps(state.body).encode()
+            status, body = state.status, state.body
+            if any(self.headers.get(name) != value for name, value in state.required_headers.items()):
+                status, body = 401, {"status": "unauthorized"}
+            elif state.required_headers:
+                state.authorized += 1
+            if state.echo_headers:
+                body = {**body, "headers": dict(self.headers.items())}
+            payload = json.dumps(body).encode()
             try:
-                self.send_response(state.status)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
