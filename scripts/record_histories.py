@@ -26,6 +26,7 @@ from activities.service_lock import lock_workflow_id
 from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.support.temporal import start_dev_server
+from workers.sandbox.named import free_port
 from workers.worker import build_worker
 from workflows.drill import DrillWorkflow
 from workflows.drill_models import DrillRequest
@@ -79,6 +80,46 @@ async def emergency_data_loss(client: Client, world: SandboxWorld, queue: str) -
     writer.stop()
     await handle.execute_update(
         FailoverWorkflow.accept_data_loss, ApprovalInput(approver="carol", reason="staying down costs more")
+    )
+    await handle.result()
+    return [handle.id]
+
+
+async def emergency_unfenced(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """The old primary serves but the worker cannot reach it: the fence is not confirmed (fence-confirmed)."""
+    world.write_runbook(
+        **{"database__nodes__region-a__port": free_port(), "database__nodes__region-a__data_directory": None}
+    )
+    handle = await start(client, world, queue, mode="emergency")
+    await wait_for_gate(client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="region down"))
+    await wait_for_gate(client, handle.id, gate="data-loss")
+    await handle.execute_update(
+        FailoverWorkflow.accept_data_loss, ApprovalInput(approver="carol", reason="minutes at most")
+    )
+    await wait_for_gate(client, handle.id, gate="unfenced")
+    await handle.execute_update(
+        FailoverWorkflow.approve, ApprovalInput(approver="carol", reason="region-a powered off at the PDU")
+    )
+    await handle.result()
+    return [handle.id]
+
+
+async def emergency_bytes_lost(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """The standby stopped receiving: 0 s of lag, known-lost bytes (rpo-bytes)."""
+    with world.connect("region-b") as standby:
+        standby.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        standby.execute("SELECT pg_reload_conf()")
+    writer = Writer(world, "region-a")
+    writer.start()
+    await asyncio.sleep(1.0)
+    handle = await start(client, world, queue, mode="emergency")
+    await wait_for_gate(client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="region down"))
+    await wait_for_gate(client, handle.id, gate="data-loss")
+    writer.stop()
+    await handle.execute_update(
+        FailoverWorkflow.accept_data_loss, ApprovalInput(approver="carol", reason="the writes are replayable")
     )
     await handle.result()
     return [handle.id]
@@ -152,6 +193,8 @@ Recorded = list[str | tuple[str, str]]  # workflow ids; (suffix, id) for a secon
 SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]] = {
     "failover-planned": planned,
     "failover-emergency-data-loss": emergency_data_loss,
+    "failover-emergency-unfenced": emergency_unfenced,
+    "failover-emergency-bytes-lost": emergency_bytes_lost,
     "failover-aborted": aborted,
     "failover-rejected-and-refused": rejected_and_refused,
     "readiness": readiness,
