@@ -150,6 +150,13 @@ class PostgresDatabase(StrictModel):
     provider: Literal["postgres"]
     nodes: dict[str, PostgresNode] = Field(description="one node per region")
 
+    def resync_problem(self, region: str) -> str | None:
+        """Why drflow cannot re-sync ``region`` as a standby after a switch (None: it can, with pg_rewind)."""
+        node = self.nodes.get(region)
+        if node is not None and node.data_directory is None:
+            return f"{region} has no data_directory: drflow re-syncs only nodes it manages on its host"
+        return None
+
 
 AWS_REGION_PATTERN = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]+$"
 
@@ -167,11 +174,17 @@ class RdsDatabase(StrictModel):
         "region (us-east-1)"
     )
 
+    def resync_problem(self, region: str) -> str | None:
+        return "drflow does not recreate RDS read replicas yet: rebuild the replica in the old region"
+
 
 class AuroraGlobalDatabase(StrictModel):
     provider: Literal["aurora-global"]
     global_cluster: str = Field(min_length=1)
     clusters: dict[str, str] = Field(description="member cluster ARN per region")
+
+    def resync_problem(self, region: str) -> str | None:
+        return "drflow does not re-sync Aurora members yet: check that the old writer is a secondary"
 
     @field_validator("clusters")
     @classmethod

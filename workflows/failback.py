@@ -43,10 +43,15 @@ with workflow.unsafe.imports_passed_through():
 SINGLE_STAGE = Failback(stages=[100])
 
 
+# The old primary's re-sync after the switch: the one step past promotion that a person may skip.
+RESYNC_STEP = "re-sync"
+
+
 @workflow.defn(name="Failback")
 class FailbackWorkflow(Moves[FailbackReport]):
     kind = "failback"
     skippable_steps = frozenset({"verify propagation", "validate health"})
+
 
     @workflow.init
     def __init__(self, request: FailbackRequest) -> None:
@@ -164,6 +169,13 @@ class FailbackWorkflow(Moves[FailbackReport]):
             stages=stages, checksum=_checksum(runbook.service, source, home, dns_plan, stages),
         )  # fmt: skip
         self._update(plan=plan)
+        problem = None if runbook.database is None else runbook.database.resync_problem(source)
+        if problem is not None:
+            # Said before anything changes: the approver knows the service will end up without a replica.
+            self._note(
+                f"after the switch drflow cannot re-sync {source} as a standby ({problem}); that step will "
+                "fail and wait for a decision: skip it to finish the failback without a replica"
+            )
         return plan
 
     async def _probe(self, runbook: Runbook, region: str) -> HealthProbeResults:
@@ -213,12 +225,18 @@ class FailbackWorkflow(Moves[FailbackReport]):
         return refreshed
 
     # ------------------------------------------------------------------------------------ the changes
+    def _is_skippable(self, step: str) -> bool:
+        """Re-syncing the old primary is skippable: the service runs without a replica, but it runs, which
+        is better than a run that stops after promotion with DNS and traffic in the read-only region."""
+        resync = step.startswith(RESYNC_STEP) and self._report.promotion is not None
+        return super()._is_skippable(step) or resync
+
     async def _resync_old_primary(self, plan: FailbackPlan) -> None:
         """After the switch the old primary becomes the standby again, so the service keeps a replica."""
         db = self._require_runbook().database
         assert db is not None
-        resynced: PrepareStandbyResult = await self._step(
-            f"re-sync {plan.source} as a standby of {plan.target}",
+        resynced = await self._optional_step(
+            f"{RESYNC_STEP} {plan.source} as a standby of {plan.target}",
             lambda: self._activity(
                 database.prepare_standby,
                 database.PrepareStandbyDatabaseRequest(database=db, region=plan.source, source=plan.target),
@@ -227,6 +245,11 @@ class FailbackWorkflow(Moves[FailbackReport]):
             ),
             _describe_prepared,
         )
+        if resynced is None:
+            self._note(
+                f"{plan.source} was NOT re-synced: the service runs on {plan.target} without a replica until "
+                f"{plan.source} is rebuilt as its standby"
+            )
         self._update(resynced=resynced)
 
     async def _shift_traffic(self, runbook: Runbook, plan: FailbackPlan) -> None:

@@ -387,7 +387,7 @@ class ControlledRun(Generic[R]):
     async def _await_decision(self, step: str, error: str, attempts: int = 1) -> str:
         runbook = self._require_runbook()
         self._decision = None
-        self._skippable = step in self.skippable_steps
+        self._skippable = self._is_skippable(step)
         self._update(waiting_step=step)
         self._show(self._render())
         slack = self._slack_for_decisions()
@@ -435,6 +435,9 @@ class ControlledRun(Generic[R]):
         if self._require_runbook().approvals.slack is None or not workflow.patched(DECISIONS_PATCH):
             return None
         return self._slack_mirror()
+
+    def _is_skippable(self, step: str) -> bool:
+        return step in self.skippable_steps
 
     def _past_point_of_no_return(self) -> bool:
         """True once the run changed something that an abort would not undo (a promoted database)."""

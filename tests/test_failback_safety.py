@@ -1,0 +1,70 @@
+"""A failback whose old primary cannot be re-synced finishes forward instead of stranding the service.
+
+Found by reading the path: the re-sync after promotion refused non-retryably for any node drflow does not
+manage on its host, the step could not be skipped, and an abort undid nothing, so the database was home while
+DNS still pointed at the now read-only region.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.sandbox import SandboxWorld, sandbox_world
+from tests.test_failback_sandbox import approve, fail_over, start_failback
+from tests.test_failover_sandbox import answers, in_recovery
+from workers.worker import build_worker
+from workflows.failback import FailbackWorkflow
+from workflows.failback_models import FailbackReport
+from workflows.failover_models import DecisionInput
+
+
+@pytest.fixture
+def world() -> Iterator[SandboxWorld]:
+    with sandbox_world() as built:
+        yield built
+
+
+@pytest_asyncio.fixture
+async def worker_on(dev_env: WorkflowEnvironment, world: SandboxWorld, task_queue: str) -> AsyncIterator[str]:
+    async with build_worker(dev_env.client, world.runbooks, task_queue=task_queue):
+        yield task_queue
+
+
+async def test_an_old_primary_drflow_cannot_resync_is_skipped_and_the_failback_finishes_home(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    await fail_over(dev_env, world, worker_on)
+    # region-b (serving now) is a node drflow does not manage on its host; no canary, one stage.
+    world.write_runbook(**{"database__nodes__region-b__data_directory": None, "traffic": None, "failback": None})
+    handle = await start_failback(dev_env, world, worker_on)
+    await approve(handle, dev_env, "failback")
+    async with asyncio.timeout(180):
+        while True:
+            report: FailbackReport = await handle.query(FailbackWorkflow.status)
+            if report.waiting_step is not None:
+                break
+            assert report.outcome == "running", report.messages
+            await asyncio.sleep(0.1)
+    assert report.waiting_step == "re-sync region-b as a standby of region-a", report.steps
+    assert report.promotion is not None and report.promotion.writable
+    assert any("cannot re-sync region-b" in m for m in report.messages), "said at preflight"
+    assert report.dns_change is None, "DNS has not moved yet"
+
+    with pytest.raises(WorkflowUpdateFailedError):  # not an approver: refused, nothing decided
+        await handle.execute_update(FailbackWorkflow.decide, DecisionInput(decision="skip", operator="nobody"))
+    await handle.execute_update(
+        FailbackWorkflow.decide,
+        DecisionInput(decision="skip", operator="carol", reason="region-b is rebuilt by the DBA team"),
+    )
+    final = await handle.result()
+    assert final.outcome == "completed", final.messages
+    assert final.resynced is None
+    assert any("NOT re-synced" in m for m in final.messages), final.messages
+    assert not in_recovery(world, "region-a")
+    assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
