@@ -20,10 +20,17 @@ import pytest_asyncio
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.traffic.activities import ReadWeightsRequest, read_weights
+from tests.support.aws import (
+    ministack_server,  # noqa: F401  (session fixture ministack_endpoint)
+    moto_server,  # noqa: F401  (session fixture moto_endpoint)
+    point_aws_at,
+    throttling_proxy,
+)
 from tests.support.dns import signed_update
 from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.test_cli_check import drflow, target
+from tests.test_failover_aws import AwsService, aws_service  # noqa: F401  (fixture)
 from workers.sandbox.named import LOOPBACK, soa_serial
 from workers.worker import build_worker
 from workflows.common import TASK_QUEUE
@@ -202,3 +209,45 @@ async def test_a_dry_run_that_finds_a_blocker_exits_non_zero_with_the_reason(
     )  # fmt: skip
     assert blocked.returncode == 4, (blocked.stdout, blocked.stderr)
     assert "drflow: not-ready: target region-b fails its health checks" in blocked.stderr
+
+
+# ------------------------------------------------------------------------------------------ AWS
+@pytest.mark.parametrize("aws_service", [True], indirect=True, ids=["aurora"])
+async def test_a_route53_and_aurora_dry_run_sends_only_reads_to_the_emulators(
+    dev_env: WorkflowEnvironment,
+    aws_service: AwsService,  # noqa: F811  (the fixture imported above)
+    moto_endpoint: str,
+    ministack_endpoint: str,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every request to moto (Route53, STS) and ministack (RDS, CloudWatch) passes a recording proxy."""
+    assert aws_service.aurora is not None
+    with throttling_proxy(moto_endpoint) as moto, throttling_proxy(ministack_endpoint) as ministack:
+        point_aws_at(
+            monkeypatch, route53=moto.endpoint, sts=moto.endpoint, rds=ministack.endpoint,
+            cloudwatch=ministack.endpoint,
+        )  # fmt: skip
+        writer_before, served_before = aws_service.aurora.writer(), aws_service.served()
+        async with build_worker(dev_env.client, aws_service.runbooks, task_queue=task_queue):
+            report = await dev_env.client.execute_workflow(
+                FailoverWorkflow.run,
+                FailoverRequest(
+                    service=aws_service.service, target="us-west-2", reason="dry run", dry_run=True
+                ),
+                id=f"plan-failover-{aws_service.service}",
+                task_queue=task_queue,
+            )
+    assert report.outcome == "dry-run", report.messages
+    assert report.plan is not None and report.plan.database is not None
+    assert moto.forwarded and ministack.forwarded  # the providers were reached through the proxies
+    assert [r for r in moto.forwarded if r[0] != "GET" and "/rrset" in r[1]] == []  # ChangeResourceRecordSets
+    actions = [
+        part.removeprefix("Action=")
+        for _, _, body in ministack.forwarded
+        for part in body.split("&")
+        if part.startswith("Action=")
+    ]
+    assert actions and all(a.startswith(("Describe", "List", "Get")) for a in actions), actions
+    assert aws_service.aurora.writer() == writer_before == "us-east-1"
+    assert aws_service.served() == served_before
