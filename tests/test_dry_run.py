@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.query
@@ -19,15 +20,20 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.dns import registry as dns_registry
+from activities.dns.clouddns import CloudDnsProvider
 from activities.traffic.activities import ReadWeightsRequest, read_weights
+from runbooks.model import CloudDns, DnsConfig
 from tests.support.aws import (
     ministack_server,  # noqa: F401  (session fixture ministack_endpoint)
     moto_server,  # noqa: F401  (session fixture moto_endpoint)
     point_aws_at,
     throttling_proxy,
 )
+from tests.support.clouddns_standin import library_client, serve_clouddns
 from tests.support.dns import signed_update
 from tests.support.failover import wait_for_gate
+from tests.support.http import serve_app
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.test_cli_check import drflow, target
 from tests.test_failover_aws import AwsService, aws_service  # noqa: F401  (fixture)
@@ -251,3 +257,65 @@ async def test_a_route53_and_aurora_dry_run_sends_only_reads_to_the_emulators(
     assert actions and all(a.startswith(("Describe", "List", "Get")) for a in actions), actions
     assert aws_service.aurora.writer() == writer_before == "us-east-1"
     assert aws_service.served() == served_before
+
+
+# ------------------------------------------------------------------------------------------ Cloud DNS
+CLOUDDNS_RUNBOOK = """\
+service: {service}
+objectives: {{rto: 2m, rpo: 30s}}
+primary: europe-west1
+regions:
+  europe-west1: {{address: 127.0.1.1, vars: {{port: "{a_port}"}}}}
+  europe-west4: {{address: 127.0.2.1, vars: {{port: "{b_port}"}}}}
+dns:
+  provider: clouddns
+  project: {project}
+  managed_zone: example-com
+  zone: example.com.
+  record: search.example.com.
+  ttl: 60
+  propagation_budget: 15s
+  nameservers: [{{name: ns-cloud-a1.googledomains.com., address: 127.0.0.1, port: 1}}]
+health:
+  - name: app
+    http: {{url: "http://{{address}}:{{port}}/healthz", expect_json: {{status: ok}}}}
+    timeout: 500ms
+    interval: 500ms
+    consecutive_successes: 2
+approvals:
+  approvers: [bob]
+  timeout: 30m
+"""
+
+
+async def test_a_cloud_dns_dry_run_posts_no_change_to_the_standin(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve_clouddns() as standin, serve_app("127.0.1.1") as a, serve_app("127.0.2.1") as b:
+        standin.add_zone(
+            "example-com", "example.com.",
+            [{"name": "search.example.com.", "type": "A", "ttl": 60, "rrdatas": ["127.0.1.1"]}],
+        )  # fmt: skip
+
+        def provider(config: DnsConfig) -> CloudDnsProvider:
+            assert isinstance(config, CloudDns)
+            return CloudDnsProvider(config, client=library_client(standin))
+
+        monkeypatch.setattr(dns_registry, "dns_provider_for", provider)
+        service = f"search-{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{service}.yaml").write_text(
+            CLOUDDNS_RUNBOOK.format(service=service, project=standin.project, a_port=a.port, b_port=b.port)
+        )
+        before = standin.rrset("example-com", "search.example.com.", "A")
+        async with build_worker(dev_env.client, tmp_path, task_queue=task_queue):
+            report = await dev_env.client.execute_workflow(
+                FailoverWorkflow.run,
+                FailoverRequest(service=service, target="europe-west4", reason="dry run", dry_run=True),
+                id=f"plan-failover-{service}",
+                task_queue=task_queue,
+            )
+        assert report.outcome == "dry-run", report.messages
+        assert report.plan is not None and report.plan.dns.current.values == ["127.0.1.1"]
+        assert "GET rrsets" in standin.requests  # the plan was read from the stand-in
+        assert "POST changes" not in standin.requests and standin.landed_changes == 0
+        assert standin.rrset("example-com", "search.example.com.", "A") == before
