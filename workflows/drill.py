@@ -19,9 +19,16 @@ with workflow.unsafe.imports_passed_through():
     from activities.search_attributes import STEP_ATTR
     from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, load_runbook, tag_run
-    from workflows.drill_models import DrillReport, DrillRequest, assess_drill, render_drill
+    from workflows.drill_models import (
+        DrillReport,
+        DrillRequest,
+        assess_drill,
+        drill_excluded,
+        drill_failover_request,
+        render_drill,
+    )
     from workflows.failback_models import FailbackReport, FailbackRequest
-    from workflows.failover_models import FailoverReport, FailoverRequest
+    from workflows.failover_models import FailoverReport
 
 T = TypeVar("T")
 
@@ -48,8 +55,9 @@ class DrillWorkflow:
         tag_run(request.service, "drill", "failover")
         loaded = await load_runbook(request.service)
         runbook = loaded.runbook
-        target = request.target or next(r for r in runbook.regions if r != runbook.primary)
-        excluded = [request.approver_unavailable] if request.approver_unavailable else []
+        child_request = drill_failover_request(request, runbook)
+        target = child_request.target
+        excluded = drill_excluded(request)
         self._update(
             runbook_sha256=loaded.sha256,
             target=target,
@@ -58,15 +66,7 @@ class DrillWorkflow:
         )
         drill_id = workflow.info().workflow_id
         try:
-            failover = await self._child(
-                "Failover",
-                FailoverRequest(
-                    service=request.service, target=target, reason=f"DR drill: {request.reason}",
-                    requested_by=request.requested_by, mode="drill", excluded_approvers=excluded,
-                ),
-                f"{drill_id}-failover",
-                FailoverReport,
-            )  # fmt: skip
+            failover = await self._child("Failover", child_request, f"{drill_id}-failover", FailoverReport)
             self._record_failover(failover)
         finally:
             await self._restore(request, runbook.primary, excluded, drill_id)

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from runbooks.model import StrictModel
+from runbooks.model import Runbook, StrictModel
 from workflows.failback_models import FailbackReport
-from workflows.failover_models import FailoverReport
+from workflows.failover_models import FailoverReport, FailoverRequest
 
 
 class DrillRequest(StrictModel):
@@ -20,6 +20,22 @@ class DrillRequest(StrictModel):
     approver_unavailable: str | None = Field(
         default=None, description="scenario: this approver cannot answer, someone else must"
     )
+
+
+def drill_failover_request(
+    request: DrillRequest, runbook: Runbook, *, dry_run: bool = False
+) -> FailoverRequest:
+    """The failover a drill starts as its child; ``drflow drill run --dry-run`` plans exactly this one."""
+    target = request.target or next(r for r in runbook.regions if r != runbook.primary)
+    return FailoverRequest(
+        service=request.service, target=target, reason=f"DR drill: {request.reason}",
+        requested_by=request.requested_by, mode="drill", excluded_approvers=drill_excluded(request),
+        dry_run=dry_run,
+    )  # fmt: skip
+
+
+def drill_excluded(request: DrillRequest) -> list[str]:
+    return [request.approver_unavailable] if request.approver_unavailable else []
 
 
 class Finding(StrictModel):

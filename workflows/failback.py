@@ -85,6 +85,8 @@ class FailbackWorkflow(Moves[FailbackReport]):
         tag_run(request.service, "failback", "preflight")
         runbook = await self._load(request)
         home = self._report.home
+        if request.dry_run:
+            return await self._plan_only(runbook, home)
         holder = await self._acquire_lock(request.service)
         try:
             if holder is not None:
@@ -116,6 +118,22 @@ class FailbackWorkflow(Moves[FailbackReport]):
             await finish_archive(archive)
         await self._close_slack()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
+        return self._report
+
+    async def _plan_only(self, runbook: Runbook, home: str) -> FailbackReport:
+        """Plan mode: the same preflight and plan a real run approves at its failback gate, then stop.
+
+        No lock, no gate, no archive, and no ``prepare``: where the home database would first be re-synced,
+        the plan says so and is built from the replication observed now (the checksum does not depend on it).
+        """
+        try:
+            await self._preflight(runbook, home)
+            self._note("dry run: nothing was changed; a real run would open its failback gate on this plan")
+            self._finish("dry-run")
+        except Ended as ended:
+            self._note(str(ended))
+            self._finish(ended.outcome)
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
         return self._report
 
@@ -206,6 +224,13 @@ class FailbackWorkflow(Moves[FailbackReport]):
                 f"the {home} database is not a streaming standby of {source}: re-sync it first "
                 f"(drflow failback {runbook.service} --prepare does it with pg_rewind)",
             )
+        if self._request.dry_run:
+            # Plan mode changes nothing: what prepare would do is said, not done.
+            self._note(
+                f"--prepare: a real run would first re-sync {home} as a standby of {source} (pg_rewind), "
+                "then switch"
+            )
+            return status
         prepared: PrepareStandbyResult = await self._step(
             f"re-sync {home} as a standby of {source}",
             lambda: self._activity(

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from activities.database.results import PrepareStandbyResult
 from activities.dns.plan import DnsChangePlan
 from activities.traffic.activities import SetWeightsResult
 from activities.traffic.analysis import CanaryResult
+from runbooks.durations import format_duration
 from runbooks.model import StrictModel
-from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport
+from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport, omit_false_dry_run
 
 
 class FailbackRequest(StrictModel):
@@ -28,6 +29,14 @@ class FailbackRequest(StrictModel):
     )
     mode: Literal["planned", "drill"] = "planned"
     excluded_approvers: list[str] = Field(default_factory=list, description="unavailable in a drill scenario")
+    dry_run: bool = Field(
+        default=False,
+        description="plan mode: preflight and the plan only, then stop (no lock, no gate, no change)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_dry_run(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        return omit_false_dry_run(handler(self))
 
 
 class StageRecord(StrictModel):
@@ -117,4 +126,35 @@ def render_failback(report: FailbackReport) -> str:
                   f"(approval wait {report.approval_wait_seconds:.1f}s)"]  # fmt: skip
     if report.messages:
         lines += ["", "### Notes", *[f"- {m}" for m in report.messages]]
+    if report.plan is not None and report.outcome == "dry-run":
+        lines += ["", render_failback_plan(report.plan)]
+    return "\n".join(lines)
+
+
+def render_failback_plan(plan: FailbackPlan) -> str:
+    """The plan a failback's approval gate binds to (its checksum), as a dry run prints it."""
+    lines = [
+        f"## Plan: fail {plan.service} back {plan.source} → {plan.target} ({plan.mode})",
+        "",
+        "**DNS**",
+        "```diff",
+        plan.dns.markdown(),
+        "```",
+    ]
+    if plan.database is not None:
+        rep = plan.database.replication
+        lag = f"{rep.lag_seconds:.1f}s" if rep.lag_seconds is not None else "unknown"
+        lines += [
+            "",
+            f"**Database** ({plan.database.provider}): fence {plan.source}, "
+            f"wait for replay to its final LSN, promote {plan.target}, re-sync {plan.source} as its standby",
+            f"- replication lag now: {lag}; RPO {format_duration(plan.rpo)}",
+        ]
+    lines += [
+        "",
+        f"**Traffic**: canary stages {', '.join(f'{s}%' for s in plan.stages)} to {plan.target}, "
+        "an approval before 100 %",
+        "",
+        f"plan checksum `{plan.checksum[:16]}`",
+    ]
     return "\n".join(lines)

@@ -90,6 +90,8 @@ class FailoverWorkflow(Moves[FailoverReport]):
     async def run(self, request: FailoverRequest) -> FailoverReport:
         tag_run(request.service, "failover", "preflight")
         loaded = await self._load(request)
+        if request.dry_run:
+            return await self._plan_only(loaded)
         holder = await self._acquire_lock(request.service)
         try:
             if holder is not None:
@@ -117,6 +119,22 @@ class FailoverWorkflow(Moves[FailoverReport]):
             await finish_archive(archive)
         await self._close_slack()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
+        return self._report
+
+    async def _plan_only(self, loaded: LoadedRunbook) -> FailoverReport:
+        """Plan mode: the same preflight and plan a real run makes before its approval gate, then stop.
+
+        No lock (a plan changes nothing, so it may be made while another run holds the service), no gate,
+        no archive. Only runs started with ``dry_run`` take this branch, so no recorded history meets it.
+        """
+        try:
+            await self._preflight(loaded)
+            self._note("dry run: nothing was changed; a real run would open its approval gate on this plan")
+            self._finish("dry-run")
+        except Ended as ended:
+            self._note(str(ended))
+            self._finish(ended.outcome)
         workflow.upsert_search_attributes([STEP_ATTR.value_set(self._report.outcome)])
         return self._report
 

@@ -11,7 +11,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from activities.cloud.preflight import PreflightReport
 from activities.database.results import (
@@ -32,7 +32,9 @@ from runbooks.model import Gate, StrictModel
 
 Mode = Literal["planned", "emergency", "drill"]
 Channel = Literal["cli", "ui", "slack", "api"]
-Outcome = Literal["running", "completed", "no-op", "refused", "not-ready", "rejected", "expired", "aborted"]
+Outcome = Literal[
+    "running", "completed", "no-op", "refused", "not-ready", "rejected", "expired", "aborted", "dry-run"
+]
 StepOutcome = Literal["running", "ok", "skipped", "failed"]
 Decision = Literal["retry", "skip", "abort"]
 
@@ -47,6 +49,26 @@ class FailoverRequest(StrictModel):
         default_factory=list,
         description="approvers unavailable in a drill scenario: someone else must answer",
     )
+    dry_run: bool = Field(
+        default=False,
+        description="plan mode: preflight and the plan only, then stop (no lock, no gate, no change)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_dry_run(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        return omit_false_dry_run(handler(self))
+
+
+def omit_false_dry_run(data: dict[str, object]) -> dict[str, object]:
+    """A real run's request is serialised without ``dry_run``: the same bytes as before the field existed.
+
+    Requests are ``extra="forbid"``, so a worker older than plan mode would refuse any payload naming the
+    field; leaving it out when false keeps real runs startable on such a worker during a rolling upgrade
+    (only a dry run needs a worker that knows it).
+    """
+    if data.get("dry_run") is False:
+        data = {k: v for k, v in data.items() if k != "dry_run"}
+    return data
 
 
 class ApprovalInput(StrictModel):
@@ -317,7 +339,9 @@ def render_report(report: FailoverReport) -> str:
         ]
     if report.messages:
         lines += ["", "### Notes", *[f"- {m}" for m in report.messages]]
-    if report.plan is not None and report.outcome == "running" and report.open_gate is not None:
+    if report.plan is not None and (
+        report.outcome == "dry-run" or (report.outcome == "running" and report.open_gate is not None)
+    ):
         lines += ["", render_plan(report.plan)]
     return "\n".join(lines)
 

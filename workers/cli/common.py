@@ -114,3 +114,56 @@ def configure_logging(level: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+
+
+DRY_RUN_EXIT = {"dry-run": EXIT_OK, "no-op": EXIT_OK, "not-ready": EXIT_NOT_READY}
+
+
+async def run_plan(
+    settings: TemporalSettings,
+    workflow_type: str,
+    request: Any,
+    report_type: type[Any],
+    render: Callable[[Any], str],
+    as_json: bool,
+) -> int:
+    """Plan mode: run WORKFLOW_TYPE with ``dry_run`` to its end and print its plan; no provider is changed.
+
+    The run has its own id (``plan-<kind>-<service>-<random>``), so it never collides with, nor blocks, a
+    real run of the service. Exit 0 when the plan was made (or there is nothing to do), 4 when preflight
+    found a blocker (the reason on stderr), 1 when the run itself failed.
+    """
+    import uuid
+
+    from temporalio.client import WorkflowFailureError
+    from temporalio.exceptions import ApplicationError
+
+    from activities.search_attributes import run_attributes
+    from workflows.common import TASK_QUEUE
+
+    client = await connect(settings)
+    kind = workflow_type.lower()
+    workflow_id = f"plan-{kind}-{request.service}-{uuid.uuid4().hex[:8]}"
+    click.echo(f"dry run {workflow_id}  {workflow_link(settings, workflow_id)}", err=True)
+    try:
+        report = await client.execute_workflow(
+            workflow_type,
+            request,
+            id=workflow_id,
+            task_queue=TASK_QUEUE,
+            result_type=report_type,
+            static_summary=f"Dry run: plan a {kind} of {request.service}",
+            static_details=f"Requested by {request.requested_by}: {request.reason}",
+            search_attributes=run_attributes(request.service, kind, "preflight"),
+        )
+    except WorkflowFailureError as err:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        raise Failure(f"the dry run failed: {message}") from err
+    click.echo(report.model_dump_json(indent=2) if as_json else render(report))
+    code = DRY_RUN_EXIT.get(report.outcome, EXIT_ERROR)
+    if code != EXIT_OK:
+        click.echo(
+            f"drflow: {report.outcome}: {'; '.join(report.messages) or 'no plan could be made'}", err=True
+        )
+    return code

@@ -24,10 +24,18 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from activities.search_attributes import run_attributes
-from workers.cli.common import EXIT_OK, Failure, connect, connection_options, services_to_check, settings_from
+from workers.cli.common import (
+    EXIT_OK,
+    Failure,
+    connect,
+    connection_options,
+    run_plan,
+    services_to_check,
+    settings_from,
+)
 from workers.connection import TemporalSettings
 from workflows.common import TASK_QUEUE
-from workflows.drill_models import DrillReport, DrillRequest
+from workflows.drill_models import DrillReport, DrillRequest, drill_failover_request
 
 CATCHUP_WINDOW = timedelta(hours=4)  # a drill missed during an outage must not fire days later
 QUARTERLY = ScheduleCalendarSpec(
@@ -203,8 +211,46 @@ async def _act(settings: TemporalSettings, action: str, service: str) -> int:
     return EXIT_OK
 
 
+@drill.command("run")
+@click.argument("service")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="plan the drill's failover (the plan its first gate shows); change nothing",
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the report and plan as JSON")
+@click.option(
+    "--target", help="with --dry-run: region to fail over to (default: the runbook's first standby)"
+)
+@click.option("--approver-unavailable", help="with --dry-run: the scenario's unavailable approver")
+@connection_options
+@click.pass_obj
+def run(
+    directory: Path, /, service: str, dry_run: bool, as_json: bool, target: str | None,
+    approver_unavailable: str | None, **options: Any,
+) -> int:  # fmt: skip
+    """Start a drill of SERVICE now (through its schedule: overlap skip applies).
+
+    With --dry-run: no drill starts; the failover the drill would start is planned (same request, mode
+    drill) and printed, and nothing changes. The restoring failback is planned by the drill after the
+    failover, from the state the failover leaves: it cannot be planned before.
+    """
+    settings = settings_from(options)
+    if not dry_run:
+        if as_json or target or approver_unavailable:
+            raise click.UsageError("--json, --target and --approver-unavailable go with --dry-run here")
+        return asyncio.run(_act(settings, "run", service))
+    from workflows.failover_models import FailoverReport, render_report
+
+    runbook = services_to_check(directory, service)[0].runbook
+    if target is not None and target not in runbook.regions:
+        raise Failure(f"{target!r} is not a region of {service} (regions: {', '.join(runbook.regions)})")
+    drill_request = DrillRequest(service=service, target=target, approver_unavailable=approver_unavailable)
+    request = drill_failover_request(drill_request, runbook, dry_run=True)
+    return asyncio.run(run_plan(settings, "Failover", request, FailoverReport, render_report, as_json))
+
+
 for _name, _help in (
-    ("run", "Start a drill of SERVICE now (through its schedule: overlap skip applies)."),
     ("pause", "Pause the drill schedule of SERVICE."),
     ("unpause", "Resume the drill schedule of SERVICE."),
     ("delete", "Delete the drill schedule of SERVICE (past drills and reports stay)."),

@@ -22,6 +22,7 @@ from workers.cli.common import (
     connect,
     connection_options,
     default_user,
+    run_plan,
     services_to_check,
     settings_from,
     workflow_link,
@@ -39,6 +40,10 @@ from workflows.common import TASK_QUEUE
 )
 @click.option("--as", "requested_by", default=default_user, help="who asks [env DRFLOW_USER; your login]")
 @click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
+@click.option(
+    "--dry-run", is_flag=True, help="preflight and print the plan (and its checksum) only; change nothing"
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the report and plan as JSON")
 @connection_options
 @click.pass_obj
 def failover(
@@ -50,18 +55,27 @@ def failover(
     mode: str,
     requested_by: str,
     wait: bool,
+    dry_run: bool,
+    as_json: bool,
     **options: Any,
 ) -> int:
-    """Fail SERVICE over to another region (workflow id failover-SERVICE)."""
-    from workflows.failover_models import FailoverRequest
+    """Fail SERVICE over to another region (workflow id failover-SERVICE).
+
+    With --dry-run: the plan a real run would show at its approval gate, same checksum, and no change.
+    """
+    from workflows.failover_models import FailoverReport, FailoverRequest, render_report
 
     loaded = services_to_check(directory, service)[0].runbook
     if target not in loaded.regions:
         raise Failure(f"{target!r} is not a region of {service} (regions: {', '.join(loaded.regions)})")
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run (a started run prints its id; see drflow status)")
     request = FailoverRequest(
-        service=service, target=target, reason=reason, requested_by=requested_by, mode=mode
+        service=service, target=target, reason=reason, requested_by=requested_by, mode=mode, dry_run=dry_run
     )
     settings = settings_from(options)
+    if dry_run:
+        return asyncio.run(run_plan(settings, "Failover", request, FailoverReport, render_report, as_json))
     # The serving region is known for sure only after preflight; the runbook's primary is the usual source.
     source = loaded.primary if loaded.primary != target else "?"
     return asyncio.run(_start_failover(settings, request, wait, source))
@@ -162,25 +176,38 @@ async def _final_report(client: Client, workflow_id: str, report_type: type[Any]
 @click.option("--prepare", is_flag=True, help="re-sync the home database as a standby first (pg_rewind)")
 @click.option("--as", "requested_by", default=default_user, help="who asks [env DRFLOW_USER; your login]")
 @click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
+@click.option(
+    "--dry-run", is_flag=True, help="preflight and print the plan (and its checksum) only; change nothing"
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the report and plan as JSON")
 @connection_options
 @click.pass_obj
 def failback(
     directory: Path, /, service: str, reason: str, home: str | None, prepare: bool, requested_by: str,
-    wait: bool, **options: Any,
+    wait: bool, dry_run: bool, as_json: bool, **options: Any,
 ) -> int:  # fmt: skip
-    """Bring SERVICE home: database back with zero loss, then traffic in canary stages (failback-SERVICE)."""
+    """Bring SERVICE home: database back with zero loss, then traffic in canary stages (failback-SERVICE).
+
+    With --dry-run: the plan a real run would approve at its failback gate, and no change (not even
+    --prepare's re-sync, which the plan names instead).
+    """
     from temporalio.common import WorkflowIDConflictPolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
-    from workflows.failback_models import FailbackReport, FailbackRequest
+    from workflows.failback_models import FailbackReport, FailbackRequest, render_failback
 
     runbook = services_to_check(directory, service)[0].runbook
     if home is not None and home not in runbook.regions:
         raise Failure(f"{home!r} is not a region of {service} (regions: {', '.join(runbook.regions)})")
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run (a started run prints its id; see drflow status)")
     request = FailbackRequest(
-        service=service, reason=reason, home=home, prepare=prepare, requested_by=requested_by
-    )
+        service=service, reason=reason, home=home, prepare=prepare, requested_by=requested_by,
+        dry_run=dry_run,
+    )  # fmt: skip
     settings = settings_from(options)
+    if dry_run:
+        return asyncio.run(run_plan(settings, "Failback", request, FailbackReport, render_failback, as_json))
 
     async def start() -> int:
         client = await connect(settings)
