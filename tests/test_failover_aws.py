@@ -199,6 +199,13 @@ async def test_emergency_failover_of_aurora_stops_at_the_data_loss_gate_then_mov
         await handle.execute_update(
             FailoverWorkflow.accept_data_loss, ApprovalInput(approver="bob", reason="us-east-1 is gone")
         )
+        # Aurora has no separate fence: the old writer takes writes until the failover moves it, which
+        # drflow cannot confirm beforehand, so promoting needs an explicit override too.
+        unfenced = await wait_for_gate(dev_env.client, handle.id, gate="unfenced")
+        assert unfenced.promotion is None and aws_service.aurora.writer() == "us-east-1"
+        await handle.execute_update(
+            FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="us-east-1 is unreachable for all")
+        )
         report = await handle.result()
 
     assert report.outcome == "completed", report.messages
@@ -207,4 +214,5 @@ async def test_emergency_failover_of_aurora_stops_at_the_data_loss_gate_then_mov
     assert report.fence is not None and report.fence.method == "none" and not report.fence.fenced
     assert report.data_loss is not None and not report.data_loss.zero_proven
     assert report.promotion is not None and report.promotion.promoted and report.promotion.writable
-    assert [a.decision for a in report.approvals] == ["approved", "data-loss-accepted"]
+    assert [a.decision for a in report.approvals] == ["approved", "data-loss-accepted", "approved"]
+    assert report.unfenced_promotion is not None and "unreachable for all" in report.unfenced_promotion
