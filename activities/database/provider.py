@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from temporalio.exceptions import ApplicationError
+
 from activities.cloud.preflight import PreflightReport
 from activities.database.results import (
     FenceMode,
@@ -21,6 +23,7 @@ from activities.database.results import (
     UnfenceResult,
     WaitForReplayResult,
 )
+from activities.errors import ErrorType
 
 
 class DatabaseProvider(Protocol):
@@ -53,3 +56,21 @@ class DatabaseProvider(Protocol):
     def preflight(self, primary: str, standby: str) -> PreflightReport:
         """Credentials, resources and permissions, checked without changing anything; findings only."""
         ...
+
+
+def no_replay_position(provider: str) -> ApplicationError:
+    """For a managed database whose fence reports no final LSN: there is nothing to wait for."""
+    return ApplicationError(
+        f"{provider} has no replay position to wait for (its fence reports no final LSN)",
+        type=ErrorType.NOT_APPLICABLE,
+        non_retryable=True,
+    )
+
+
+def cannot_resync(provider: str) -> ApplicationError:
+    """For a provider whose old primary drflow cannot re-sync as a standby (yet)."""
+    return ApplicationError(
+        f"database provider {provider!r} is not supported by this worker yet",
+        type=ErrorType.UNSUPPORTED_PROVIDER,
+        non_retryable=True,
+    )

@@ -34,6 +34,7 @@ from activities.cloud.aws import (
 )
 from activities.cloud.preflight import PreflightCheck, PreflightReport
 from activities.cloud.retry import DEFAULT_BACKOFF, Backoff, heartbeat
+from activities.database.provider import cannot_resync, no_replay_position
 from activities.database.results import (
     FenceMode,
     FenceResult,
@@ -278,18 +279,10 @@ class RdsProvider:
 
     # ---------------------------------------------------------------------------- steps RDS does not have
     def wait_for_replay(self, region: str, position: str, timeout_seconds: float) -> WaitForReplayResult:
-        raise ApplicationError(
-            f"{self.config.provider} has no replay position to wait for (its fence reports no final LSN)",
-            type=ErrorType.NOT_APPLICABLE,
-            non_retryable=True,
-        )
+        raise no_replay_position(self.config.provider)
 
     def prepare_standby(self, region: str, source: str, timeout_seconds: float) -> PrepareStandbyResult:
-        raise ApplicationError(
-            f"database provider {self.config.provider!r} is not supported by this worker yet",
-            type=ErrorType.UNSUPPORTED_PROVIDER,
-            non_retryable=True,
-        )
+        raise cannot_resync(self.config.provider)
 
     # ---------------------------------------------------------------------------------------- preflight
     def preflight(self, primary: str, standby: str) -> PreflightReport:
