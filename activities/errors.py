@@ -83,6 +83,10 @@ class ErrorType:
     """The compensation could not give the old primary its service back."""
     STANDBY_RESYNC_FAILED = "StandbyResyncFailed"
     """The former primary could not be re-synced as a standby of the current one (pg_rewind)."""
+    HOOK_FAILED = "HookFailed"
+    """A runbook command hook exited non-zero; the message has its status and redacted last lines."""
+    HOOK_TIMED_OUT = "HookTimedOut"
+    """A runbook command hook ran past its timeout and was killed with its process group."""
 
     # --- health
     HEALTH_VALIDATION_FAILED = "HealthValidationFailed"

@@ -195,6 +195,8 @@ def _locate(document: CommentedMap, loc: tuple[Any, ...], message: str, source: 
         elif isinstance(node, CommentedMap) and isinstance(part, str) and part not in _union_tags(node):
             path.append(part)  # a missing field: report it under its parent's line
             node = None
+        elif node is None and isinstance(part, (str, int)):
+            path.append(str(part) if isinstance(part, str) else f"[{part}]")  # inside the missing field
         # else: a tag such as 'route53' or 'function-after[...]' that is not in the document
     return Problem(source, line, ".".join(path).replace(".[", "["), message)
 

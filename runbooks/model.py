@@ -146,16 +146,94 @@ class PostgresNode(StrictModel):
     )
 
 
+HOOK_PLACEHOLDERS = frozenset(
+    {"region", "host", "port", "dbname", "user", "slot", "source_region", "source_host", "source_port"}
+)
+
+
+class CommandHook(StrictModel):
+    """A command the worker runs for a step only the database's own host can do (over ssh, an API CLI).
+
+    The worker runs it without a shell, with ``{placeholders}`` filled in per node, and judges it by its exit
+    status; drflow checks the result itself afterwards (over SQL), so a hook that claims success without
+    doing the work is caught. Hooks must be idempotent: a retried step runs them again.
+    """
+
+    command: list[str] = Field(
+        min_length=1,
+        description="argv, no shell; placeholders: "
+        + ", ".join(f"{{{name}}}" for name in sorted(HOOK_PLACEHOLDERS)),
+    )
+    env: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="environment variables set from secret references when the hook runs (never logged)",
+    )
+    timeout: Duration = Field(default=timedelta(minutes=10), description="killed (process group) after this")
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, value: list[str]) -> list[str]:
+        for argument in value:
+            unknown = sorted(set(_url_fields(argument)) - HOOK_PLACEHOLDERS)
+            if unknown:
+                raise ValueError(
+                    f"unknown placeholder {{{unknown[0]}}} in {argument!r}; known: "
+                    + ", ".join(sorted(HOOK_PLACEHOLDERS))
+                )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+
+class PostgresHooks(StrictModel):
+    """What drflow cannot do over SQL on a node it does not manage: declared commands do it instead."""
+
+    resync: CommandHook | None = Field(
+        default=None,
+        description="make the node {region} a streaming standby of {source_host}:{source_port} (e.g. ssh to "
+        "it and run pg_rewind); drflow then verifies over SQL that it streams from the new primary",
+    )
+    fence: CommandHook | None = Field(
+        default=None,
+        description="an extra fence beside cutting connections (firewall, security group, STONITH); runs "
+        "even when the node is unreachable over SQL",
+    )
+    unfence: CommandHook | None = Field(
+        default=None, description="undoes the fence hook (compensation before promotion)"
+    )
+
+
+class PostgresRole(StrictModel):
+    user: str = Field(min_length=1)
+    password: SecretRef | None = None
+
+
 class PostgresDatabase(StrictModel):
     provider: Literal["postgres"]
     nodes: dict[str, PostgresNode] = Field(description="one node per region")
+    hooks: PostgresHooks = Field(default_factory=PostgresHooks)
+    application: PostgresRole | None = Field(
+        default=None,
+        description="the application's role: drflow proves a fence by trying a write as it (required for "
+        "nodes without data_directory)",
+    )
 
     def resync_problem(self, region: str) -> str | None:
-        """Why drflow cannot re-sync ``region`` as a standby after a switch (None: it can, with pg_rewind)."""
+        """Why drflow cannot re-sync ``region`` as a standby after a switch (None: pg_rewind or the hook)."""
         node = self.nodes.get(region)
-        if node is not None and node.data_directory is None:
-            return f"{region} has no data_directory: drflow re-syncs only nodes it manages on its host"
+        if node is not None and node.data_directory is None and self.hooks.resync is None:
+            return f"{region} has no data_directory and the runbook declares no database.hooks.resync"
         return None
+
+    def remote_regions(self) -> list[str]:
+        """Nodes reached only over the network: drflow has no data directory to act on."""
+        return [region for region, node in self.nodes.items() if node.data_directory is None]
 
 
 AWS_REGION_PATTERN = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]+$"
@@ -592,6 +670,24 @@ def _database_region_problems(runbook: Runbook, regions: set[str], known: str) -
     else:
         per_region, key = db.clusters, "clusters"
     problems: list[Problem] = []
+    if isinstance(db, PostgresDatabase) and db.remote_regions():
+        remote = ", ".join(db.remote_regions())
+        if db.hooks.resync is None:
+            problems.append(
+                (
+                    ("database", "hooks", "resync"),
+                    f"required: {remote} has no data_directory, so drflow re-syncs it after a switch only "
+                    "through a declared command (see infra/postgres/hooks)",
+                )
+            )
+        if db.application is None:
+            problems.append(
+                (
+                    ("database", "application"),
+                    f"required: {remote} has no data_directory, so drflow proves its fence by trying a write "
+                    "as the application's role",
+                )
+            )
     if isinstance(db, RdsDatabase):
         for region, instance in db.instances.items():
             if not instance.startswith("arn:") and aws_region_name(region) is None:

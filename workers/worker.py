@@ -64,7 +64,9 @@ def check_runbooks(directory: Path) -> None:
     if not directory.is_dir():
         log.warning(
             "runbooks directory %s does not exist: no service can be failed over, drilled or checked until "
-            "runbooks are mounted there (or %s / --runbooks names another directory)", where, RUNBOOKS_ENV
+            "runbooks are mounted there (or %s / --runbooks names another directory)",
+            where,
+            RUNBOOKS_ENV,
         )
         return
     loaded, problems = load_directory(directory)
@@ -73,7 +75,9 @@ def check_runbooks(directory: Path) -> None:
     if not loaded:
         log.warning(
             "no runbooks in %s: no service can be failed over, drilled or checked until *.yaml runbooks "
-            "are put there (or %s / --runbooks names another directory)", where, RUNBOOKS_ENV
+            "are put there (or %s / --runbooks names another directory)",
+            where,
+            RUNBOOKS_ENV,
         )
         return
     log.info("serving %d runbook(s) from %s: %s", len(loaded), where,

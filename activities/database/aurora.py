@@ -201,9 +201,7 @@ class AuroraProvider:
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ promote
-    def promote(
-        self, region: str, timeout_seconds: float, mode: FenceMode | None = None
-    ) -> PromoteResult:
+    def promote(self, region: str, timeout_seconds: float, mode: FenceMode | None = None) -> PromoteResult:
         started = time.monotonic()
         deadline = started + timeout_seconds
         target_arn = self.arn(region)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from activities.hooks import HookRun
 from runbooks.model import StrictModel
 
 
@@ -50,12 +51,17 @@ FenceMode = Literal["planned", "emergency", "drill"]
 
 class FenceResult(StrictModel):
     region: str
-    method: Literal["shutdown", "connections-cut", "none"]
+    method: Literal["shutdown", "connections-cut", "hook", "none"]
     fenced: bool
     already_fenced: bool
     final_lsn: str | None = Field(description="the last LSN the old primary can ever have written")
     actions: list[str] = Field(description="what was done, in order")
     errors: list[str] = Field(description="what could not be done (emergency: best effort)")
+    proof: str | None = Field(
+        default=None,
+        description="how the fence was proven (a write as the application's role refused), or why not",
+    )
+    hook: HookRun | None = Field(default=None, description="the runbook's fence hook, when it ran")
 
 
 class WaitForReplayResult(StrictModel):
@@ -80,9 +86,7 @@ class PromoteResult(StrictModel):
 class UnfenceResult(StrictModel):
     region: str
     restored: bool = Field(description="the old primary serves writes again (a real write succeeded)")
-    actions: list[str] = Field(
-        description="what was done, in order; only checks when it already served"
-    )
+    actions: list[str] = Field(description="what was done, in order; only checks when it already served")
 
 
 class PrepareStandbyResult(StrictModel):
@@ -97,3 +101,4 @@ class PrepareStandbyResult(StrictModel):
         description="its WAL receiver streams from the source, which lists it as a standby"
     )
     actions: list[str]
+    hook: HookRun | None = Field(default=None, description="the runbook's re-sync hook, when it ran")

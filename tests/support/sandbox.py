@@ -16,7 +16,7 @@ from runbooks.model import Runbook
 from tests.support.postgres import searchable_tmp_dir
 from workers.sandbox.named import free_port, free_ports
 from workers.sandbox.postgres import PostgresPair
-from workers.sandbox.world import Sandbox, SandboxPorts
+from workers.sandbox.world import Sandbox, SandboxPorts, Topology
 
 
 @dataclass
@@ -52,14 +52,14 @@ class SandboxWorld:
 
 
 @contextmanager
-def sandbox_world() -> Iterator[SandboxWorld]:
+def sandbox_world(topology: Topology = "local") -> Iterator[SandboxWorld]:
     with searchable_tmp_dir("drflow-sandbox-") as directory:
         dns_primary, dns_secondary, pg_primary, pg_standby, haproxy = free_ports(5)
         ports = SandboxPorts(
             dns_primary=dns_primary, dns_secondary=dns_secondary, postgres_primary=pg_primary,
             postgres_standby=pg_standby, app=free_port(), haproxy=haproxy,
         )  # fmt: skip
-        sandbox = Sandbox(directory / "sandbox", ports)
+        sandbox = Sandbox(directory / "sandbox", ports, topology)
         runbooks = directory / "runbooks"
         runbooks.mkdir()
         try:

@@ -56,6 +56,7 @@ MEDIA_TYPES = {
     MANIFEST: "application/json",
 }
 
+
 class ArchiveError(ArchiveRefused):
     """The archive cannot be written or read as asked; the message says what to fix."""
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from workers.sandbox.host import SandboxError
-from workers.sandbox.world import DEFAULT_STATE_DIR, Sandbox, SandboxPorts, SandboxStatus
+from workers.sandbox.world import DEFAULT_STATE_DIR, Sandbox, SandboxPorts, SandboxStatus, Topology
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATE_DIR_ENV = "DRFLOW_SANDBOX_DIR"
@@ -47,9 +47,16 @@ def sandbox() -> None:
 @click.option("--postgres-port", type=int, help="PostgreSQL region-a, the first primary [15432]")
 @click.option("--postgres-standby-port", type=int, help="PostgreSQL region-b, the first standby [15433]")
 @click.option("--app-port", type=int, help="the apps, on 127.0.1.1 and 127.0.2.1 [18080]")
+@click.option(
+    "--topology",
+    type=click.Choice(["local", "remote"]),
+    help="local: drflow manages the data directories; remote: TCP only, servers as another OS user, "
+    "re-sync through infra/postgres/hooks (needs root) [the one this world was built with; local]",
+)
 def up(
     reset: bool,
     state_dir: Path,
+    topology: Topology | None,
     dns_port: int | None,
     dns_secondary_port: int | None,
     postgres_port: int | None,
@@ -71,7 +78,7 @@ def up(
             ports = dataclasses.replace(Sandbox(state_dir).ports, **overrides)
         except ValueError as err:
             raise SandboxFailure(str(err)) from err
-    world = Sandbox(state_dir, ports)
+    world = Sandbox(state_dir, ports, topology)
     if reset:
         click.echo(f"resetting the sandbox in {world.state_dir} ...")
     try:
@@ -79,7 +86,14 @@ def up(
     except SandboxError as err:
         raise SandboxFailure(str(err)) from err
     _echo_status(status)
-    click.echo("runbook: runbooks/sandbox.yaml (its secret paths match the default --state-dir)")
+    if world.topology == "remote":
+        written = world.write_runbook(world.state_dir / "runbooks")
+        click.echo(
+            f"runbook: {written} (remote topology: no data_directory, re-sync by hook); serve it with "
+            f"`drflow --runbooks {written.parent} dev --sandbox`"
+        )
+    else:
+        click.echo("runbook: runbooks/sandbox.yaml (its secret paths match the default --state-dir)")
     return 0
 
 

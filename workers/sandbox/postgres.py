@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import psycopg
+from psycopg import sql
 
 from activities.database.postgres.pg_ctl import (
     PACKAGE,
@@ -44,7 +45,7 @@ from activities.database.postgres.pg_ctl import (
     run_as_owner,
     slot_name,
 )
-from runbooks.model import PostgresNode
+from runbooks.model import PostgresNode, PostgresRole
 from workers.sandbox.processes import pid_alive
 
 log = logging.getLogger("drflow.sandbox.postgres")
@@ -53,6 +54,8 @@ LOOPBACK = "127.0.0.1"
 SERVICE_USER = "postgres"
 PASSWORD_FILE = "password"
 PGPASS_FILE = "pgpass"
+APP_PASSWORD_FILE = "app-password"
+APP_USER = "app"
 _CREATED_MARKER = ".created"
 _LOG_TAIL_LINES = 25
 PROBE_TABLE = "health_probe"
@@ -101,6 +104,7 @@ class PostgresPairConfig:
     standby_region: str = "region-b"
     startup_timeout: float = 30.0
     stop_timeout: float = 30.0
+    tcp_only: bool = False
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).absolute()
@@ -117,16 +121,15 @@ class NodeStart:
     reason: str | None = None
 
 
-
-
 class PostgresServer:
     """One node: a region directory holding the data directory, its log and its socket directory."""
 
-    def __init__(self, region: str, port: int, directory: Path, host: str) -> None:
+    def __init__(self, region: str, port: int, directory: Path, host: str, tcp_only: bool = False) -> None:
         self.region = region
         self.port = port
         self.directory = directory
         self.host = host
+        self.tcp_only = tcp_only
 
     @property
     def data_dir(self) -> Path:
@@ -163,11 +166,17 @@ class PostgresServer:
         return int(pg_controldata(self.data_dir).get("Latest checkpoint's TimeLineID", "0"))
 
     def start(self, timeout: float = 30.0) -> None:
-        self.socket_dir.mkdir(exist_ok=True)
-        _chown_to_service(self.socket_dir)
+        if not self.tcp_only:
+            self.socket_dir.mkdir(exist_ok=True)
+            _chown_to_service(self.socket_dir)
         try:
             pg_ctl_start(
-                self.data_dir, self.port, timeout=timeout, log_path=self.log_path, socket_dir=self.socket_dir
+                self.data_dir,
+                self.port,
+                timeout=timeout,
+                log_path=self.log_path,
+                socket_dir=self.socket_dir,
+                tcp_only=self.tcp_only,
             )
         except PostgresCommandError as err:
             raise PostgresCommandError(
@@ -205,11 +214,13 @@ class PostgresPair:
         self.config = config
         self.directory = config.directory
         self.primary = PostgresServer(
-            config.primary_region, config.primary_port, self.directory / config.primary_region, config.host
-        )
+            config.primary_region, config.primary_port, self.directory / config.primary_region, config.host,
+            config.tcp_only,
+        )  # fmt: skip
         self.standby = PostgresServer(
-            config.standby_region, config.standby_port, self.directory / config.standby_region, config.host
-        )
+            config.standby_region, config.standby_port, self.directory / config.standby_region, config.host,
+            config.tcp_only,
+        )  # fmt: skip
 
     # ---- what the runbook and the apps need
     @property
@@ -234,6 +245,41 @@ class PostgresPair:
     @property
     def pgpass_path(self) -> Path:
         return self.directory / PGPASS_FILE
+
+    @property
+    def app_password_path(self) -> Path:
+        return self.directory / APP_PASSWORD_FILE
+
+    def app_role(self) -> PostgresRole:
+        """The apps' own role (no superuser): what the remote topology's fence proof writes as."""
+        return PostgresRole(user=APP_USER, password=f"file:{self.app_password_path}")
+
+    def host_env_path(self, region: str) -> Path:
+        return self.directory / "hosts" / f"{region}.env"
+
+    def write_host_envs(self) -> None:
+        """Each node's "host" settings for the remote topology's hooks (``infra/postgres/hooks``).
+
+        What a real database host knows about its own server (data directory, port, binaries, the server's
+        own passfile for replication), kept beside drflow's state rather than in the runbook: the runbook
+        of a remote topology names no path on the database's host.
+        """
+        hosts = self.directory / "hosts"
+        hosts.mkdir(exist_ok=True)
+        hosts.chmod(0o755)
+        for server in self.servers:
+            settings = {
+                "PGDATA": server.data_dir,
+                "PGPORT": server.port,
+                "PGHOST": server.host,
+                "PGBIN": Path(pg_binary("pg_ctl")).parent,
+                "PGLOG": server.log_path,
+                "PGPASSFILE": self.pgpass_path,
+                "PGOPTS": "-k ''" if self.config.tcp_only else f"-k {server.socket_dir}",
+            }
+            path = self.host_env_path(server.region)
+            path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+            path.chmod(0o644)
 
     def password(self) -> str:
         return self.password_path.read_text().strip()
@@ -281,6 +327,11 @@ class PostgresPair:
 
     def start(self) -> list[NodeStart]:
         """Create the pair if needed, then start what is stopped; returns what happened to each node."""
+        if self.config.tcp_only and _service_account() is None:
+            raise PostgresCommandError(
+                "the remote topology runs the servers as another OS user (the postgres system user), which "
+                "needs root: run it as root, or use the local topology"
+            )
         if not self.is_created():
             self._create()
             return [NodeStart(s.region, "started") for s in self.servers]
@@ -389,6 +440,7 @@ class PostgresPair:
         self.standby.start(self.config.startup_timeout)
         self.wait_streaming(self.standby.region)
         (self.directory / _CREATED_MARKER).write_text("")
+        self.write_host_envs()
 
     def _load_or_create_password(self) -> str:
         if self.password_path.exists():
@@ -439,10 +491,11 @@ log_connections = off
 # Written for {standby_slot}; the standby's primary_conninfo carries application_name={standby_slot}.
 """
             )
+        local = "" if self.config.tcp_only else "local   all          all                  scram-sha-256\n"
         (server.data_dir / "pg_hba.conf").write_text(
             "# drflow sandbox: password (SCRAM) for every connection, loopback only.\n"
-            "local   all          all                  scram-sha-256\n"
-            "host    all          all   127.0.0.0/8    scram-sha-256\n"
+            + local
+            + "host    all          all   127.0.0.0/8    scram-sha-256\n"
             "host    replication  all   127.0.0.0/8    scram-sha-256\n"
         )
 
@@ -450,10 +503,27 @@ log_connections = off
         with self.connect(self.primary.region, dbname="postgres") as conn:
             conn.execute("SELECT pg_create_physical_replication_slot(%s)", (slot_name(self.standby.region),))
             conn.execute(f'CREATE DATABASE "{self.config.dbname}" OWNER "{self.config.user}"')
+        app_password = secrets.token_urlsafe(24)
+        _write_private(self.app_password_path, app_password + "\n")
         with self.connect(self.primary.region) as conn:
             conn.execute(
                 f"CREATE TABLE {PROBE_TABLE} ("
                 "id bigserial PRIMARY KEY, region text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+            )
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(APP_USER), sql.Literal(app_password)
+                )
+            )
+            conn.execute(
+                sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
+                    sql.Identifier(PROBE_TABLE), sql.Identifier(APP_USER)
+                )
+            )
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+                    sql.Identifier(f"{PROBE_TABLE}_id_seq"), sql.Identifier(APP_USER)
+                )
             )
 
     def _clone_standby(self) -> None:

@@ -22,9 +22,12 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import yaml
 
 from activities.database.postgres.pg_ctl import (
     PostgresCommandError,
@@ -32,7 +35,15 @@ from activities.database.postgres.pg_ctl import (
 )
 from activities.traffic.haproxy import HaproxyError
 from runbooks.loader import parse_runbook
-from runbooks.model import HaproxyTraffic, PostgresDatabase, Rfc2136Dns, Runbook, StrictModel
+from runbooks.model import (
+    CommandHook,
+    HaproxyTraffic,
+    PostgresDatabase,
+    PostgresHooks,
+    Rfc2136Dns,
+    Runbook,
+    StrictModel,
+)
 from workers.sandbox.haproxy import (
     HaproxyConfig,
     HaproxyNotInstalledError,
@@ -77,6 +88,10 @@ STOP_TIMEOUT = 10.0
 _CONFIG_FILE = "sandbox.json"
 
 State = Literal["running", "stopped"]
+# local: drflow manages the data directories on its host; remote: TCP only, servers as another OS user,
+# re-sync through the shipped hooks (docs/sandbox.md).
+Topology = Literal["local", "remote"]
+HOOKS_DIR = Path(__file__).resolve().parents[2] / "infra" / "postgres" / "hooks"
 Change = Literal["started", "already-running", "held"]
 
 
@@ -133,9 +148,16 @@ class SandboxStatus(StrictModel):
 class Sandbox:
     """``up`` starts what is stopped (idempotent), ``down`` stops everything, ``reset`` starts afresh."""
 
-    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, ports: SandboxPorts | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        ports: SandboxPorts | None = None,
+        topology: Topology | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.ports = ports or self._recorded_ports() or SandboxPorts()
+        self.recorded_topology = self._recorded_topology()
+        self.topology: Topology = topology or self.recorded_topology or "local"
 
     # ----------------------------------------------------------------------------------- paths
     @property
@@ -187,15 +209,48 @@ class Sandbox:
                         ),
                     }
                 ),
-                "database": PostgresDatabase(
-                    provider="postgres",
-                    nodes={region: pair.node(region) for region in (PRIMARY_REGION, STANDBY_REGION)},
-                ),
+                "database": self._database(pair),
                 "traffic": shipped.traffic.model_copy(
                     update={"runtime_api": haproxy.runtime_api, "frontend_url": haproxy.frontend_url}
                 ),
             }
         )
+
+    def _database(self, pair: PostgresPair) -> PostgresDatabase:
+        """Local: drflow manages the data directories. Remote: TCP only, the hooks act on the "host"."""
+        regions = (PRIMARY_REGION, STANDBY_REGION)
+        if self.topology == "local":
+            return PostgresDatabase(provider="postgres", nodes={r: pair.node(r) for r in regions})
+        ssh = str(HOOKS_DIR / "sandbox-ssh")
+        host_env = str(pair.directory / "hosts" / "{region}.env")
+        return PostgresDatabase(
+            provider="postgres",
+            nodes={r: pair.node(r, managed=False) for r in regions},
+            hooks=PostgresHooks(
+                resync=CommandHook(
+                    command=[
+                        ssh,
+                        host_env,
+                        "pg-resync",
+                        "{source_host}",
+                        "{source_port}",
+                        "{slot}",
+                        "{user}",
+                    ],
+                    timeout=timedelta(minutes=5),
+                )
+            ),
+            application=pair.app_role(),
+        )
+
+    def write_runbook(self, directory: Path) -> Path:
+        """This world's runbook as a file a worker can serve (the remote topology has no shipped one)."""
+        runbook = self.runbook()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{runbook.service}.yaml"
+        header = f"# Written by `drflow sandbox up` for the {self.topology} topology of {self.state_dir}.\n"
+        path.write_text(header + yaml.safe_dump(runbook.model_dump(mode="json"), sort_keys=False))
+        return path
 
     # ------------------------------------------------------------------------------ lifecycle
     def up(self, reset: bool = False) -> SandboxStatus:
@@ -209,8 +264,14 @@ class Sandbox:
                 f"the sandbox in {self.state_dir} is running with other ports ({_describe_ports(recorded)}); "
                 "run `drflow sandbox down` first, or `up --reset`"
             )
+        if self.recorded_topology not in (None, self.topology) and (self.postgres_dir / ".created").exists():
+            raise SandboxError(
+                f"the sandbox in {self.state_dir} was built with the {self.recorded_topology} topology; "
+                f"`drflow sandbox up --reset --topology {self.topology}` rebuilds it"
+            )
         make_searchable_dirs(self.state_dir)
-        self.config_path.write_text(json.dumps(asdict(self.ports), indent=2) + "\n")
+        record = {**asdict(self.ports), "topology": self.topology}
+        self.config_path.write_text(json.dumps(record, indent=2) + "\n")
         changes: dict[str, Change] = {}
         try:
             self._up_dns(changes)
@@ -333,6 +394,7 @@ class Sandbox:
                 user=DB_USER,
                 primary_region=PRIMARY_REGION,
                 standby_region=STANDBY_REGION,
+                tcp_only=self.topology == "remote",
             )
         )
 
@@ -485,11 +547,28 @@ class Sandbox:
         )
 
     # ------------------------------------------------------------------------------- internals
-    def _recorded_ports(self) -> SandboxPorts | None:
+    def _recorded(self) -> dict[str, Any]:
         try:
-            return SandboxPorts(**json.loads(self.config_path.read_text()))
-        except (OSError, ValueError, TypeError):
+            recorded = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
+    def _recorded_ports(self) -> SandboxPorts | None:
+        recorded = self._recorded()
+        recorded.pop("topology", None)
+        try:
+            return SandboxPorts(**recorded) if recorded else None
+        except (ValueError, TypeError):
             return None
+
+    def _recorded_topology(self) -> Topology | None:
+        topology = self._recorded().get("topology")
+        if topology == "local":
+            return "local"
+        if topology == "remote":
+            return "remote"
+        return None
 
     def _any_running(self) -> bool:
         return any(c.state == "running" for c in self.status().components)

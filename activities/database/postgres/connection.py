@@ -15,6 +15,7 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.database.postgres.pg_ctl import slot_name
 from activities.secrets import resolve_secret
 from runbooks.model import PostgresNode, StrictModel
 
@@ -23,7 +24,7 @@ CONNECT_TIMEOUT = 2.0
 POLL_INTERVAL = 0.1
 # Reached when the runbook's database refuses connections (a connections-cut fence that replicated).
 CONTROL_DATABASE = "template1"
-_NOT_ACCEPTING = "is not currently accepting connections"
+NOT_ACCEPTING = "is not currently accepting connections"
 _ERROR_EXCERPT = 300
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -36,9 +37,7 @@ class PostgresTarget(StrictModel):
     node: PostgresNode
 
 
-def connect(
-    node: PostgresNode, *, timeout: float = CONNECT_TIMEOUT, dbname: str | None = None
-) -> Connection:
+def connect(node: PostgresNode, *, timeout: float = CONNECT_TIMEOUT, dbname: str | None = None) -> Connection:
     """An autocommit session; without an explicit ``dbname``, falls back to template1 when the runbook's
     database refuses connections (a fenced node, or a standby of one)."""
     password = resolve_secret(node.password) if node.password is not None else None
@@ -54,7 +53,7 @@ def connect(
     try:
         return psycopg.connect(dbname=dbname or node.dbname, **params)
     except psycopg.OperationalError as err:
-        if dbname is not None or _NOT_ACCEPTING not in str(err):
+        if dbname is not None or NOT_ACCEPTING not in str(err):
             raise
         return psycopg.connect(dbname=CONTROL_DATABASE, **params)
 
@@ -119,3 +118,24 @@ def verify_writable(node: PostgresNode, deadline: float) -> tuple[bool, str]:
         if time.monotonic() >= deadline:
             return False, f"write check on database {node.dbname} failed: {problem}"
         time.sleep(0.2)
+
+
+def hook_values(target: PostgresTarget, source: PostgresTarget | None = None) -> dict[str, str]:
+    """The placeholders a hook may use (``runbooks.model.HOOK_PLACEHOLDERS``)."""
+    node = target.node
+    values = {
+        "region": target.region,
+        "host": node.host,
+        "port": str(node.port),
+        "dbname": node.dbname,
+        "user": node.user,
+        "slot": slot_name(target.region),
+        "source_region": "",
+        "source_host": "",
+        "source_port": "",
+    }
+    if source is not None:
+        values.update(
+            source_region=source.region, source_host=source.node.host, source_port=str(source.node.port)
+        )
+    return values

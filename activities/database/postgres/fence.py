@@ -12,17 +12,20 @@ from typing import Literal
 
 import psycopg
 from psycopg import sql
+from pydantic import Field
 from temporalio.exceptions import ApplicationError
 
 from activities.database.postgres.connection import (
     CONNECT_TIMEOUT,
     CONTROL_DATABASE,
+    NOT_ACCEPTING,
     POLL_INTERVAL,
     Connection,
     PostgresTarget,
     allow_connections,
     connect,
     describe_error,
+    hook_values,
     time_left,
     timeout_ms,
     verify_writable,
@@ -38,13 +41,19 @@ from activities.database.postgres.pg_ctl import (
 )
 from activities.database.results import FenceMode, FenceResult, UnfenceResult
 from activities.errors import ErrorType
-from runbooks.model import StrictModel
+from activities.hooks import HookRun, require_success, run_hook
+from activities.secrets import resolve_secret
+from runbooks.model import CommandHook, PostgresRole, StrictModel
 
 
 class FenceRequest(StrictModel):
     target: PostgresTarget
     mode: FenceMode
     timeout_seconds: float = 30
+    proof_role: PostgresRole | None = Field(
+        default=None, description="the application's role: the fence holds when a write as it is refused"
+    )
+    hook: CommandHook | None = Field(default=None, description="the runbook's extra fence (firewall, ...)")
 
 
 def fence(req: FenceRequest) -> FenceResult:
@@ -129,6 +138,99 @@ def _fence_by_shutdown(req: FenceRequest, data_dir: Path, deadline: float) -> Fe
 
 
 def _fence_by_cutting_connections(req: FenceRequest, deadline: float) -> FenceResult:
+    """Cut connections over SQL, run the runbook's fence hook, then prove it by a write as the app's role.
+
+    The proof is what makes ``fenced`` true for a node drflow does not manage: refusing connections is a
+    catalog setting a superuser can undo, a firewall may miss a path. Only a write as the application's role
+    that the server itself refuses (the database does not accept connections, or is read-only) proves the
+    fence. A write that cannot reach the server proves nothing (it is what a partition looks like too), so a
+    node SQL cannot reach stays unconfirmed whatever its fence hook reported, and promotion stops at the
+    unfenced gate with the hook's outcome in the message. An emergency fence returns what it found; a
+    planned one raises unless proven.
+    """
+    strict = req.mode != "emergency"
+    hook = req.hook
+    try:
+        cut = _cut_connections(req, deadline)
+    except ApplicationError:
+        if hook is None:
+            raise
+        # The hook may fence what SQL could not reach (STONITH, a firewall on the database's host).
+        cut = None
+    if cut is None:
+        cut = FenceResult(
+            region=req.target.region, method="none", fenced=False, already_fenced=False, final_lsn=None,
+            actions=[], errors=[f"cannot reach {req.target.region} over SQL to cut its connections"],
+        )  # fmt: skip
+    if cut.already_fenced and cut.method == "none" and cut.fenced:
+        return cut  # a standby: nothing to fence, nothing to prove
+    actions, errors = list(cut.actions), list(cut.errors)
+    run: HookRun | None = None
+    if hook is not None:
+        run = run_hook(hook, hook_values(req.target))
+        actions.append(f"fence hook: {run.describe()}")
+        if not run.succeeded:
+            errors.append(f"the fence hook failed: {run.describe()}")
+    hooked = run is not None and run.succeeded
+    proven, proof = _prove_fenced(req)
+    fenced = proven and (cut.fenced or hooked)
+    if not fenced and strict:
+        raise ApplicationError(
+            f"could not fence {req.target.region}: {proof}" + (f"; {'; '.join(errors)}" if errors else ""),
+            type=ErrorType.FENCE_FAILED,
+        )
+    method: Literal["connections-cut", "hook", "none"] = (
+        "connections-cut" if cut.fenced or cut.method == "connections-cut" else "hook" if hooked else "none"
+    )
+    return cut.model_copy(
+        update={
+            "method": method, "fenced": fenced, "actions": actions, "errors": errors, "proof": proof,
+            "hook": run,
+        }
+    )  # fmt: skip
+
+
+_REFUSED_SQLSTATES = frozenset(
+    {
+        "55000",  # object_not_in_prerequisite_state: the database is not accepting connections
+        "25006",  # read_only_sql_transaction: a standby or a read-only node
+        "57P01",  # admin_shutdown: terminated by the fence
+        "57P03",  # cannot_connect_now: shutting down or in recovery
+        "42501",  # insufficient_privilege: the hook revoked the role's rights
+        "28000",  # invalid_authorization_specification: pg_hba rejects the role
+    }
+)
+
+
+def _prove_fenced(req: FenceRequest) -> tuple[bool, str]:
+    """Try the write an application would make; (proven, how) from whether and how it was refused."""
+    role = req.proof_role
+    node = req.target.node
+    if role is None:
+        return True, "no application role declared: the fence is not proven by a write (nodes drflow manages)"
+    as_app = node.model_copy(update={"user": role.user, "password": role.password})
+    try:
+        with psycopg.connect(
+            host=node.host, port=node.port, dbname=node.dbname, user=role.user,
+            password=resolve_secret(role.password) if role.password else None,
+            connect_timeout=int(CONNECT_TIMEOUT), autocommit=True, application_name="drflow-fence-proof",
+        ) as conn, conn.transaction():  # fmt: skip
+            conn.execute("SET LOCAL synchronous_commit = local")
+            conn.execute("CREATE TEMP TABLE drflow_fence_check (at timestamptz) ON COMMIT DROP")
+            conn.execute("INSERT INTO drflow_fence_check VALUES (now())")
+    except psycopg.Error as err:
+        state = err.sqlstate or ""
+        message = describe_error(err)
+        if state in _REFUSED_SQLSTATES or NOT_ACCEPTING in message:
+            return True, f"a write as {role.user} on {where(as_app)}/{node.dbname} is refused: {message}"
+        return False, (
+            f"a write as {role.user} did not reach {where(as_app)}, which proves no fence (a partition looks "
+            f"the same): {message}"
+        )
+    return False, f"a write as {role.user} on {where(as_app)}/{node.dbname} still succeeds: NOT fenced"
+
+
+def _cut_connections(req: FenceRequest, deadline: float) -> FenceResult:
     """Refuse new connections to every database, end every client session, then read the final LSN.
 
     ``ALTER DATABASE ... ALLOW_CONNECTIONS false`` is a catalog change, so it replicates: the standby's
@@ -236,10 +338,10 @@ def _terminate_client_backends(
     return len(sessions), len(remaining)
 
 
-
 class UnfenceRequest(StrictModel):
     target: PostgresTarget
     timeout_seconds: float = 60
+    hook: CommandHook | None = Field(default=None, description="undoes the runbook's fence hook")
 
 
 def unfence(req: UnfenceRequest) -> UnfenceResult:
@@ -272,6 +374,10 @@ def unfence(req: UnfenceRequest) -> UnfenceResult:
             raise ApplicationError(
                 f"could not start {region}: {err}", type=ErrorType.UNFENCE_FAILED
             ) from None
+    if req.hook is not None and node.data_directory is None:
+        run = run_hook(req.hook, hook_values(req.target))
+        actions.append(f"unfence hook: {run.describe()}")
+        require_success(run, f"giving {region} its service back", ErrorType.UNFENCE_FAILED)
     try:
         with connect(node, dbname=CONTROL_DATABASE) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()

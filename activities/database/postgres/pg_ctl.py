@@ -166,16 +166,18 @@ def pg_ctl_start(
     timeout: float = 30.0,
     log_path: Path | str | None = None,
     socket_dir: Path | str | None = None,
+    tcp_only: bool = False,
 ) -> None:
     """``pg_ctl start -w`` with the port and socket directory on the command line.
 
     Defaults follow the sandbox layout: ``postgres.log`` and ``run/`` beside the data directory.
+    ``tcp_only`` opens no Unix socket at all (the remote topology: reachable over the network only).
     """
     data_dir = Path(data_dir).absolute()
     log_path = Path(log_path) if log_path is not None else data_dir.parent / "postgres.log"
     socket_dir = Path(socket_dir) if socket_dir is not None else data_dir.parent / "run"
     sockets = str(socket_dir)
-    if not socket_dir.is_dir() or len(f"{socket_dir}/.s.PGSQL.{port}") > _UNIX_SOCKET_PATH_MAX:
+    if tcp_only or not socket_dir.is_dir() or len(f"{socket_dir}/.s.PGSQL.{port}") > _UNIX_SOCKET_PATH_MAX:
         # Everything connects over TCP; a missing or too long path would make the server refuse to start.
         sockets = ""
     options = f"-p {port} -k {shlex.quote(sockets)}"

@@ -56,9 +56,7 @@ def wait_for_replay(req: WaitForReplayRequest) -> WaitForReplayResult:
                     conn.close()
                 conn = None
             if replay_lsn is not None and lsn_to_int(replay_lsn) >= target:
-                return WaitForReplayResult(
-                    reached=True, replay_lsn=replay_lsn, waited_ms=elapsed_ms(started)
-                )
+                return WaitForReplayResult(reached=True, replay_lsn=replay_lsn, waited_ms=elapsed_ms(started))
             report_progress(replay_lsn)
             if time.monotonic() >= deadline:
                 return WaitForReplayResult(
@@ -68,7 +66,6 @@ def wait_for_replay(req: WaitForReplayRequest) -> WaitForReplayResult:
     finally:
         if conn is not None:
             conn.close()
-
 
 
 class PromoteRequest(StrictModel):

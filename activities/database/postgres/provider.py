@@ -38,7 +38,16 @@ class PostgresProvider:
         )
 
     def fence(self, region: str, mode: FenceMode, timeout_seconds: float = 30) -> FenceResult:
-        return fence(FenceRequest(target=self.target(region), mode=mode, timeout_seconds=timeout_seconds))
+        remote = self.config.nodes[region].data_directory is None
+        return fence(
+            FenceRequest(
+                target=self.target(region),
+                mode=mode,
+                timeout_seconds=timeout_seconds,
+                proof_role=self.config.application if remote else None,
+                hook=self.config.hooks.fence if remote else None,
+            )
+        )
 
     def wait_for_replay(self, region: str, position: str, timeout_seconds: float) -> WaitForReplayResult:
         return wait_for_replay(
@@ -49,12 +58,15 @@ class PostgresProvider:
         return promote(PromoteRequest(standby=self.target(region), timeout_seconds=timeout_seconds))
 
     def unfence(self, region: str) -> UnfenceResult:
-        return unfence(UnfenceRequest(target=self.target(region)))
+        return unfence(UnfenceRequest(target=self.target(region), hook=self.config.hooks.unfence))
 
     def prepare_standby(self, region: str, source: str, timeout_seconds: float) -> PrepareStandbyResult:
         return prepare_standby(
             PrepareStandbyRequest(
-                target=self.target(region), source=self.target(source), timeout_seconds=timeout_seconds
+                target=self.target(region),
+                source=self.target(source),
+                timeout_seconds=timeout_seconds,
+                hook=self.config.hooks.resync,
             )
         )
 

@@ -18,6 +18,7 @@ from activities.database.postgres.connection import (
     PostgresTarget,
     connect,
     describe_error,
+    hook_values,
     report_progress,
     time_left,
     where,
@@ -34,8 +35,9 @@ from activities.database.postgres.pg_ctl import (
 )
 from activities.database.results import PrepareStandbyResult
 from activities.errors import ErrorType
+from activities.hooks import HookRun, require_success, run_hook
 from activities.secrets import resolve_secret
-from runbooks.model import StrictModel
+from runbooks.model import CommandHook, StrictModel
 
 # The standby's credentials for streaming, beside (never inside) its data directory: a rewind or a base backup
 # replaces what is inside with the source's files.
@@ -50,6 +52,9 @@ class PrepareStandbyRequest(StrictModel):
     target: PostgresTarget = Field(description="the node to re-sync: the former primary")
     source: PostgresTarget = Field(description="the current primary it will stream from")
     timeout_seconds: float = 300
+    hook: CommandHook | None = Field(
+        default=None, description="the runbook's re-sync hook, for a node without data_directory"
+    )
 
 
 def prepare_standby(req: PrepareStandbyRequest) -> PrepareStandbyResult:
@@ -73,13 +78,7 @@ def prepare_standby(req: PrepareStandbyRequest) -> PrepareStandbyResult:
             non_retryable=True,
         )
     if target.node.data_directory is None:
-        raise ApplicationError(
-            f"{target.region} ({where(target.node)}) has no data_directory: drflow re-syncs only nodes it "
-            f"manages on this host; rebuild it as a standby of {source.region} with your own tooling "
-            "(pg_rewind or pg_basebackup)",
-            type=ErrorType.STANDBY_RESYNC_FAILED,
-            non_retryable=True,
-        )
+        return _prepare_remote(req, deadline, actions)
     data_dir = Path(target.node.data_directory).absolute()
     slot = slot_name(target.region)
 
@@ -140,6 +139,86 @@ def prepare_standby(req: PrepareStandbyRequest) -> PrepareStandbyResult:
         )
     actions.append(f"{target.region} streams from {source.region} (slot {slot})")
     return result(already=False, rewound=True, diverged=diverged)
+
+
+def _prepare_remote(req: PrepareStandbyRequest, deadline: float, actions: list[str]) -> PrepareStandbyResult:
+    """A node reached only over the network: the runbook's hook re-syncs it, drflow proves it over SQL.
+
+    What drflow can do over SQL it does itself, so the hook has less to get right: the slot on the source
+    (WAL kept from now on) and a checkpoint there (pg_rewind compares timelines in pg_control). Afterwards
+    the node must be in recovery, of the same cluster as the source (system identifier), streaming from it,
+    and listed by the source under its slot name: a hook that exits 0 without doing the work is caught.
+    """
+    target, source = req.target, req.source
+    slot = slot_name(target.region)
+
+    def result(*, already: bool, hook: HookRun | None) -> PrepareStandbyResult:
+        return PrepareStandbyResult(
+            region=target.region,
+            source_region=source.region,
+            already_standby=already,
+            rewound=hook is not None,
+            diverged=None,
+            streaming=True,
+            actions=actions,
+            hook=hook,
+        )
+
+    try:
+        _require_primary(source)
+        if _follows(target, source) == "streaming" and _same_cluster(target, source):
+            actions.append(f"{target.region} is already streaming from {source.region}")
+            return result(already=True, hook=None)
+        if req.hook is None:
+            raise ApplicationError(
+                f"{target.region} ({where(target.node)}) has no data_directory and the runbook declares no "
+                f"database.hooks.resync: rebuild it as a standby of {source.region} with your own tooling "
+                "(pg_rewind or pg_basebackup), or declare the hook",
+                type=ErrorType.STANDBY_RESYNC_FAILED,
+                non_retryable=True,
+            )
+        _ensure_slot(source, slot, actions)
+        with connect(source.node) as conn:
+            conn.execute("CHECKPOINT")
+        actions.append(f"checkpoint on {source.region}, so its control file shows its current timeline")
+    except psycopg.Error as err:
+        raise ApplicationError(
+            f"re-syncing {target.region} from {source.region} failed: {describe_error(err)}",
+            type=ErrorType.DATABASE_UNREACHABLE,
+        ) from None
+    values = hook_values(target, source)
+    run = run_hook(req.hook, values)
+    actions.append(f"re-sync hook: {run.describe()}")
+    require_success(run, f"re-syncing {target.region} from {source.region}", ErrorType.STANDBY_RESYNC_FAILED)
+    problem = _wait_streaming(target, source, slot, deadline)
+    if problem is None and not _same_cluster(target, source):
+        problem = f"{target.region} streams but is not a copy of {source.region} (system identifiers differ)"
+    if problem is not None:
+        raise ApplicationError(
+            f"the re-sync hook exited 0 but {target.region} does not stream from {source.region} after "
+            f"{req.timeout_seconds:g}s ({problem}): nothing is claimed as done",
+            run,
+            type=ErrorType.STANDBY_RESYNC_FAILED,
+            non_retryable=True,
+        )
+    actions.append(
+        f"verified over SQL: {target.region} is in recovery, streams from {source.region} (slot {slot}), "
+        "same system identifier"
+    )
+    return result(already=False, hook=run)
+
+
+def _same_cluster(target: PostgresTarget, source: PostgresTarget) -> bool:
+    """A standby can only replay WAL of the cluster it was copied from: their system identifiers match."""
+    identifiers = []
+    for node in (target.node, source.node):
+        try:
+            with connect(node, timeout=CONNECT_TIMEOUT) as conn:
+                row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        except psycopg.Error:
+            return False
+        identifiers.append(row[0] if row else None)
+    return identifiers[0] is not None and identifiers[0] == identifiers[1]
 
 
 def _require_primary(source: PostgresTarget) -> None:
