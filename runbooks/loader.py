@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from runbooks.model import Runbook
+from runbooks.model import Runbook, admission_problems
 
 DEFAULT_RUNBOOKS_DIR = "runbooks"
 RUNBOOKS_ENV = "DRFLOW_RUNBOOKS"
@@ -101,6 +101,9 @@ def parse_runbook(raw: bytes, source: str) -> LoadedRunbook:
         runbook = Runbook.model_validate(_plain(document))
     except ValidationError as err:
         raise RunbookError(_problems(err, document, source)) from err
+    admission = admission_problems(runbook)
+    if admission:
+        raise RunbookError([_locate(document, loc, message, source) for loc, message in admission])
     return LoadedRunbook(runbook=runbook, source=source, sha256=hashlib.sha256(raw).hexdigest())
 
 

@@ -44,6 +44,19 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def drop_unset(data: Any, *names: str) -> Any:
+    """Leave out fields newer than the histories and workers that may read this payload, when unset.
+
+    Payloads are ``extra="forbid"``: a worker of the previous release refuses any field it does not know,
+    so a field at its empty default is not written at all (``docs/versioning.md``).
+    """
+    if isinstance(data, dict):
+        for name in names:
+            if name in data and data[name] in (None, {}, []):
+                data.pop(name)
+    return data
+
+
 class Objectives(StrictModel):
     rto: Duration = Field(
         description="recovery time objective: detection excluded, start of failover to healthy"
@@ -208,6 +221,10 @@ class PostgresHooks(StrictModel):
         default=None, description="undoes the fence hook (compensation before promotion)"
     )
 
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "resync", "fence", "unfence")
+
 
 class PostgresRole(StrictModel):
     user: str = Field(min_length=1)
@@ -230,6 +247,11 @@ class PostgresDatabase(StrictModel):
         if node is not None and node.data_directory is None and self.hooks.resync is None:
             return f"{region} has no data_directory and the runbook declares no database.hooks.resync"
         return None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A runbook of nodes drflow manages serialises as before hooks existed (rolling upgrades)."""
+        return drop_unset(handler(self), "hooks", "application")
 
     def remote_regions(self) -> list[str]:
         """Nodes reached only over the network: drflow has no data directory to act on."""
@@ -632,6 +654,35 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
     return problems
 
 
+def admission_problems(runbook: Runbook) -> list[Problem]:
+    """Rules checked when a runbook file is loaded, not when a payload is decoded.
+
+    Rules added after runs were recorded live here: a runbook inside an old history (a ``load_runbook``
+    result) must still decode, or that history no longer replays (``docs/versioning.md``).
+    """
+    problems: list[Problem] = []
+    db = runbook.database
+    if isinstance(db, PostgresDatabase) and db.remote_regions():
+        remote = ", ".join(db.remote_regions())
+        if db.hooks.resync is None:
+            problems.append(
+                (
+                    ("database", "hooks", "resync"),
+                    f"required: {remote} has no data_directory, so drflow re-syncs it after a switch only "
+                    "through a declared command (see infra/postgres/hooks)",
+                )
+            )
+        if db.application is None:
+            problems.append(
+                (
+                    ("database", "application"),
+                    f"required: {remote} has no data_directory, so drflow proves its fence by trying a write "
+                    "as the application's role",
+                )
+            )
+    return problems
+
+
 def budget_overrun(ttl: timedelta, propagation: timedelta, health: timedelta, rto: timedelta) -> str:
     return (
         f"TTL {format_duration(ttl)} + propagation budget {format_duration(propagation)} + "
@@ -670,24 +721,6 @@ def _database_region_problems(runbook: Runbook, regions: set[str], known: str) -
     else:
         per_region, key = db.clusters, "clusters"
     problems: list[Problem] = []
-    if isinstance(db, PostgresDatabase) and db.remote_regions():
-        remote = ", ".join(db.remote_regions())
-        if db.hooks.resync is None:
-            problems.append(
-                (
-                    ("database", "hooks", "resync"),
-                    f"required: {remote} has no data_directory, so drflow re-syncs it after a switch only "
-                    "through a declared command (see infra/postgres/hooks)",
-                )
-            )
-        if db.application is None:
-            problems.append(
-                (
-                    ("database", "application"),
-                    f"required: {remote} has no data_directory, so drflow proves its fence by trying a write "
-                    "as the application's role",
-                )
-            )
     if isinstance(db, RdsDatabase):
         for region, instance in db.instances.items():
             if not instance.startswith("arn:") and aws_region_name(region) is None:

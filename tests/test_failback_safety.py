@@ -40,8 +40,12 @@ async def test_an_old_primary_drflow_cannot_resync_is_skipped_and_the_failback_f
     dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
 ) -> None:
     await fail_over(dev_env, world, worker_on)
-    # region-b (serving now) is a node drflow does not manage on its host; no canary, one stage.
-    world.write_runbook(**{"database__nodes__region-b__data_directory": None, "traffic": None, "failback": None})
+    # region-b (serving now) is a node drflow does not manage on its host, and its re-sync hook fails;
+    # no canary, one stage.
+    world.write_runbook(
+        **{"database__nodes__region-b__data_directory": None, "traffic": None, "failback": None},
+        **world.remote_declarations(resync=["sh", "-c", "echo no route to db-{region}; exit 4"]),
+    )
     handle = await start_failback(dev_env, world, worker_on)
     await approve(handle, dev_env, "failback")
     async with asyncio.timeout(180):
@@ -53,7 +57,9 @@ async def test_an_old_primary_drflow_cannot_resync_is_skipped_and_the_failback_f
             await asyncio.sleep(0.1)
     assert report.waiting_step == "re-sync region-b as a standby of region-a", report.steps
     assert report.promotion is not None and report.promotion.writable
-    assert any("cannot re-sync region-b" in m for m in report.messages), "said at preflight"
+    failed = next(step for step in report.steps if step.name == report.waiting_step)
+    assert failed.error is not None and "exited with status 4" in failed.error, failed
+    assert "no route to db-region-b" in failed.error, failed.error
     assert report.dns_change is None, "DNS has not moved yet"
 
     with pytest.raises(WorkflowUpdateFailedError):  # not an approver: refused, nothing decided

@@ -43,7 +43,8 @@ async def test_an_unconfirmed_fence_stops_promotion_at_the_unfenced_gate_until_s
     # region-a keeps serving its apps, but the worker reaches it on a port where nothing listens and may
     # not shut it down (no data_directory): the fence cannot be confirmed.
     world.write_runbook(
-        **{"database__nodes__region-a__port": free_port(), "database__nodes__region-a__data_directory": None}
+        **{"database__nodes__region-a__port": free_port(), "database__nodes__region-a__data_directory": None},
+        **world.remote_declarations(),
     )
     handle = await start(dev_env, world, worker_on, mode="emergency")
     await wait_for_gate(dev_env.client, handle.id)
@@ -85,7 +86,8 @@ async def test_rejecting_the_unfenced_gate_promotes_nothing(
     dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
 ) -> None:
     world.write_runbook(
-        **{"database__nodes__region-a__port": free_port(), "database__nodes__region-a__data_directory": None}
+        **{"database__nodes__region-a__port": free_port(), "database__nodes__region-a__data_directory": None},
+        **world.remote_declarations(),
     )
     handle = await start(dev_env, world, worker_on, mode="emergency")
     await wait_for_gate(dev_env.client, handle.id)

@@ -180,12 +180,18 @@ def test_refusals_name_the_problem(pair: PostgresPair) -> None:
     assert "region-b is in recovery" in from_standby.value.message
     assert pg_ctl_status(pair.primary.data_dir) == "running"  # nothing was touched
 
+    # A node without data_directory that streams already needs nothing; one that must be re-synced needs
+    # the runbook's hook, and without one the refusal says so (validation refuses such runbooks first).
     unmanaged = PrepareStandbyRequest(
         target=target(pair, B, managed=False), source=target(pair, A), timeout_seconds=10
     )
+    assert ActivityEnvironment().run(prepare_standby, unmanaged).already_standby
+    backwards = PrepareStandbyRequest(
+        target=target(pair, A, managed=False), source=target(pair, B), timeout_seconds=10
+    )
     with pytest.raises(ApplicationError) as remote:
-        ActivityEnvironment().run(prepare_standby, unmanaged)
-    assert remote.value.non_retryable and "no data_directory" in remote.value.message
+        ActivityEnvironment().run(prepare_standby, backwards)
+    assert remote.value.non_retryable and "region-b is in recovery" in remote.value.message
 
     # The generic activity dispatches on the runbook's provider; region-b streams already.
     database = PostgresDatabase(provider="postgres", nodes={r: pair.node(r) for r in (A, B)})

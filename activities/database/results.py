@@ -7,12 +7,12 @@ removed or renamed (models are ``extra="forbid"``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from activities.hooks import HookRun
-from runbooks.model import StrictModel
+from runbooks.model import StrictModel, drop_unset
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -63,6 +63,11 @@ class FenceResult(StrictModel):
     )
     hook: HookRun | None = Field(default=None, description="the runbook's fence hook, when it ran")
 
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Fences of nodes drflow manages serialise as before the proof existed (rolling upgrades)."""
+        return drop_unset(handler(self), "proof", "hook")
+
 
 class WaitForReplayResult(StrictModel):
     reached: bool
@@ -102,3 +107,7 @@ class PrepareStandbyResult(StrictModel):
     )
     actions: list[str]
     hook: HookRun | None = Field(default=None, description="the runbook's re-sync hook, when it ran")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "hook")

@@ -36,6 +36,16 @@ class SandboxWorld:
     def connect(self, region: str) -> psycopg.Connection[tuple[Any, ...]]:
         return self.postgres.connect(region)
 
+    def remote_declarations(self, resync: list[str] | None = None) -> dict[str, Any]:
+        """What a runbook with a node without data_directory must declare: a re-sync hook, the app's role.
+
+        The default hook fails (``false``): tests that make one node remote for its fence do not re-sync it.
+        """
+        return {
+            "database__hooks": {"resync": {"command": resync or ["false"]}},
+            "database__application": self.postgres.app_role().model_dump(mode="json"),
+        }
+
     def write_runbook(self, **changes: Any) -> Runbook:
         """Rewrite the runbook the worker reads, e.g. a shorter RPO or propagation budget for a test."""
         data = self.runbook.model_dump(mode="json")

@@ -389,6 +389,7 @@ def evidence_of(activities: list[ActivityRecord]) -> Evidence:
                     final_lsn=_str(r.get("final_lsn")),
                     actions=_strs(r.get("actions")),
                     errors=_strs(r.get("errors")),
+                    proof=_str(r.get("proof")),
                 )
             )
         elif name == "wait_for_replay":

@@ -150,6 +150,7 @@ class FenceEvidence(StrictModel):
     final_lsn: str | None
     actions: list[str]
     errors: list[str]
+    proof: str | None = None
 
 
 class ReplayEvidence(StrictModel):

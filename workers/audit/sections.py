@@ -174,6 +174,7 @@ def _changes(t: Timeline) -> list[Block]:
         items.add(
             f"Fence {f.region}: {state} by {f.method}, final LSN {f.final_lsn or 'unknown'}",
             *f.actions,
+            *([f"proof: {f.proof}"] if f.proof else []),
             *[f"error: {x}" for x in f.errors],
         )
     for r in e.replays:

@@ -174,6 +174,8 @@ def _fence_by_cutting_connections(req: FenceRequest, deadline: float) -> FenceRe
     hooked = run is not None and run.succeeded
     proven, proof = _prove_fenced(req)
     fenced = proven and (cut.fenced or hooked)
+    if not fenced:
+        errors.append(proof)
     if not fenced and strict:
         raise ApplicationError(
             f"could not fence {req.target.region}: {proof}" + (f"; {'; '.join(errors)}" if errors else ""),
