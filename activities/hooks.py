@@ -94,6 +94,7 @@ def run_hook(hook: CommandHook, values: Mapping[str, str]) -> HookRun:
         )
     assert process.stdout is not None
     stdout = process.stdout
+
     def read() -> None:
         with contextlib.suppress(ValueError, OSError):  # closed below when a background child holds it
             tail.extend(stdout)

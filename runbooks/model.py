@@ -160,7 +160,18 @@ class PostgresNode(StrictModel):
 
 
 HOOK_PLACEHOLDERS = frozenset(
-    {"region", "host", "port", "dbname", "user", "slot", "source_region", "source_host", "source_port"}
+    {
+        "region",
+        "host",
+        "port",
+        "dbname",
+        "user",
+        "slot",
+        "app_user",
+        "source_region",
+        "source_host",
+        "source_port",
+    }
 )
 
 

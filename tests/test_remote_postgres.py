@@ -167,6 +167,7 @@ async def test_failover_and_failback_on_postgres_reached_only_over_the_network(
     assert (
         report.fence.proof is not None and "as app" in report.fence.proof and "refused" in report.fence.proof
     )
+    assert report.fence.hook is not None and report.fence.hook.exit_status == 0, report.fence.hook
     assert not report.unfenced_promotion
     assert report.data_loss is not None and report.data_loss.zero_proven, report.data_loss
     assert not in_recovery(world, "region-b")
@@ -191,6 +192,43 @@ async def test_failover_and_failback_on_postgres_reached_only_over_the_network(
     with world.connect("region-a") as conn:
         kept = {row[0] for row in conn.execute("SELECT id FROM acked_writes")}
     assert set(writer.acknowledged) <= kept
+
+
+async def test_a_remote_failover_rejected_after_the_fence_undoes_both_fences_and_the_app_writes_again(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    world.write_runbook(approvals__gates=["failover", "promote", "data-loss"])
+    handle = await dev_env.client.start_workflow(
+        FailoverWorkflow.run,
+        FailoverRequest(service=world.service, target="region-b", reason="rehearsal", requested_by="alice"),
+        id=f"failover-{uuid.uuid4().hex[:8]}",
+        task_queue=worker_on,
+    )
+    await wait_for_gate(dev_env.client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
+    fenced = await wait_for_gate(dev_env.client, handle.id, gate="promote")
+    assert fenced.fence is not None and fenced.fence.fenced
+    with pytest.raises(psycopg.OperationalError):
+        app_write(world, "region-a")
+    await handle.execute_update(FailoverWorkflow.reject, ApprovalInput(approver="bob", reason="not today"))
+    report = await handle.result()
+    assert report.outcome == "rejected", report.messages
+    assert report.compensation is not None and report.compensation.restored, report.compensation
+    assert any("unfence hook" in action for action in report.compensation.actions)
+    app_write(world, "region-a")
+    assert "drflow fence" not in (world.postgres.server("region-a").data_dir / "pg_hba.conf").read_text()
+
+
+def app_write(world: SandboxWorld, region: str) -> None:
+    role = database(world).application
+    assert role is not None and role.password is not None
+    node = database(world).nodes[region]
+    password = Path(role.password.removeprefix("file:")).read_text().strip()
+    with psycopg.connect(
+        host=node.host, port=node.port, dbname=node.dbname, user=role.user, password=password,
+        autocommit=True, connect_timeout=3,
+    ) as conn:  # fmt: skip
+        conn.execute("INSERT INTO health_probe (region) VALUES (%s)", (region,))
 
 
 def test_a_resync_hook_that_fails_or_claims_success_falsely_is_a_failed_step_and_nothing_is_claimed(

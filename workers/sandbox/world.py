@@ -238,7 +238,16 @@ class Sandbox:
                         "{user}",
                     ],
                     timeout=timedelta(minutes=5),
-                )
+                ),
+                # The application's role is rejected at authentication, beside the connections cut.
+                fence=CommandHook(
+                    command=[ssh, host_env, "pg-fence-hba", "fence", "{app_user}"],
+                    timeout=timedelta(seconds=30),
+                ),
+                unfence=CommandHook(
+                    command=[ssh, host_env, "pg-fence-hba", "unfence", "{app_user}"],
+                    timeout=timedelta(seconds=30),
+                ),
             ),
             application=pair.app_role(),
         )

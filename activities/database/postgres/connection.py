@@ -120,7 +120,9 @@ def verify_writable(node: PostgresNode, deadline: float) -> tuple[bool, str]:
         time.sleep(0.2)
 
 
-def hook_values(target: PostgresTarget, source: PostgresTarget | None = None) -> dict[str, str]:
+def hook_values(
+    target: PostgresTarget, source: PostgresTarget | None = None, app_user: str | None = None
+) -> dict[str, str]:
     """The placeholders a hook may use (``runbooks.model.HOOK_PLACEHOLDERS``)."""
     node = target.node
     values = {
@@ -130,6 +132,7 @@ def hook_values(target: PostgresTarget, source: PostgresTarget | None = None) ->
         "dbname": node.dbname,
         "user": node.user,
         "slot": slot_name(target.region),
+        "app_user": app_user or "",
         "source_region": "",
         "source_host": "",
         "source_port": "",

@@ -167,18 +167,19 @@ def _fence_by_cutting_connections(req: FenceRequest, deadline: float) -> FenceRe
     actions, errors = list(cut.actions), list(cut.errors)
     run: HookRun | None = None
     if hook is not None:
-        run = run_hook(hook, hook_values(req.target))
+        app_user = req.proof_role.user if req.proof_role is not None else None
+        run = run_hook(hook, hook_values(req.target, app_user=app_user))
         actions.append(f"fence hook: {run.describe()}")
         if not run.succeeded:
             errors.append(f"the fence hook failed: {run.describe()}")
     hooked = run is not None and run.succeeded
     proven, proof = _prove_fenced(req)
     fenced = proven and (cut.fenced or hooked)
-    if not fenced:
+    if not fenced and proof not in errors:
         errors.append(proof)
     if not fenced and strict:
         raise ApplicationError(
-            f"could not fence {req.target.region}: {proof}" + (f"; {'; '.join(errors)}" if errors else ""),
+            f"could not fence {req.target.region}: {'; '.join(errors)}",
             type=ErrorType.FENCE_FAILED,
         )
     method: Literal["connections-cut", "hook", "none"] = (
@@ -204,6 +205,18 @@ _REFUSED_SQLSTATES = frozenset(
 )
 
 
+# A refused connection has no SQLSTATE in psycopg (libpq reports it as text): the server's own words.
+_REFUSED_MESSAGES = (
+    NOT_ACCEPTING,
+    "pg_hba.conf rejects connection",
+    "permission denied",
+    "read-only transaction",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "terminating connection due to administrator command",
+)
+
+
 def _prove_fenced(req: FenceRequest) -> tuple[bool, str]:
     """Try the write an application would make; (proven, how) from whether and how it was refused."""
     role = req.proof_role
@@ -223,7 +236,8 @@ def _prove_fenced(req: FenceRequest) -> tuple[bool, str]:
     except psycopg.Error as err:
         state = err.sqlstate or ""
         message = describe_error(err)
-        if state in _REFUSED_SQLSTATES or NOT_ACCEPTING in message:
+        refused = any(text in message for text in _REFUSED_MESSAGES)
+        if state in _REFUSED_SQLSTATES or refused:
             return True, f"a write as {role.user} on {where(as_app)}/{node.dbname} is refused: {message}"
         return False, (
             f"a write as {role.user} did not reach {where(as_app)}, which proves no fence (a partition looks "
@@ -344,6 +358,7 @@ class UnfenceRequest(StrictModel):
     target: PostgresTarget
     timeout_seconds: float = 60
     hook: CommandHook | None = Field(default=None, description="undoes the runbook's fence hook")
+    app_user: str | None = None
 
 
 def unfence(req: UnfenceRequest) -> UnfenceResult:
@@ -377,7 +392,7 @@ def unfence(req: UnfenceRequest) -> UnfenceResult:
                 f"could not start {region}: {err}", type=ErrorType.UNFENCE_FAILED
             ) from None
     if req.hook is not None and node.data_directory is None:
-        run = run_hook(req.hook, hook_values(req.target))
+        run = run_hook(req.hook, hook_values(req.target, app_user=req.app_user))
         actions.append(f"unfence hook: {run.describe()}")
         require_success(run, f"giving {region} its service back", ErrorType.UNFENCE_FAILED)
     try:

@@ -58,7 +58,14 @@ class PostgresProvider:
         return promote(PromoteRequest(standby=self.target(region), timeout_seconds=timeout_seconds))
 
     def unfence(self, region: str) -> UnfenceResult:
-        return unfence(UnfenceRequest(target=self.target(region), hook=self.config.hooks.unfence))
+        application = self.config.application
+        return unfence(
+            UnfenceRequest(
+                target=self.target(region),
+                hook=self.config.hooks.unfence,
+                app_user=application.user if application is not None else None,
+            )
+        )
 
     def prepare_standby(self, region: str, source: str, timeout_seconds: float) -> PrepareStandbyResult:
         return prepare_standby(
