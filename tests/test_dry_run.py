@@ -37,9 +37,13 @@ from tests.support.http import serve_app
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.test_cli_check import drflow, target
 from tests.test_failover_aws import AwsService, aws_service  # noqa: F401  (fixture)
+from tests.test_failover_dns_weighted import WeightedService, weighted_service  # noqa: F401  (fixture)
+from tests.test_failover_dns_weighted import fail_over as weighted_fail_over
 from workers.sandbox.named import LOOPBACK, soa_serial
 from workers.worker import build_worker
 from workflows.common import TASK_QUEUE
+from workflows.failback import FailbackWorkflow
+from workflows.failback_models import FailbackReport, FailbackRequest
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, FailoverReport, FailoverRequest
 
@@ -319,3 +323,51 @@ async def test_a_cloud_dns_dry_run_posts_no_change_to_the_standin(
         assert "GET rrsets" in standin.requests  # the plan was read from the stand-in
         assert "POST changes" not in standin.requests and standin.landed_changes == 0
         assert standin.rrset("example-com", "search.example.com.", "A") == before
+
+
+# ------------------------------------------------------------------------------ dns-weighted (Route53)
+async def test_dns_weighted_failover_and_failback_dry_runs_send_no_change_to_route53(
+    dev_env: WorkflowEnvironment,
+    weighted_service: WeightedService,  # noqa: F811  (the fixture imported above)
+    moto_endpoint: str,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The weights are the DNS change here: a dry run reads them (and the zone) and writes nothing."""
+
+    async def dry(kind: str) -> str:
+        with throttling_proxy(moto_endpoint) as moto:
+            point_aws_at(monkeypatch, route53=moto.endpoint, sts=moto.endpoint)
+            before = weighted_service.weights()
+            async with build_worker(dev_env.client, weighted_service.runbooks, task_queue=task_queue):
+                if kind == "failover":
+                    report: FailoverReport | FailbackReport = await dev_env.client.execute_workflow(
+                        FailoverWorkflow.run,
+                        FailoverRequest(
+                            service=weighted_service.service, target="region-b", reason="plan", dry_run=True
+                        ),
+                        id=f"plan-failover-{uuid.uuid4().hex[:8]}",
+                        task_queue=task_queue,
+                    )
+                else:
+                    report = await dev_env.client.execute_workflow(
+                        FailbackWorkflow.run,
+                        FailbackRequest(service=weighted_service.service, reason="plan", dry_run=True),
+                        id=f"plan-failback-{uuid.uuid4().hex[:8]}",
+                        task_queue=task_queue,
+                    )
+        assert report.outcome == "dry-run", report.messages
+        assert moto.forwarded, "the plan was read from Route53 through the recording proxy"
+        changes = [r for r in moto.forwarded if r[0] != "GET" and "/rrset" in r[1]]
+        assert changes == [], changes  # ChangeResourceRecordSets is a POST on .../rrset
+        assert weighted_service.weights() == before
+        assert report.plan is not None
+        return report.plan.checksum
+
+    assert len(await dry("failover")) == 64
+    point_aws_at(monkeypatch, route53=moto_endpoint, sts=moto_endpoint)
+    async with build_worker(dev_env.client, weighted_service.runbooks, task_queue=task_queue):
+        await weighted_fail_over(dev_env, weighted_service, task_queue)
+    assert weighted_service.weights() == {"region-a": 0, "region-b": 100}
+    assert len(await dry("failback")) == 64
+    assert weighted_service.weights() == {"region-a": 0, "region-b": 100}
