@@ -169,6 +169,29 @@ async def failback_canary(client: Client, world: SandboxWorld, queue: str) -> Re
     return [handle.id]
 
 
+async def dry_runs(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """Plan mode of both directions: a failover planned from the start, a failback planned after one."""
+    failover = await client.execute_workflow(
+        FailoverWorkflow.run,
+        FailoverRequest(
+            service=world.service, target="region-b", reason="recorded", requested_by="alice", dry_run=True
+        ),
+        id=f"plan-failover-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )
+    await planned(client, world, queue)
+    failback = await client.execute_workflow(
+        FailbackWorkflow.run,
+        FailbackRequest(
+            service=world.service, reason="recorded", requested_by="alice", prepare=True, dry_run=True
+        ),
+        id=f"plan-failback-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )
+    assert failover.outcome == failback.outcome == "dry-run", (failover.messages, failback.messages)
+    return [("failover", failover.workflow_id), ("failback", failback.workflow_id)]
+
+
 async def drill(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
     drill_id = f"drill-{uuid.uuid4().hex[:8]}"
@@ -203,6 +226,7 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "readiness": readiness,
     "failback-canary": failback_canary,
     "drill": drill,
+    "dry-run": dry_runs,
 }
 
 
