@@ -61,6 +61,12 @@ async def test_an_unconfirmed_fence_stops_promotion_at_the_unfenced_gate_until_s
     with pytest.raises(WorkflowUpdateFailedError) as no_reason:
         await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="carol"))
     assert "needs a reason" in str(no_reason.value.cause)
+    with pytest.raises(WorkflowUpdateFailedError) as from_slack:  # a click carries no typed reason
+        await handle.execute_update(
+            FailoverWorkflow.approve,
+            ApprovalInput(approver="carol", reason="Slack: @carol", channel="slack", gate="unfenced"),
+        )
+    assert "cannot be approved from Slack" in str(from_slack.value.cause)
     with pytest.raises(WorkflowUpdateFailedError) as data_loss:
         await handle.execute_update(
             FailoverWorkflow.accept_data_loss, ApprovalInput(approver="carol", reason="same thing")

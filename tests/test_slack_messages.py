@@ -122,6 +122,17 @@ def test_data_loss_gate_offers_approve_with_data_loss() -> None:
     assert actions["elements"][0]["confirm"]["title"]["text"] == "Accept data loss?"
 
 
+def test_the_unfenced_gate_offers_only_reject_and_says_how_to_override_with_a_typed_reason(
+    standin: SlackStandIn,
+) -> None:
+    posted = run(post_gate, request(facts("unfenced")))
+    message = standin.messages[posted.ts]
+    assert standin.invalid_blocks == []
+    assert set(message.buttons()) == {"drflow_reject"}, "a button carries no typed reason"
+    text = message.all_text()
+    assert "fence is NOT confirmed" in text and "drflow approve failover-checkout --as" in text, text
+
+
 def test_huge_plans_are_clipped_to_slack_limits() -> None:
     many = [Fact(label=f"warning {i}", text="x" * 5000) for i in range(80)]
     huge = facts(

@@ -213,6 +213,12 @@ class ControlledRun(Generic[R]):
                 "promoting without a confirmed fence needs a reason (how the old primary was stopped "
                 "another way); it is kept in the audit record"
             )
+        if gate == "unfenced" and answer.channel == "slack":
+            # A button carries no typed reason: the override of a fence is typed, from the CLI or the UI.
+            raise ValueError(
+                "the unfenced gate cannot be approved from Slack: approve it with a typed reason "
+                '(drflow approve <run> --as <you> --reason "how the old primary was stopped")'
+            )
 
     @workflow.update
     async def reject(self, answer: ApprovalInput) -> UpdateOutcome:

@@ -163,7 +163,9 @@ def _buttons(facts: GateFacts) -> dict[str, Any]:
             "Reject",
         ),
     }
-    return {"type": "actions", "block_id": "drflow_gate", "elements": [first, reject]}
+    # Overriding an unconfirmed fence needs a typed reason, which a button cannot carry: Reject only.
+    elements = [reject] if facts.gate == "unfenced" else [first, reject]
+    return {"type": "actions", "block_id": "drflow_gate", "elements": elements}
 
 
 def who(by: str | None, channel: str | None) -> str:
@@ -343,6 +345,15 @@ def gate_blocks(request: GateMessageRequest, link: str) -> list[dict[str, Any]]:
         }
     )
     if request.status is None:
+        if facts.gate == "unfenced":
+            blocks.append(
+                _section(
+                    ":no_entry: *The old primary's fence is NOT confirmed*: promoting may leave two primaries. "
+                    "Approving needs a typed reason, so it is not a button: "
+                    f"`drflow approve {escape(facts.workflow_id)} --as <you> --reason \"how it was stopped\"` "
+                    "or the Web UI's approve Update."
+                )
+            )
         blocks.append(_buttons(facts))
     else:
         blocks.append(_section(status_text(request.status)))
