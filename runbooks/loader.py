@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from runbooks.model import Runbook
+from runbooks.model import FILE_RULES, Runbook
 
 DEFAULT_RUNBOOKS_DIR = "runbooks"
 RUNBOOKS_ENV = "DRFLOW_RUNBOOKS"
@@ -98,7 +98,7 @@ def parse_runbook(raw: bytes, source: str) -> LoadedRunbook:
             [Problem(source, 1, "", "a runbook is a YAML mapping with service, regions, dns, ...")]
         )
     try:
-        runbook = Runbook.model_validate(_plain(document))
+        runbook = Runbook.model_validate(_plain(document), context={FILE_RULES: True})
     except ValidationError as err:
         raise RunbookError(_problems(err, document, source)) from err
     return LoadedRunbook(runbook=runbook, source=source, sha256=hashlib.sha256(raw).hexdigest())
