@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import re
 import time
 from collections import Counter
@@ -91,9 +92,13 @@ class _Sample:
 
 
 def write_indexes(count: int, share: float) -> set[int]:
-    """Which of ``count`` requests write: ``share`` of them (at least one), spread evenly over the window."""
+    """Which of ``count`` requests write: ``share`` of them (at least one), drawn over the whole window.
+
+    Drawn, not every other one: a round-robin balancer at 50/50 would send every write to one region and
+    every read to the other. Seeded, so the same analysis always writes with the same requests.
+    """
     writes = min(count, max(1, round(count * share)))
-    return {i for i in range(count) if (i + 1) * writes // count > i * writes // count}
+    return set(random.Random(count).sample(range(count), writes))
 
 
 @activity.defn(name="canary_analyse")
