@@ -96,20 +96,22 @@ def render_failback(report: FailbackReport) -> str:
         if step.error and step.outcome in ("failed", "skipped"):
             lines.append(f"  - error: {step.error}")
     if report.stages:
-        lines += ["", "### Canary", "| stage | weights | requests | errors | p95 | split | result |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "### Canary",
+                  "| stage | weights | requests | errors | writes failed | p95 | split | result |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for stage in report.stages:
             weights = stage.weights.after.describe() if stage.weights else "-"
             result = stage.analysis
             if result is None:
-                lines.append(f"| {stage.percent}% | {weights} | - | - | - | - | {stage.outcome} |")
+                lines.append(f"| {stage.percent}% | {weights} | - | - | - | - | - | {stage.outcome} |")
                 continue
             split = ", ".join(f"{r} {share:.0%}" for r, share in sorted(result.split.items()))
             p95 = f"{result.p95_ms:.0f} ms" if result.p95_ms is not None else "-"
             why = f": {'; '.join(result.reasons)}" if result.reasons else ""
+            writes = f"{result.write_errors} of {result.write_requests}" if result.write_requests else "-"
             lines.append(
-                f"| {stage.percent}% | {weights} | {result.requests} | {result.error_rate:.1%} | {p95} | "
-                f"{split} | {stage.outcome}{why} |"
+                f"| {stage.percent}% | {weights} | {result.requests} | {result.error_rate:.1%} | {writes} | "
+                f"{p95} | {split} | {stage.outcome}{why} |"
             )
     if report.open_gate is not None:
         lines += [
