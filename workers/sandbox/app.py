@@ -14,10 +14,12 @@ Run: ``python -m workers.sandbox.app --region region-a --listen 127.0.1.1:18080 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +61,10 @@ class HealthServer(ThreadingHTTPServer):
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
+        # One writer session, kept as an app's pool keeps it: a multi-host connect may try a standby first
+        # and authenticate twice, too slow for every request of a canary under load.
+        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._writer_lock = threading.Lock()
         super().__init__((config.host, config.port), HealthHandler)
 
     def _connect(self, writer: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
@@ -109,22 +115,43 @@ class HealthServer(ThreadingHTTPServer):
         return 200, {"status": "ok", "region": config.region, "database": "writable"}
 
     def write(self) -> tuple[int, dict[str, Any]]:
-        """Commit a row through the writer connection: what a user's write does, whichever node it reaches."""
+        """Commit a row through the writer session: what a user's write does, whichever node it reaches.
+
+        A kept session that fails (its node was fenced, or is read-only now) is dropped and the write tried
+        once more on a fresh one, which libpq sends to the node that is read-write now.
+        """
+        with self._writer_lock:
+            for attempt in (1, 2):
+                fresh = self._writer is None
+                try:
+                    if self._writer is None:
+                        self._writer = self._connect(writer=True)
+                        self._writer.autocommit = True  # transaction() below is the one BEGIN/COMMIT
+                    return 200, self._insert(self._writer)
+                except (psycopg.Error, OSError) as err:
+                    self._drop_writer()
+                    if fresh or attempt == 2:
+                        return 503, self._failing(_describe(err))
+            raise AssertionError("unreachable")
+
+    def _insert(self, conn: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
         config = self.config
-        try:
-            with self._connect(writer=True) as conn, conn.transaction():
-                inserted = conn.execute(
-                    f"INSERT INTO {PROBE_TABLE} (region) VALUES (%s) RETURNING id", (config.region,)
-                ).fetchone()
-                where = conn.info.port
-                if inserted is not None:
-                    conn.execute(
-                        f"DELETE FROM {PROBE_TABLE} WHERE region = %s AND id < %s",
-                        (config.region, inserted[0] - _KEEP_ROWS),
-                    )
-        except (psycopg.Error, OSError) as err:
-            return 503, self._failing(_describe(err))
-        return 200, {"status": "ok", "region": config.region, "database": "writable", "writer_port": where}
+        with conn.transaction():
+            inserted = conn.execute(
+                f"INSERT INTO {PROBE_TABLE} (region) VALUES (%s) RETURNING id", (config.region,)
+            ).fetchone()
+            if inserted is not None:
+                conn.execute(
+                    f"DELETE FROM {PROBE_TABLE} WHERE region = %s AND id < %s",
+                    (config.region, inserted[0] - _KEEP_ROWS),
+                )
+        return {"status": "ok", "region": config.region, "database": "writable", "port": conn.info.port}
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._writer.close()
+            self._writer = None
 
     def _failing(self, error: str) -> dict[str, Any]:
         return {"status": "failing", "region": self.config.region, "error": error}
