@@ -421,6 +421,29 @@ class CanaryAnalysis(StrictModel):
     split_tolerance: float = Field(
         default=0.1, ge=0, le=1, description="allowed gap between a region's weight and its measured share"
     )
+    write_path: str | None = Field(
+        default=None,
+        description="a path on the frontend that writes through the database (answers JSON with a region "
+        "field): a read that a standby answers proves nothing about writes",
+    )
+    write_method: Literal["POST", "GET"] = Field(default="POST", description="how write_path is called")
+    write_share: float = Field(
+        default=0.5, gt=0, le=1, description="share of the analysis requests sent to write_path"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_write_path(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Without a write path the analysis serialises as before it had one, so the previous release's
+        workers still decode the runbook and analysis payloads newer workers write into histories."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("write_path") is None:
+            for key in ("write_path", "write_method", "write_share"):
+                data.pop(key, None)
+        return data
+
+
+DatabaseOrder = Literal["first", "last"]
+FailedAnalysisPolicy = Literal["ask", "roll-back"]
 
 
 class Failback(StrictModel):
@@ -428,6 +451,20 @@ class Failback(StrictModel):
         default_factory=lambda: [5, 25, 50, 100], description="percent of traffic to the home region"
     )
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    database: DatabaseOrder | None = Field(
+        default=None,
+        description="when the database switches: first (before the canary: the source region serves canary "
+        "traffic on a standby, so its app must follow the primary, see writes) or last (after every "
+        "stage, 100 % included, and before DNS: a failed analysis always rolls back onto the primary). "
+        "Unset: first",
+    )
+    on_failed_analysis: FailedAnalysisPolicy | None = Field(
+        default=None,
+        description="what a failed analysis does once the database has moved: ask (a person decides: retry "
+        "the analysis, skip it and go on, or abort) or roll-back (traffic back to the source region, only "
+        "where its app reaches the primary, see writes). Unset: ask. Before the switch a failed analysis "
+        "always rolls back by itself",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -437,6 +474,36 @@ class Failback(StrictModel):
         if value[0] <= 0:
             raise ValueError("the first stage sends some traffic: more than 0")
         return value
+
+    @model_serializer(mode="wrap")
+    def _without_unset_orders(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Unset fields are left out, so a failback section serialises as before they existed."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("database", "on_failed_analysis"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
+
+    @property
+    def database_last(self) -> bool:
+        return self.database == "last"
+
+    @property
+    def failed_analysis_policy(self) -> FailedAnalysisPolicy:
+        return self.on_failed_analysis or "ask"
+
+
+class Writes(StrictModel):
+    """How the regions' apps reach a writable database, whichever region holds the primary."""
+
+    follow_primary: list[str] = Field(
+        min_length=1,
+        description="regions whose app always reaches the current primary (a writer endpoint that follows "
+        "it, or a libpq multi-host connection string with target_session_attrs=read-write over every "
+        "region's node): they take writes even while their own database is a standby",
+    )
+    how: str = Field(min_length=1, description="the mechanism, for the approver and the audit record")
 
 
 class Approvals(StrictModel):
@@ -470,6 +537,11 @@ class Runbook(StrictModel):
         default=None, description="a traffic manager with weights, for canary failback"
     )
     failback: Failback | None = Field(default=None, description="canary stages when traffic comes home")
+    writes: Writes | None = Field(
+        default=None,
+        description="which regions' apps reach the current primary wherever it is; unset: each region's app "
+        "writes only through its own region's database",
+    )
     health: list[HealthCheck] = Field(min_length=1)
     approvals: Approvals
 
@@ -490,6 +562,14 @@ class Runbook(StrictModel):
                 return {**data, "traffic": {**traffic, "servers": servers}}
         return data
 
+    @model_serializer(mode="wrap")
+    def _without_unset_writes(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Without ``writes``, serialised as before the field existed (previous workers decode it)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("writes") is None:
+            data.pop("writes", None)
+        return data
+
     @model_validator(mode="after")
     def _rules(self) -> Runbook:
         problems = rule_problems(self)
@@ -503,6 +583,20 @@ class Runbook(StrictModel):
                 },
             )
         return self
+
+    def follows_primary(self, region: str) -> bool:
+        """The region's app reaches the current primary wherever it is (declared in ``writes``)."""
+        return self.writes is not None and region in self.writes.follow_primary
+
+    @property
+    def canary_before_switch(self) -> bool:
+        """Traffic stages below 100 % and a database: a region may serve canary traffic on a standby."""
+        return (
+            self.traffic is not None
+            and self.database is not None
+            and self.failback is not None
+            and any(stage < 100 for stage in self.failback.stages)
+        )
 
     @property
     def weighted_traffic(self) -> DnsWeightedTraffic | None:
@@ -543,7 +637,7 @@ Problem = tuple[tuple[str | int, ...], str]
 
 
 def rule_problems(runbook: Runbook) -> list[Problem]:
-    """Cross-field rules, each reported at the field it is about."""
+    """Cross-field rules, each reported at the field it is about (added later: ``admission_problems``)."""
     problems: list[Problem] = []
     regions = set(runbook.regions)
     known = ", ".join(sorted(regions))
@@ -634,6 +728,8 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
         for extra in sorted(set(traffic.servers) - regions):
             problems.append((("traffic", "servers", extra), f"{extra!r} is not one of the regions ({known})"))
 
+    problems.extend(_writes_problems(runbook, regions, known))
+
     approvals = runbook.approvals
     slack_approvers = approvals.slack is not None and bool(
         approvals.slack.approvers or approvals.slack.usergroup
@@ -665,6 +761,61 @@ def rule_problems(runbook: Runbook) -> list[Problem]:
     return problems
 
 
+def _writes_problems(runbook: Runbook, regions: set[str], known: str) -> list[Problem]:
+    if runbook.writes is None:
+        return []
+    return [
+        (("writes", "follow_primary", index), f"{region!r} is not one of the regions ({known})")
+        for index, region in enumerate(runbook.writes.follow_primary)
+        if region not in regions
+    ]
+
+
+def canary_guard_problems(runbook: Runbook) -> list[Problem]:
+    """The canary must never send traffic to a region that cannot write, nor judge it by reads alone.
+
+    With the database switched first, the source region keeps canary traffic while its database is a standby:
+    its app must follow the primary. Any region can be the source of a failback, so every region must.
+    """
+    failback = runbook.failback
+    if failback is None or not runbook.canary_before_switch:
+        return []
+    problems: list[Problem] = []
+    regions = sorted(runbook.regions)
+    not_following = [r for r in regions if not runbook.follows_primary(r)]
+    if not failback.database_last and not_following:
+        where: tuple[str | int, ...] = (
+            ("failback", "database") if runbook.writes is None else ("writes", "follow_primary")
+        )
+        problems.append(
+            (
+                where,
+                "the database switches before the canary, so the source region serves canary traffic on a "
+                f"standby: {', '.join(not_following)} would refuse writes. Declare writes.follow_primary for "
+                "every region (a writer endpoint, or libpq multi-host with target_session_attrs=read-write), "
+                "or failback.database: last (the switch after 100 % traffic, before DNS)",
+            )
+        )
+    if failback.analysis.write_path is None:
+        problems.append(
+            (
+                ("failback", "analysis", "write_path"),
+                "the canary moves traffic around a database switch: its analysis must exercise a path that "
+                "writes (a read is answered by a standby too)",
+            )
+        )
+    if failback.on_failed_analysis == "roll-back" and not_following:
+        problems.append(
+            (
+                ("failback", "on_failed_analysis"),
+                "roll-back after the database moved sends all traffic to the source region, whose database "
+                "is then a standby: allowed only where its app follows the primary "
+                f"({', '.join(not_following)} does not, see writes.follow_primary); use ask",
+            )
+        )
+    return problems
+
+
 def admission_problems(runbook: Runbook) -> list[Problem]:
     """Rules checked when a runbook file is loaded, not when a payload is decoded.
 
@@ -691,6 +842,7 @@ def admission_problems(runbook: Runbook) -> list[Problem]:
                     "as the application's role",
                 )
             )
+    problems.extend(canary_guard_problems(runbook))
     return problems
 
 

@@ -108,6 +108,8 @@ async def test_failback_with_canary_brings_data_and_traffic_home_with_no_row_los
     for stage in report.stages:
         assert stage.outcome == "passed" and stage.analysis is not None, stage
         assert abs(stage.analysis.split.get("region-a", 0.0) - stage.percent / 100) <= 0.1, stage.analysis
+        # Half of each window wrote through the apps' writer connections, region-b's too (a standby now).
+        assert stage.analysis.write_requests == 50 and stage.analysis.write_errors == 0, stage.analysis
     runbook = world.runbook
     assert runbook.traffic is not None
     weights = await read_weights(ReadWeightsRequest(traffic=runbook.traffic))
@@ -122,6 +124,9 @@ async def test_failback_with_canary_brings_data_and_traffic_home_with_no_row_los
 async def test_a_failing_home_region_at_25_percent_rolls_the_canary_back_by_itself(
     dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
 ) -> None:
+    # After the switch a rollback is automatic only as a declared policy, where the source's app follows the
+    # primary (the sandbox's apps do: writes.follow_primary); the default asks (tests/test_canary_guard.py).
+    world.write_runbook(failback__on_failed_analysis="roll-back")
     await fail_over(dev_env, world, worker_on)
     handle = await start_failback(dev_env, world, worker_on)
     await approve(handle, dev_env, "failback")

@@ -331,3 +331,64 @@ def test_a_header_name_http_cannot_send_is_refused_where_it_is_written(tmp_path:
     assert problems_for(tmp_path, text) == [
         "FILE:21: health[0].http.headers.X Tenant: not an HTTP header name (letters, digits, -)"
     ]
+
+
+CANARY = VALID + (
+    "database:\n  provider: rds\n  instances: {us-east-1: db1, us-west-2: db2}\n"
+    "traffic:\n  provider: dns-weighted\n  frontend_url: https://checkout.example.com\n"
+    "failback:\n  stages: [5, 50, 100]\n  analysis: {path: /}\n"
+)
+WRITES = "writes:\n  follow_primary: [us-east-1, us-west-2]\n  how: RDS proxy writer endpoint\n"
+
+
+def test_a_canary_around_a_database_switch_declares_how_every_region_writes_and_a_write_path(
+    tmp_path: Path,
+) -> None:
+    """The canary sends traffic to a region whose database may be a standby: refused unless declared."""
+    assert problems_for(tmp_path, CANARY) == [
+        "FILE:29: failback.database: the database switches before the canary, so the source region serves "
+        "canary traffic on a standby: us-east-1, us-west-2 would refuse writes. Declare writes.follow_primary "
+        "for every region (a writer endpoint, or libpq multi-host with target_session_attrs=read-write), or "
+        "failback.database: last (the switch after 100 % traffic, before DNS)",
+        "FILE:31: failback.analysis.write_path: the canary moves traffic around a database switch: its "
+        "analysis must exercise a path that writes (a read is answered by a standby too)",
+    ]
+    partly = CANARY.replace("{path: /}", "{path: /, write_path: /orders}") + WRITES.replace(", us-west-2", "")
+    assert problems_for(tmp_path, partly) == [
+        "FILE:33: writes.follow_primary: the database switches before the canary, so the source region serves "
+        "canary traffic on a standby: us-west-2 would refuse writes. Declare writes.follow_primary for every "
+        "region (a writer endpoint, or libpq multi-host with target_session_attrs=read-write), or "
+        "failback.database: last (the switch after 100 % traffic, before DNS)",
+    ]
+    roll_back = partly.replace("  stages:", "  database: last\n  on_failed_analysis: roll-back\n  stages:")
+    assert problems_for(tmp_path, roll_back) == [
+        "FILE:31: failback.on_failed_analysis: roll-back after the database moved sends all traffic to the "
+        "source region, whose database is then a standby: allowed only where its app follows the primary "
+        "(us-west-2 does not, see writes.follow_primary); use ask",
+    ]
+    unknown = WRITES.replace("us-west-2]", "eu-west-1]")
+    assert problems_for(tmp_path, VALID + unknown) == [
+        "FILE:24: writes.follow_primary[1]: 'eu-west-1' is not one of the regions (us-east-1, us-west-2)"
+    ]
+
+    for accepted in (
+        CANARY.replace("{path: /}", "{path: /, write_path: /orders}") + WRITES,
+        roll_back.replace("  on_failed_analysis: roll-back\n", ""),
+        CANARY.replace("[5, 50, 100]", "[100]"),  # no stage below 100: no canary traffic on a standby
+    ):
+        path = tmp_path / "ok.yaml"
+        path.write_text(accepted)
+        load_runbook_file(path)
+
+
+def test_a_runbook_recorded_before_the_canary_guard_still_decodes_for_replay(tmp_path: Path) -> None:
+    """Open runs carry their runbook in their history: the file rules apply to files, not to those payloads."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(CANARY.replace("{path: /}", "{path: /, write_path: /orders}") + WRITES)
+    dumped = load_runbook_file(path).runbook.model_dump(mode="json")
+    analysis = dumped["failback"]["analysis"]
+    del dumped["writes"], analysis["write_path"], analysis["write_method"], analysis["write_share"]
+    assert set(dumped["failback"]) == {"stages", "analysis"}, "as a runbook was written before the guard"
+    recorded = Runbook.model_validate(json.loads(json.dumps(dumped)))
+    assert recorded.failback is not None and recorded.failback.database is None and recorded.writes is None
+    assert recorded.model_dump(mode="json") == dumped, "unset new fields are left out, as before they existed"

@@ -1,10 +1,15 @@
-"""Failback: bring a service home after a failover, data first with zero loss, then traffic in canary stages.
+"""Failback: bring a service home after a failover, the database with zero loss, traffic in canary stages.
 
 The home region's database must stream from the current primary (``prepare`` re-syncs it with pg_rewind
 when asked). After approval the database switches back (fence, replay to the fenced LSN, promote) and the
-old primary becomes the standby again; traffic then moves back stage by stage through the traffic manager,
-each stage judged by an analysis window of synthetic traffic. A failed analysis sets the home weight back
-to 0 by itself. An approval stands before 100 %; DNS follows at the end.
+old primary becomes the standby again; traffic moves back stage by stage through the traffic manager, each
+stage judged by an analysis window of synthetic traffic (reads and, declared, writes). The runbook orders the
+two: ``failback.database: first`` switches before the canary (the source region then serves on a standby, so
+its app must follow the primary), ``last`` after every stage and before DNS. A failed analysis before the
+switch sets the home weight back to 0 by itself; after it, traffic back on the source could land on a
+read-only database, so a person decides (or the declared ``roll-back`` policy applies where the source's app
+follows the primary). An approval stands before 100 %; DNS follows; the run ends completed only if the
+region DNS points at takes writes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import hashlib
 import json
 from datetime import timedelta
+from typing import NoReturn
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -25,8 +31,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.health import HealthProbeRequest, HealthProbeResults, probe_budget, probe_health
     from activities.search_attributes import STEP_ATTR
     from activities.traffic.activities import SetWeightsRequest, set_weights
-    from activities.traffic.analysis import CanaryRequest, analyse
-    from runbooks.model import Failback, Runbook, TrafficConfig
+    from activities.traffic.analysis import CanaryRequest, CanaryResult, analyse
+    from runbooks.model import CanaryAnalysis, Failback, Runbook, TrafficConfig
     from workflows.archive import begin_archive, finish_archive
     from workflows.common import load_runbook, tag_run
     from workflows.failback_models import (
@@ -36,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         StageRecord,
         render_failback,
     )
-    from workflows.failover_models import DatabasePlan, Mode
+    from workflows.failover_models import DatabasePlan, Mode, StepRecord
     from workflows.moves import Moves, probes
     from workflows.run_control import Ended
 
@@ -45,6 +51,11 @@ SINGLE_STAGE = Failback(stages=[100])
 
 # The old primary's re-sync after the switch: the one step past promotion that a person may skip.
 RESYNC_STEP = "re-sync"
+# A failed canary analysis after the switch waits for a decision; a person may skip it (accept the stage).
+ANALYSIS_STEP = "analysis at"
+# After the database moved, a failed analysis asks (or follows the declared policy) instead of sending all
+# traffic back to a source region whose database is now a standby.
+ASK_AFTER_SWITCH_PATCH = "canary-ask-after-switch"
 
 
 @workflow.defn(name="Failback")
@@ -96,14 +107,16 @@ class FailbackWorkflow(Moves[FailbackReport]):
             plan = await self._preflight(runbook, home)
             await self._gate("failback", plan.checksum, always=True)
             workflow.upsert_search_attributes([STEP_ATTR.value_set("executing")])
-            if plan.database is not None:
-                await self._fence(plan)
-                await self._promote(plan)
-                await self._resync_old_primary(plan)
+            if plan.database is not None and not plan.database_last:
+                await self._switch_database(plan)
             await self._shift_traffic(runbook, plan)
+            if plan.database is not None and plan.database_last:
+                # Every stage, 100 % included, ran on the source's primary: a rollback always landed on it.
+                await self._switch_database(plan)
             await self._cut_over_dns(plan)
             await self._verify_propagation(plan)
             await asyncio.gather(self._wait_out_old_ttl(plan), self._validate_health(plan))
+            await self._confirm_writable(plan)
             self._finish("completed")
         except Ended as ended:
             plan_or_none = self._report.plan
@@ -181,10 +194,12 @@ class FailbackWorkflow(Moves[FailbackReport]):
                 provider=runbook.database.provider, source=source, target=home, replication=replication
             )
         )
+        database_last = _database_last(runbook) and database_plan is not None
         plan = FailbackPlan(
             service=runbook.service, mode=self._request.mode, source=source, target=home,
             target_address=address, dns=dns_plan, database=database_plan, rpo=runbook.objectives.rpo,
-            stages=stages, checksum=_checksum(runbook.service, source, home, dns_plan, stages),
+            stages=stages, database_last=database_last,
+            checksum=_checksum(runbook.service, source, home, dns_plan, stages, database_last),
         )  # fmt: skip
         self._update(plan=plan)
         problem = None if runbook.database is None else runbook.database.resync_problem(source)
@@ -252,9 +267,16 @@ class FailbackWorkflow(Moves[FailbackReport]):
     # ------------------------------------------------------------------------------------ the changes
     def _is_skippable(self, step: str) -> bool:
         """Re-syncing the old primary is skippable: the service runs without a replica, but it runs, which
-        is better than a run that stops after promotion with DNS and traffic in the read-only region."""
-        resync = step.startswith(RESYNC_STEP) and self._report.promotion is not None
-        return super()._is_skippable(step) or resync
+        is better than a run that stops after promotion with DNS and traffic in the read-only region. A
+        failed analysis after the switch is too: the person who read it takes the stage and goes on."""
+        moved = self._report.promotion is not None
+        forward = step.startswith(RESYNC_STEP) or step.startswith(ANALYSIS_STEP)
+        return super()._is_skippable(step) or (forward and moved)
+
+    async def _switch_database(self, plan: FailbackPlan) -> None:
+        await self._fence(plan)
+        await self._promote(plan)
+        await self._resync_old_primary(plan)
 
     async def _resync_old_primary(self, plan: FailbackPlan) -> None:
         """After the switch the old primary becomes the standby again, so the service keeps a replica."""
@@ -296,28 +318,82 @@ class FailbackWorkflow(Moves[FailbackReport]):
                     f"weights {', '.join(f'{r} {v}%' for r, v in w.items())}",
                 ),
             )
-            result = await self._activity(
-                analyse,
-                CanaryRequest(
-                    url=traffic.frontend_url,
-                    analysis=analysis,
-                    expected_share={region: value / 100 for region, value in weights.items()},
-                ),
-                f"analysis window at {percent}%",
-                timeout=analysis.duration + timedelta(seconds=60),
-                heartbeat=True,
+            retried = False
+            while True:
+                result = await self._analyse(traffic, analysis, weights, percent)
+                passed = bool(result.passed)
+                outcome = "passed" if passed else "failed"
+                judged = stage.model_copy(update={"weights": applied, "analysis": result, "outcome": outcome})
+                self._stages([*self._report.stages[:-1], judged])
+                if passed:
+                    if retried:
+                        self._finish_step(f"{ANALYSIS_STEP} {percent}%", "ok", detail="passed when retried")
+                    break
+                if not self._asks_on_failed_analysis(runbook, plan):
+                    await self._roll_back_canary(traffic, plan, percent, result.reasons)
+                if await self._decide_failed_analysis(plan, percent, weights, result.reasons) == "skip":
+                    break
+                retried = True
+
+    async def _analyse(
+        self, traffic: TrafficConfig, analysis: CanaryAnalysis, weights: dict[str, int], percent: int
+    ) -> CanaryResult:
+        result: CanaryResult = await self._activity(
+            analyse,
+            CanaryRequest(
+                url=traffic.frontend_url,
+                analysis=analysis,
+                expected_share={region: value / 100 for region, value in weights.items()},
+            ),
+            f"analysis window at {percent}%",
+            timeout=analysis.duration + timedelta(seconds=60),
+            heartbeat=True,
+        )
+        return result
+
+    def _asks_on_failed_analysis(self, runbook: Runbook, plan: FailbackPlan) -> bool:
+        """Before the switch a rollback lands on the primary: automatic. After it, the source's database is
+        a standby: roll back by itself only under the declared policy, and only where the source's app
+        follows the primary; otherwise a person decides."""
+        if self._report.promotion is None:
+            return False
+        policy = (runbook.failback or SINGLE_STAGE).failed_analysis_policy
+        if policy == "roll-back" and runbook.follows_primary(plan.source):
+            return False
+        return workflow.patched(ASK_AFTER_SWITCH_PATCH)
+
+    async def _decide_failed_analysis(
+        self, plan: FailbackPlan, percent: int, weights: dict[str, int], reasons: list[str]
+    ) -> str:
+        """Retry the analysis, skip it (go on with the next stage) or abort with the traffic where it is."""
+        runbook = self._require_runbook()
+        name = f"{ANALYSIS_STEP} {percent}%"
+        source_writes = (
+            f"{plan.source}'s app follows the primary ({runbook.writes.how})"
+            if runbook.writes is not None and runbook.follows_primary(plan.source)
+            else f"{plan.source}'s database is a standby and its app is not declared to follow the primary"
+        )
+        problem = (
+            f"the canary analysis at {percent}% failed ({'; '.join(reasons)}) after the database moved to "
+            f"{plan.target}: {source_writes}, so drflow does not send the traffic back by itself"
+        )
+        self._set_step(StepRecord(name=name, started_at=workflow.now()))
+        self._finish_step(name, "failed", error=problem)
+        decision = await self._await_decision(name, problem)
+        if decision == "abort":
+            split = ", ".join(f"{region} {value}%" for region, value in weights.items())
+            raise Ended(
+                "aborted",
+                f"{problem}; aborted: traffic stays {split}, the database is primary on {plan.target}, DNS "
+                f"still answers {', '.join(plan.dns.current.values) or '-'}: move the traffic by hand",
             )
-            passed = bool(result.passed)
-            judged = stage.model_copy(
-                update={"weights": applied, "analysis": result, "outcome": "passed" if passed else "failed"}
-            )
-            self._stages([*self._report.stages[:-1], judged])
-            if not passed:
-                await self._roll_back_canary(traffic, plan, percent, result.reasons)
+        if decision == "skip":
+            self._finish_step(name, "skipped", error=problem)
+        return decision
 
     async def _roll_back_canary(
         self, traffic: TrafficConfig, plan: FailbackPlan, percent: int, reasons: list[str]
-    ) -> None:
+    ) -> NoReturn:
         rollback = {plan.target: 0, plan.source: 100}
         await self._step(
             f"roll back canary from {percent}%",
@@ -329,10 +405,17 @@ class FailbackWorkflow(Moves[FailbackReport]):
         )
         last = self._report.stages[-1].model_copy(update={"outcome": "rolled-back"})
         self._stages([*self._report.stages[:-1], last])
+        database = (
+            "no database to move"
+            if plan.database is None
+            else f"the database stays on {plan.source} (primary): it was not switched"
+            if self._report.promotion is None
+            else f"the database stays on {plan.target} (primary), {plan.source} streams from it"
+        )
         raise Ended(
             "aborted",
             f"the canary analysis at {percent}% failed ({'; '.join(reasons)}): traffic is back on "
-            f"{plan.source}; the database stays on {plan.target} (primary), {plan.source} streams from it",
+            f"{plan.source}; {database}",
         )
 
     def _stages(self, stages: list[StageRecord]) -> None:
@@ -340,8 +423,20 @@ class FailbackWorkflow(Moves[FailbackReport]):
         self._show(self._render())
 
 
-def _checksum(service: str, source: str, home: str, dns: DnsChangePlan, stages: list[int]) -> str:
-    payload = {"service": service, "source": source, "home": home, "dns": dns.checksum, "stages": stages}
+def _database_last(runbook: Runbook) -> bool:
+    """The database switches after the canary: declared, and there is a canary (a traffic section)."""
+    return runbook.traffic is not None and runbook.failback is not None and runbook.failback.database_last
+
+
+def _checksum(
+    service: str, source: str, home: str, dns: DnsChangePlan, stages: list[int], database_last: bool = False
+) -> str:
+    """What the approver saw; the database order is in it only when last, so older plans keep their sum."""
+    payload: dict[str, object] = {
+        "service": service, "source": source, "home": home, "dns": dns.checksum, "stages": stages
+    }  # fmt: skip
+    if database_last:
+        payload["database"] = "last"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -58,7 +58,18 @@ class FailbackPlan(StrictModel):
     database: DatabasePlan | None
     rpo: timedelta
     stages: list[int]
+    database_last: bool = Field(
+        default=False, description="the database switches after the last canary stage, before DNS"
+    )
     checksum: str
+
+    @model_serializer(mode="wrap")
+    def _omit_default_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """Database first is serialised as before the field existed, so previous workers decode the plan."""
+        data: dict[str, object] = handler(self)
+        if data.get("database_last") is False:
+            data.pop("database_last", None)
+        return data
 
 
 class FailbackReport(MoveReport):
@@ -85,20 +96,22 @@ def render_failback(report: FailbackReport) -> str:
         if step.error and step.outcome in ("failed", "skipped"):
             lines.append(f"  - error: {step.error}")
     if report.stages:
-        lines += ["", "### Canary", "| stage | weights | requests | errors | p95 | split | result |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "### Canary",
+                  "| stage | weights | requests | errors | writes failed | p95 | split | result |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for stage in report.stages:
             weights = stage.weights.after.describe() if stage.weights else "-"
             result = stage.analysis
             if result is None:
-                lines.append(f"| {stage.percent}% | {weights} | - | - | - | - | {stage.outcome} |")
+                lines.append(f"| {stage.percent}% | {weights} | - | - | - | - | - | {stage.outcome} |")
                 continue
             split = ", ".join(f"{r} {share:.0%}" for r, share in sorted(result.split.items()))
             p95 = f"{result.p95_ms:.0f} ms" if result.p95_ms is not None else "-"
             why = f": {'; '.join(result.reasons)}" if result.reasons else ""
+            writes = f"{result.write_errors} of {result.write_requests}" if result.write_requests else "-"
             lines.append(
-                f"| {stage.percent}% | {weights} | {result.requests} | {result.error_rate:.1%} | {p95} | "
-                f"{split} | {stage.outcome}{why} |"
+                f"| {stage.percent}% | {weights} | {result.requests} | {result.error_rate:.1%} | {writes} | "
+                f"{p95} | {split} | {stage.outcome}{why} |"
             )
     if report.open_gate is not None:
         lines += [
@@ -144,16 +157,26 @@ def render_failback_plan(plan: FailbackPlan) -> str:
     if plan.database is not None:
         rep = plan.database.replication
         lag = f"{rep.lag_seconds:.1f}s" if rep.lag_seconds is not None else "unknown"
+        when = (
+            "after the last canary stage (100 %), before DNS"
+            if plan.database_last
+            else "before the canary"
+        )
         lines += [
             "",
-            f"**Database** ({plan.database.provider}): fence {plan.source}, "
+            f"**Database** ({plan.database.provider}), {when}: fence {plan.source}, "
             f"wait for replay to its final LSN, promote {plan.target}, re-sync {plan.source} as its standby",
             f"- replication lag now: {lag}; RPO {format_duration(plan.rpo)}",
         ]
+    canary = ", ".join(f"{s}%" for s in plan.stages)
+    rollback = (
+        "a failed analysis rolls back by itself (the database has not moved yet)"
+        if plan.database is None or plan.database_last
+        else "a failed analysis after the switch asks a person unless the runbook's policy is roll-back"
+    )
     lines += [
         "",
-        f"**Traffic**: canary stages {', '.join(f'{s}%' for s in plan.stages)} to {plan.target}, "
-        "an approval before 100 %",
+        f"**Traffic**: canary stages {canary} to {plan.target}, an approval before 100 %; {rollback}",
         "",
         f"plan checksum `{plan.checksum[:16]}`",
     ]

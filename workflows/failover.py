@@ -109,6 +109,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
             await self._move_traffic_weights(plan)
             await self._verify_propagation(plan)
             await asyncio.gather(self._wait_out_old_ttl(plan), self._validate_health(plan))
+            await self._confirm_writable(plan)
             self._finish("completed")
         except Ended as ended:
             await self._end_early(ended)

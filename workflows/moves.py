@@ -60,6 +60,7 @@ FENCE_CONFIRMED_PATCH = "fence-confirmed"  # an unconfirmed fence opens the unfe
 RPO_BYTES_PATCH = "rpo-bytes"  # known-lost bytes with no measurable age are not "within the RPO"
 WRITABLE_PATCH = "writable-before-dns"  # a promotion that is not writable is a failed step
 UNFENCE_STEP_PATCH = "unfence-step"  # a failed compensation is a failed step, not a note
+WRITABLE_AT_END_PATCH = "writable-at-end"  # never completed while DNS points at a region that cannot write
 
 
 M = TypeVar("M", bound=MoveReport)
@@ -270,6 +271,40 @@ class Moves(ControlledRun[M]):
 
     def _past_point_of_no_return(self) -> bool:
         return self._report.promotion is not None
+
+    async def _confirm_writable(self, plan: MovePlan) -> None:
+        """The last step before "completed": the region DNS points at reaches a database that takes writes.
+
+        Its own database, or (its app declared to follow the primary) any region's. Health checks may have
+        been skipped and a database may fail after its promotion: a run that ends with DNS on a region that
+        cannot write waits for a person (retry or abort) and never ends as completed.
+        """
+        runbook = self._require_runbook()
+        db = runbook.database
+        if db is None or plan.database is None or not workflow.patched(WRITABLE_AT_END_PATCH):
+            return
+        follows = runbook.follows_primary(plan.target)
+        regions = [plan.target, *(r for r in runbook.regions if follows and r != plan.target)]
+        name = f"confirm {plan.target} reaches a writable database"
+        while True:
+            result: database.WritableResult = await self._step(
+                name,
+                lambda: self._activity(
+                    database.verify_writable,
+                    database.WritableRequest(database=db, regions=regions),
+                    f"a write through {', '.join(regions)}",
+                ),
+                lambda r: "; ".join(r.checks),
+            )
+            if result.writable:
+                return
+            problem = (
+                f"DNS points at {plan.target}, and no database it writes to takes writes "
+                f"({'; '.join(result.checks)})"
+            )
+            self._finish_step(name, "failed", error=problem)
+            if await self._await_decision(name, problem) != "retry":
+                raise Ended("aborted", f"{problem}: the run does not end as completed")
 
     async def _cut_over_dns(self, plan: MovePlan) -> None:
         runbook = self._require_runbook()

@@ -14,6 +14,7 @@ from pydantic import Field
 from temporalio import activity
 
 from activities.cloud.preflight import PreflightReport
+from activities.database.provider import WriteVerifier
 from activities.database.registry import database_provider_for
 from activities.database.results import (
     FenceResult,
@@ -74,6 +75,22 @@ class DatabasePreflightRequest(StrictModel):
     standby: str
 
 
+class WritableRequest(StrictModel):
+    database: DatabaseConfig
+    regions: list[str] = Field(
+        min_length=1,
+        description="the regions whose database the app DNS points at may write to, in order: its own region "
+        "first, then every other region when its app follows the primary",
+    )
+    timeout_seconds: float = 5
+
+
+class WritableResult(StrictModel):
+    writable: bool
+    region: str | None = Field(description="the region whose database took the write; None if none did")
+    checks: list[str] = Field(description="what each region's database answered, in order")
+
+
 @activity.defn(name="db_measure_replication")
 def measure_replication(request: ReplicationRequest) -> ReplicationStatus:
     return database_provider_for(request.database).measure_replication(request.primary, request.standby)
@@ -119,6 +136,29 @@ def db_preflight(request: DatabasePreflightRequest) -> PreflightReport:
     return database_provider_for(request.database).preflight(request.primary, request.standby)
 
 
+@activity.defn(name="db_verify_writable")
+def verify_writable(request: WritableRequest) -> WritableResult:
+    """Before a run ends as completed: does a database the app DNS points at take writes?
+
+    PostgreSQL: a real write (a temporary table committed on the runbook's database, as the promotion
+    proves it). Other providers: the writer status their API reports (``measure_replication``).
+    """
+    provider = database_provider_for(request.database)
+    checks: list[str] = []
+    for region in request.regions:
+        if isinstance(provider, WriteVerifier):
+            writable, detail = provider.verify_writable(region, request.timeout_seconds)
+        else:
+            other = next((r for r in request.regions if r != region), region)
+            status = provider.measure_replication(region, other)
+            writable = status.primary_reachable and status.primary_in_recovery is False
+            detail = "the writer" if writable else "; ".join(status.errors) or "not the writer"
+        checks.append(f"{region}: {detail}")
+        if writable:
+            return WritableResult(writable=True, region=region, checks=checks)
+    return WritableResult(writable=False, region=None, checks=checks)
+
+
 DATABASE_ACTIVITIES = [
     measure_replication,
     fence,
@@ -127,4 +167,5 @@ DATABASE_ACTIVITIES = [
     unfence,
     prepare_standby,
     db_preflight,
+    verify_writable,
 ]

@@ -9,7 +9,7 @@ saying so.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from temporalio.exceptions import ApplicationError
 
@@ -55,6 +55,18 @@ class DatabaseProvider(Protocol):
 
     def preflight(self, primary: str, standby: str) -> PreflightReport:
         """Credentials, resources and permissions, checked without changing anything; findings only."""
+        ...
+
+
+@runtime_checkable
+class WriteVerifier(Protocol):
+    """A provider that can prove a region's database takes writes with a real write (PostgreSQL).
+
+    Providers without it are judged by the writer status their API reports (``measure_replication``).
+    """
+
+    def verify_writable(self, region: str, timeout_seconds: float) -> tuple[bool, str]:
+        """(True, what committed) or (False, why not), never raised."""
         ...
 
 

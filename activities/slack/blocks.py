@@ -348,10 +348,10 @@ def gate_blocks(request: GateMessageRequest, link: str) -> list[dict[str, Any]]:
         if facts.gate == "unfenced":
             blocks.append(
                 _section(
-                    ":no_entry: *The old primary's fence is NOT confirmed*: promoting may leave two primaries. "
-                    "Approving needs a typed reason, so it is not a button: "
-                    f"`drflow approve {escape(facts.workflow_id)} --as <you> --reason \"how it was stopped\"` "
-                    "or the Web UI's approve Update."
+                    ":no_entry: *The old primary's fence is NOT confirmed*: promoting may leave two "
+                    "primaries. Approving needs a typed reason, so it is not a button: "
+                    f"`drflow approve {escape(facts.workflow_id)} --as <you> --reason "
+                    '"how it was stopped"` or the Web UI\'s approve Update.'
                 )
             )
         blocks.append(_buttons(facts))

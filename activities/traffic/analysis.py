@@ -2,22 +2,25 @@
 
 The analysis measures what clients got: errors, p95 latency and which region answered (the ``region`` field
 of each answer, or the ``X-Served-By`` header), so a stage passes only if the split the traffic manager really
-made matches its weight. A failed analysis is a result, never an activity failure: the workflow rolls back.
+made matches its weight. With a ``write_path`` a share of the requests write: a standby answers reads, so a
+canary of reads alone passes while a region refuses every write. Write failures are counted apart and fail
+the stage on their own. A failed analysis is a result, never an activity failure: the workflow decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import re
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from temporalio import activity
 
 from runbooks.model import CanaryAnalysis, StrictModel
@@ -59,6 +62,24 @@ class CanaryResult(StrictModel):
     passed: bool
     reasons: list[str] = Field(description="why it did not pass; empty when it passed")
     duration_ms: float
+    write_requests: int = Field(default=0, description="requests sent to the write path (in requests)")
+    write_errors: int = Field(default=0, description="write requests that did not commit (counted in errors)")
+    write_error_kinds: dict[str, int] = Field(
+        default_factory=dict, description="e.g. {'HTTP 503 from region-b': 9}: where writes were refused"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_writes_when_none(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """An analysis without a write path serialises as before it had one (previous workers decode it)."""
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("write_requests"):
+            for key in ("write_requests", "write_errors", "write_error_kinds"):
+                data.pop(key, None)
+        return data
+
+    @property
+    def write_error_rate(self) -> float | None:
+        return round(self.write_errors / self.write_requests, 4) if self.write_requests else None
 
 
 @dataclass
@@ -67,18 +88,33 @@ class _Sample:
     region: str | None
     error: str | None
     detail: str | None = None
+    write: bool = False
+
+
+def write_indexes(count: int, share: float) -> set[int]:
+    """Which of ``count`` requests write: ``share`` of them (at least one), drawn over the whole window.
+
+    Drawn, not every other one: a round-robin balancer at 50/50 would send every write to one region and
+    every read to the other. Seeded, so the same analysis always writes with the same requests.
+    """
+    writes = min(count, max(1, round(count * share)))
+    return set(random.Random(count).sample(range(count), writes))
 
 
 @activity.defn(name="canary_analyse")
 async def analyse(req: CanaryRequest) -> CanaryResult:
-    """Send ``analysis.requests`` GETs evenly over ``analysis.duration``, then judge them by the thresholds.
+    """Send ``analysis.requests`` requests evenly over ``analysis.duration``, then judge them.
 
-    A failed analysis is a result (passed=False with reasons): the workflow rolls the weight back. Requests
-    go straight to the frontend (no proxy from the environment), at most ``MAX_CONCURRENCY`` at a time.
+    Reads GET ``path``; with a ``write_path``, ``write_share`` of the requests call it instead. A failed
+    analysis is a result (passed=False with reasons). Requests go straight to the frontend (no proxy from
+    the environment), at most ``MAX_CONCURRENCY`` at a time.
     """
     analysis = req.analysis
-    url = req.url.rstrip("/") + "/" + analysis.path.lstrip("/")
+    base = req.url.rstrip("/") + "/"
+    url = base + analysis.path.lstrip("/")
+    write_url = base + analysis.write_path.lstrip("/") if analysis.write_path is not None else None
     count = analysis.requests
+    writes = write_indexes(count, analysis.write_share) if write_url is not None else set()
     interval = analysis.duration.total_seconds() / count
     timeout = max(MIN_REQUEST_TIMEOUT, 2 * analysis.max_p95_latency.total_seconds())
     concurrency = min(count, MAX_CONCURRENCY)
@@ -86,9 +122,14 @@ async def analyse(req: CanaryRequest) -> CanaryResult:
     samples: list[_Sample] = []
     started = time.monotonic()
 
-    async def one(client: httpx.AsyncClient) -> None:
+    async def one(client: httpx.AsyncClient, write: bool) -> None:
         try:
-            samples.append(await _request(client, url, timeout))
+            if write and write_url is not None:
+                sample = await _request(client, write_url, timeout, analysis.write_method)
+                sample.write = True
+            else:
+                sample = await _request(client, url, timeout, "GET")
+            samples.append(sample)
         finally:
             slots.release()
 
@@ -99,7 +140,7 @@ async def analyse(req: CanaryRequest) -> CanaryResult:
         for index in range(count):
             await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
             await slots.acquire()
-            task = asyncio.create_task(one(client))
+            task = asyncio.create_task(one(client, index in writes))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             if time.monotonic() - last_beat >= HEARTBEAT_EVERY:
@@ -113,7 +154,7 @@ async def analyse(req: CanaryRequest) -> CanaryResult:
     return _judge(req, samples, round((time.monotonic() - started) * 1000, 1))
 
 
-async def _request(client: httpx.AsyncClient, url: str, timeout: float) -> _Sample:
+async def _request(client: httpx.AsyncClient, url: str, timeout: float, method: str) -> _Sample:
     sent = time.monotonic()
 
     def sample(region: str | None, error: str | None, detail: str | None = None) -> _Sample:
@@ -121,7 +162,7 @@ async def _request(client: httpx.AsyncClient, url: str, timeout: float) -> _Samp
 
     try:
         async with asyncio.timeout(timeout):
-            response = await client.get(url, timeout=timeout)
+            response = await client.request(method, url, timeout=timeout)
     except (TimeoutError, httpx.TimeoutException):
         return sample(None, "timeout", f"no answer within {timeout:g}s")
     except httpx.HTTPError as err:
@@ -155,6 +196,9 @@ def _judge(req: CanaryRequest, samples: list[_Sample], duration_ms: float) -> Ca
     for s in failed:
         if s.error is not None and s.detail and s.error not in details:
             details[s.error] = _excerpt(s.detail)
+    written = [s for s in samples if s.write]
+    write_failed = [s for s in written if s.error is not None]
+    write_kinds = Counter(s.error for s in write_failed if s.error is not None)
     latencies = sorted(s.latency_ms for s in samples)
     p95 = latencies[max(0, math.ceil(0.95 * total) - 1)] if latencies else None
 
@@ -167,6 +211,15 @@ def _judge(req: CanaryRequest, samples: list[_Sample], duration_ms: float) -> Ca
         reasons.append(
             f"error rate {error_rate:.1%} is above the {analysis.max_error_rate:.1%} allowed "
             f"({len(failed)} of {total}: {worst})"
+        )
+    if written and len(write_failed) / len(written) > analysis.max_error_rate:
+        worst = ", ".join(
+            f"{n}x {kind}" + (f" ({details[kind]})" if kind in details else "")
+            for kind, n in write_kinds.most_common(3)
+        )
+        reasons.append(
+            f"writes failed: {len(write_failed)} of {len(written)} requests to {analysis.write_path} did not "
+            f"commit, above the {analysis.max_error_rate:.1%} allowed ({worst})"
         )
     max_p95_ms = analysis.max_p95_latency.total_seconds() * 1000
     if p95 is not None and p95 > max_p95_ms:
@@ -191,6 +244,9 @@ def _judge(req: CanaryRequest, samples: list[_Sample], duration_ms: float) -> Ca
         passed=not reasons,
         reasons=reasons,
         duration_ms=duration_ms,
+        write_requests=len(written),
+        write_errors=len(write_failed),
+        write_error_kinds=dict(write_kinds.most_common()),
     )
 
 

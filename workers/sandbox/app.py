@@ -4,16 +4,22 @@ The deep check passes only where the region's database is the writable primary, 
 health checks exactly as it would for a real service: the old region fails (fenced), the new one passes
 once promoted. ``/`` is the page users (and a failback's canary, through HAProxy) get: a read on the
 region's database, which a standby answers too, naming the region so the canary can measure the split.
+``/write`` (POST or GET) is the users' write: it commits a row through the app's *writer* connection. With
+``--writer-ports`` that is a libpq multi-host connection string over every region's node with
+``target_session_attrs=read-write``, so it reaches the primary wherever it is (the runbook declares it in
+``writes.follow_primary``); without, it writes through the region's own database, which a standby refuses.
 Run: ``python -m workers.sandbox.app --region region-a --listen 127.0.1.1:18080 ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,6 +50,7 @@ class AppConfig:
     dbname: str
     user: str
     password_file: Path
+    writer_ports: tuple[int, ...] = ()
 
 
 class HealthServer(ThreadingHTTPServer):
@@ -54,13 +61,21 @@ class HealthServer(ThreadingHTTPServer):
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
+        # One writer session, kept as an app's pool keeps it: a multi-host connect may try a standby first
+        # and authenticate twice, too slow for every request of a canary under load.
+        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._writer_lock = threading.Lock()
         super().__init__((config.host, config.port), HealthHandler)
 
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+    def _connect(self, writer: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
+        """The region's own database; ``writer``: the node that takes writes, when the app follows it."""
         config = self.config
+        multi = writer and bool(config.writer_ports)
+        ports = config.writer_ports if multi else (config.dsn_port,)
         return psycopg.connect(
-            host=config.dsn_host,
-            port=config.dsn_port,
+            host=",".join([config.dsn_host] * len(ports)),
+            port=",".join(str(p) for p in ports),
+            target_session_attrs="read-write" if multi else "any",
             dbname=config.dbname,
             user=config.user,
             password=config.password_file.read_text().strip(),
@@ -99,6 +114,45 @@ class HealthServer(ThreadingHTTPServer):
             return 503, self._failing(_describe(err))
         return 200, {"status": "ok", "region": config.region, "database": "writable"}
 
+    def write(self) -> tuple[int, dict[str, Any]]:
+        """Commit a row through the writer session: what a user's write does, whichever node it reaches.
+
+        A kept session that fails (its node was fenced, or is read-only now) is dropped and the write tried
+        once more on a fresh one, which libpq sends to the node that is read-write now.
+        """
+        with self._writer_lock:
+            for attempt in (1, 2):
+                fresh = self._writer is None
+                try:
+                    if self._writer is None:
+                        self._writer = self._connect(writer=True)
+                        self._writer.autocommit = True  # transaction() below is the one BEGIN/COMMIT
+                    return 200, self._insert(self._writer)
+                except (psycopg.Error, OSError) as err:
+                    self._drop_writer()
+                    if fresh or attempt == 2:
+                        return 503, self._failing(_describe(err))
+            raise AssertionError("unreachable")
+
+    def _insert(self, conn: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
+        config = self.config
+        with conn.transaction():
+            inserted = conn.execute(
+                f"INSERT INTO {PROBE_TABLE} (region) VALUES (%s) RETURNING id", (config.region,)
+            ).fetchone()
+            if inserted is not None:
+                conn.execute(
+                    f"DELETE FROM {PROBE_TABLE} WHERE region = %s AND id < %s",
+                    (config.region, inserted[0] - _KEEP_ROWS),
+                )
+        return {"status": "ok", "region": config.region, "database": "writable", "port": conn.info.port}
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._writer.close()
+            self._writer = None
+
     def _failing(self, error: str) -> dict[str, Any]:
         return {"status": "failing", "region": self.config.region, "error": error}
 
@@ -113,9 +167,19 @@ class HealthHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._respond(body=False)
 
-    def _respond(self, body: bool) -> None:
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self._respond(body=True, post=True)
+
+    def _respond(self, body: bool, post: bool = False) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "":
+        if path == "/write":
+            status, payload = self.server.write()
+        elif post:
+            status, payload = 405, {"status": "method-not-allowed", "path": self.path}
+        elif path == "":
             status, payload = self.server.read_page()
         elif path == "/healthz":
             status, payload = 200, {"status": "ok", "region": self.server.config.region}
@@ -149,6 +213,13 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _ports(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not PORT,PORT,...") from None
+
+
 def parse_args(argv: list[str] | None = None) -> AppConfig:
     parser = argparse.ArgumentParser(prog="python -m workers.sandbox.app", description=__doc__)
     parser.add_argument("--region", required=True)
@@ -158,6 +229,12 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     parser.add_argument("--dbname", default="app")
     parser.add_argument("--user", default="drflow")
     parser.add_argument("--password-file", required=True, type=Path)
+    parser.add_argument(
+        "--writer-ports",
+        type=_ports,
+        default=(),
+        help="PORT,PORT,...: /write goes to whichever of these nodes is read-write (libpq multi-host)",
+    )
     args = parser.parse_args(argv)
     host, port = args.listen
     return AppConfig(
@@ -169,6 +246,7 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
         dbname=args.dbname,
         user=args.user,
         password_file=args.password_file.absolute(),
+        writer_ports=args.writer_ports,
     )
 
 
@@ -186,13 +264,14 @@ def main(argv: list[str] | None = None) -> None:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, err.strerror or err)
         sys.exit(1)
     log.info(
-        "app %s listening on http://%s:%s (database %s:%s/%s)",
+        "app %s listening on http://%s:%s (database %s:%s/%s, writes to %s)",
         config.region,
         config.host,
         config.port,
         config.dsn_host,
         config.dsn_port,
         config.dbname,
+        f"the read-write one of ports {config.writer_ports}" if config.writer_ports else "its own database",
     )
     with server:
         try:

@@ -5,7 +5,9 @@ that ``runbooks/sandbox.yaml``'s ``file:.drflow/sandbox/...`` secrets resolve fr
 
     dns/        BIND primary and secondary (``NamedPair``), zone drflow.test., TSIG key drflow-sandbox
     postgres/   PostgreSQL primary (region-a) and streaming standby (region-b)
-    apps/       one HTTP app per region (127.0.1.1, 127.0.2.1), each writing through its region's database
+    apps/       one HTTP app per region (127.0.1.1, 127.0.2.1): reads and deep checks through its region's
+                database, user writes (``/write``) to whichever node is the primary (libpq multi-host,
+                target_session_attrs=read-write), as the runbook's ``writes.follow_primary`` declares
     haproxy/    HAProxy in front of both apps (weights region-a 100 / region-b 0 at first), runtime API socket
     sandbox.json  the ports of this world, so ``down`` and ``status`` need only the directory
 
@@ -471,7 +473,14 @@ class Sandbox:
             self._start_app(region, address)
             changes[name] = "started"
 
-    def _start_app(self, region: str, address: str) -> None:
+    def restart_app(self, region: str, follow_primary: bool = True) -> None:
+        """Stop the region's app and start it again; ``follow_primary=False`` writes only through its own
+        region's database, as an app without a writer endpoint would (tests show what that breaks)."""
+        terminate(self._app_pid(region), STOP_TIMEOUT)
+        self._start_app(region, REGIONS[region], follow_primary)
+
+    def _start_app(self, region: str, address: str, follow_primary: bool = True) -> None:
+        writers = [self.ports.postgres_primary, self.ports.postgres_standby]
         command = [
             sys.executable, "-m", "workers.sandbox.app",
             "--region", region,
@@ -481,6 +490,7 @@ class Sandbox:
             "--dbname", DBNAME,
             "--user", DB_USER,
             "--password-file", str(self.postgres_dir / "password"),
+            *(["--writer-ports", ",".join(map(str, writers))] if follow_primary else []),
         ]  # fmt: skip
         log_path = self._app_log_path(region)
         process = spawn_detached(command, log_path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from activities.cloud.preflight import PreflightReport
-from activities.database.postgres.connection import PostgresTarget
+from activities.database.postgres.connection import PostgresTarget, verify_writable
 from activities.database.postgres.fence import FenceRequest, UnfenceRequest, fence, unfence
 from activities.database.postgres.measure import MeasureReplicationRequest, measure_replication
 from activities.database.postgres.promote import (
@@ -76,6 +78,10 @@ class PostgresProvider:
                 hook=self.config.hooks.resync,
             )
         )
+
+    def verify_writable(self, region: str, timeout_seconds: float) -> tuple[bool, str]:
+        """A temporary table committed on the region's node, as the promotion proves writability."""
+        return verify_writable(self.config.nodes[region], time.monotonic() + timeout_seconds)
 
     def preflight(self, primary: str, standby: str) -> PreflightReport:
         """No cloud API to ask: readiness is what ``measure_replication`` and the plan observe."""
