@@ -184,7 +184,8 @@ class AuroraGlobalDatabase(StrictModel):
     clusters: dict[str, str] = Field(description="member cluster ARN per region")
 
     def resync_problem(self, region: str) -> str | None:
-        return "drflow does not re-sync Aurora members yet: check that the old writer is a secondary"
+        """None: Aurora demotes the old writer itself; drflow confirms it is a secondary (or says why not)."""
+        return None
 
     @field_validator("clusters")
     @classmethod
