@@ -346,7 +346,7 @@ class RdsProvider:
             time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
 
     def _zero_lag_periods(self, replica: RdsInstance, since: datetime) -> tuple[int, str]:
-        """How many consecutive latest periods starting after ``since`` had a ReplicaLag maximum of 0."""
+        """How many consecutive latest whole periods, all after ``since``, had a ReplicaLag maximum of 0."""
         period = self.LAG_PERIOD_SECONDS
         try:
             response = call(
@@ -363,9 +363,11 @@ class RdsProvider:
             )
         except (ClientError, BotoCoreError) as error:
             return 0, aws_error(error, f"reading ReplicaLag for {replica}").message
-        # CloudWatch rounds StartTime down to the period: a period that began before ``since`` does not count.
+        # CloudWatch rounds StartTime down to the period: a period that began before ``since`` does not count,
+        # nor one still open (its maximum so far says nothing about the rest of it).
+        ended = datetime.now(UTC) - timedelta(seconds=period)
         points = sorted(
-            (p for p in response.get("Datapoints", []) if p["Timestamp"] >= since),
+            (p for p in response.get("Datapoints", []) if since <= p["Timestamp"] <= ended),
             key=lambda p: p["Timestamp"],
             reverse=True,
         )
