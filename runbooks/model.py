@@ -269,6 +269,7 @@ class PostgresDatabase(StrictModel):
         return [region for region, node in self.nodes.items() if node.data_directory is None]
 
 
+SECURITY_GROUP_PATTERN = r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$"
 AWS_REGION_PATTERN = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]+$"
 
 
@@ -285,8 +286,25 @@ class RdsDatabase(StrictModel):
         "region (us-east-1)"
     )
 
+    fence_security_groups: dict[str, Annotated[str, Field(pattern=SECURITY_GROUP_PATTERN)]] = Field(
+        default_factory=dict,
+        description="region -> a security group of that instance's VPC with no ingress rule. A planned or "
+        "drill failover fences the region's instance by making it its only security group and rebooting it "
+        "(ending open sessions); without an entry for the source region it refuses at the fence",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_fence_groups(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Without fence groups the section serialises as before the field existed, so workers of the
+        previous release still decode the runbook payloads that newer workers write into histories."""
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("fence_security_groups"):
+            data.pop("fence_security_groups", None)
+        return data
+
     def resync_problem(self, region: str) -> str | None:
-        return "drflow does not recreate RDS read replicas yet: rebuild the replica in the old region"
+        """None: drflow re-syncs the old primary as a new cross-region read replica (the old one is kept)."""
+        return None
 
 
 class AuroraGlobalDatabase(StrictModel):
@@ -295,7 +313,8 @@ class AuroraGlobalDatabase(StrictModel):
     clusters: dict[str, str] = Field(description="member cluster ARN per region")
 
     def resync_problem(self, region: str) -> str | None:
-        return "drflow does not re-sync Aurora members yet: check that the old writer is a secondary"
+        """None: Aurora demotes the old writer itself; drflow confirms it is a secondary (or says why not)."""
+        return None
 
     @field_validator("clusters")
     @classmethod
@@ -894,6 +913,13 @@ def _database_region_problems(runbook: Runbook, regions: set[str], known: str) -
                         "(arn:aws:rds:<region>:<account>:db:<name>) to say where it lives",
                     )
                 )
+        for region in sorted(set(db.fence_security_groups) - set(db.instances)):
+            problems.append(
+                (
+                    ("database", "fence_security_groups", region),
+                    f"{region!r} has no instance in database.instances",
+                )
+            )
     for region in sorted(regions - set(per_region)):
         problems.append((("database", key), f"region {region!r} has no entry"))
     for region in sorted(set(per_region) - regions):

@@ -54,6 +54,9 @@ with workflow.unsafe.imports_passed_through():
 
 REPLAY_WAIT_PLANNED = timedelta(seconds=60)
 REPLAY_WAIT_EMERGENCY = timedelta(seconds=5)
+# RDS proves replay with CloudWatch's one-minute ReplicaLag after the fence's reboot: minutes, not seconds.
+# A value only, on a branch no earlier RDS run took (its fence reported no position): no patch needed.
+REPLAY_WAIT_RDS = timedelta(minutes=10)
 
 # Each patch is asked for only on the branch it changes, so runs that never take the branch pay nothing.
 FENCE_CONFIRMED_PATCH = "fence-confirmed"  # an unconfirmed fence opens the unfenced gate before promotion
@@ -134,6 +137,8 @@ class Moves(ControlledRun[M]):
         )
         self._update(fence=fence)
         wait = REPLAY_WAIT_EMERGENCY if mode == "emergency" else REPLAY_WAIT_PLANNED
+        if mode != "emergency" and plan.database.provider == "rds":
+            wait = REPLAY_WAIT_RDS
         replay: WaitForReplayResult | None = None
         if fence.final_lsn is not None:
             final_lsn = fence.final_lsn

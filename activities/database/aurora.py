@@ -37,7 +37,7 @@ from activities.cloud.aws import (
 )
 from activities.cloud.preflight import PreflightCheck, PreflightReport
 from activities.cloud.retry import DEFAULT_BACKOFF, Backoff, heartbeat
-from activities.database.provider import cannot_resync, no_replay_position
+from activities.database.provider import no_replay_position
 from activities.database.results import (
     FenceMode,
     FenceResult,
@@ -327,8 +327,87 @@ class AuroraProvider:
     def wait_for_replay(self, region: str, position: str, timeout_seconds: float) -> WaitForReplayResult:
         raise no_replay_position(self.config.provider)
 
+    # ---------------------------------------------------------------------------------------- re-sync
     def prepare_standby(self, region: str, source: str, timeout_seconds: float) -> PrepareStandbyResult:
-        raise cannot_resync(self.config.provider)
+        """Aurora re-syncs the old writer itself: confirm it is a settled secondary, waiting until it is.
+
+        A switchover demotes the old writer at once; after an emergency failover Aurora rejoins it as a
+        secondary when its region answers again (wait), unless it was detached (``RemoveFromGlobalCluster``,
+        or Aurora could not rejoin it): then it is a standalone cluster drflow will not touch (its writes may
+        have diverged) and the answer says what to do. Nothing is changed, so every call is a safe retry.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        label, name = self.label(region), self.config.global_cluster
+        actions: list[str] = []
+        waited = False
+        while True:
+            global_cluster = self._global_cluster(prefer=(source, region), fallback=True)
+            members = _members(global_cluster)
+            member, writer = members.get(self.arn(region)), members.get(self.arn(source))
+            pending = global_cluster.get("FailoverState")
+            notes: list[str] = []
+            cluster = self._cluster_or_note(region, notes)
+            if member is None and pending is None:
+                raise self._detached(region, source, cluster, notes)
+            if member is not None and member.get("IsWriter", False) and pending is None:
+                raise ApplicationError(
+                    f"{label} is still the writer of {name}: the switch to {self.label(source)} did not "
+                    "happen, so there is nothing to re-sync; check the global cluster before going on",
+                    type=ErrorType.DATABASE_STATE_CONFLICT,
+                    non_retryable=True,
+                )
+            waiting_for = _secondary_not_settled(global_cluster, member, writer, cluster)
+            if not waiting_for:
+                sync = member.get("SynchronizationStatus", "connected") if member else "?"
+                actions.append(
+                    f"{label} is a secondary of {name} (IsWriter false, synchronization {sync}), its "
+                    f"cluster is {cluster.get('Status') if cluster else '?'}; {self.label(source)} is the "
+                    "writer: Aurora replicates to it, drflow changed nothing"
+                )
+                return PrepareStandbyResult(
+                    region=region,
+                    source_region=source,
+                    already_standby=not waited,
+                    rewound=False,
+                    diverged=None,
+                    streaming=True,
+                    actions=actions,
+                )
+            if not waited:
+                actions.append(f"waiting: {waiting_for}")
+                waited = True
+            heartbeat(f"{name}: {waiting_for}")
+            if time.monotonic() >= deadline:
+                raise ApplicationError(
+                    f"{label} is not yet a settled secondary of {name} after {timeout_seconds:g}s: "
+                    f"{waiting_for}; a retry keeps waiting (Aurora rejoins an old writer when its region "
+                    "answers again)",
+                    type=ErrorType.STANDBY_RESYNC_FAILED,
+                )
+            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
+
+    def _detached(
+        self, region: str, source: str, cluster: DBClusterTypeDef | None, notes: list[str]
+    ) -> ApplicationError:
+        """The old writer left the global cluster: only a person can decide what happens to its data."""
+        label, name = self.label(region), self.config.global_cluster
+        seen = (
+            f"its cluster still exists ({cluster.get('Status')}, standalone, may hold writes {name} never "
+            "received)"
+            if cluster is not None
+            else f"its cluster is gone ({'; '.join(notes) or 'not found'})"
+        )
+        return ApplicationError(
+            f"{label} is no longer a member of global cluster {name} ({seen}): it was detached "
+            f"(RemoveFromGlobalCluster, or an emergency failover Aurora could not rejoin it), and drflow "
+            f"does not add a detached cluster back. To give {self.label(source)} a secondary in "
+            f"{self.aws_region(region)}: keep or snapshot the detached cluster for its data, add a new "
+            f"secondary cluster to {name} in {self.aws_region(region)} (CreateDBCluster with "
+            f"GlobalClusterIdentifier={name}, then a DB instance in it), set clusters.{region} in the "
+            "runbook to its ARN, and retry this step (or skip it to finish without a secondary)",
+            type=ErrorType.STANDBY_RESYNC_FAILED,
+            non_retryable=True,
+        )
 
     # ---------------------------------------------------------------------------------------- preflight
     def preflight(self, primary: str, standby: str) -> PreflightReport:
@@ -450,6 +529,32 @@ def _members(global_cluster: GlobalClusterTypeDef | None) -> dict[str, GlobalClu
     if global_cluster is None:
         return {}
     return {member["DBClusterArn"]: member for member in global_cluster.get("GlobalClusterMembers", [])}
+
+
+def _secondary_not_settled(
+    global_cluster: GlobalClusterTypeDef,
+    member: GlobalClusterMemberTypeDef | None,
+    writer: GlobalClusterMemberTypeDef | None,
+    cluster: DBClusterTypeDef | None,
+) -> str:
+    """What still keeps the old writer from being a settled secondary ("" when nothing does)."""
+    pending = global_cluster.get("FailoverState")
+    if pending is not None:
+        return (
+            f"a {pending.get('Status')} move of the writer to {pending.get('ToDbClusterArn')} is under way"
+        )
+    if writer is None or not writer.get("IsWriter", False):
+        return "the source is not (yet) the writer of the global cluster"
+    if member is None or member.get("IsWriter", False):
+        return "the old writer is not (yet) a secondary"
+    if global_cluster.get("Status") != "available":
+        return f"the global cluster is {global_cluster.get('Status')}"
+    sync = member.get("SynchronizationStatus", "connected")
+    if sync != "connected":
+        return f"the old writer's synchronization is {sync}"
+    if cluster is None or cluster.get("Status") != "available":
+        return f"the old writer's cluster is {cluster.get('Status') if cluster else 'not described'}"
+    return ""
 
 
 def _serving(cluster: DBClusterTypeDef | None) -> bool:

@@ -393,3 +393,39 @@ def _register_moto_zone_id(zone: str, zone_id: str) -> None:
     from moto.utilities.id_generator import moto_id_manager
 
     moto_id_manager.set_custom_id(HostedZoneIdentifier(DEFAULT_ACCOUNT_ID, zone, None), zone_id)
+
+
+# ----------------------------------------------------------------------------- moto's RDS, corrected
+@pytest.fixture
+def moto_promotes_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's PromoteReadReplica leaves the promoted instance naming its source, which AWS clears: correct it.
+
+    The one stand-in the RDS tests need to run a failover on moto (moto serves from this process, so the
+    patch reaches the server): after PromoteReadReplica the instance is standalone, as in the API reference,
+    and its old source no longer lists it.
+    """
+    from moto.rds.models import RDSBackend
+
+    original = RDSBackend.promote_read_replica
+
+    def promote(self: RDSBackend, db_kwargs: dict[str, Any]) -> Any:
+        database = self.databases[db_kwargs["db_instance_identifier"]]
+        source = database.source_db_instance_identifier
+        promoted = original(self, db_kwargs)
+        if source:
+            primary = self.find_db_from_id(source)
+            for name in (database.db_instance_arn, database.db_instance_identifier):
+                if name in primary.replicas:
+                    primary.replicas.remove(name)
+            promoted.source_db_instance_identifier = None
+        return promoted
+
+    monkeypatch.setattr(RDSBackend, "promote_read_replica", promote)
+
+
+def moto_rds_instance(region: str, identifier: str) -> Any:
+    """The moto server's own record of an instance, for a test that plays what AWS does over minutes."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.rds.models import rds_backends
+
+    return rds_backends[DEFAULT_ACCOUNT_ID][region].databases[identifier]
