@@ -33,6 +33,7 @@ from tests.support.aws import (
     moto_server,  # noqa: F401  (session fixture moto_endpoint)
     point_aws_at,
     route53_nameserver,
+    throttling_proxy,
     unique,
 )
 from tests.support.failover import wait_for_gate
@@ -162,7 +163,9 @@ def world(
         )
     else:
         rds = make_rds_pair(moto_endpoint)
-        fences = {WEST: FENCE_GROUP} if kind == "rds-east-unfenceable" else {EAST: FENCE_GROUP, WEST: FENCE_GROUP}
+        fences = (
+            {WEST: FENCE_GROUP} if kind == "rds-east-unfenceable" else {EAST: FENCE_GROUP, WEST: FENCE_GROUP}
+        )
         database = RDS.format(east=rds.east_arn, west=rds.west_id, fences=fences)
     stop = threading.Event()
     with ExitStack() as stack:
@@ -215,7 +218,9 @@ async def finished(handle: WorkflowHandle[Any, Any], timeout: float = 120) -> An
     """The run's result; a run that waits for a decision instead fails the test, saying at which step."""
     async with asyncio.timeout(timeout):
         while True:
-            report = await handle.query("status", result_type=FailbackReport if "failback" in handle.id else FailoverReport)
+            report = await handle.query(
+                "status", result_type=FailbackReport if "failback" in handle.id else FailoverReport
+            )
             if report.outcome != "running":
                 return await handle.result()
             assert report.waiting_step is None, (report.waiting_step, report.steps[-1].error, report.messages)
@@ -227,7 +232,9 @@ async def start_failback(
 ) -> WorkflowHandle[FailbackWorkflow, FailbackReport]:
     handle: WorkflowHandle[FailbackWorkflow, FailbackReport] = await env.client.start_workflow(
         FailbackWorkflow.run,
-        FailbackRequest(service=world.service, reason="us-east-1 repaired", requested_by="alice", prepare=True),
+        FailbackRequest(
+            service=world.service, reason="us-east-1 repaired", requested_by="alice", prepare=True
+        ),
         id=f"failback-{world.service}-{uuid.uuid4().hex[:6]}",
         task_queue=queue,
     )
@@ -296,7 +303,9 @@ async def test_a_detached_old_aurora_writer_fails_the_re_sync_step_with_what_to_
         )  # an operator detached it, or Aurora could not rejoin it
         handle = await dev_env.client.start_workflow(
             FailbackWorkflow.run,
-            FailbackRequest(service=world.service, reason="us-east-1 back", requested_by="alice", prepare=True),
+            FailbackRequest(
+                service=world.service, reason="us-east-1 back", requested_by="alice", prepare=True
+            ),
             id=f"failback-{world.service}-{uuid.uuid4().hex[:6]}",
             task_queue=task_queue,
         )
@@ -357,3 +366,78 @@ async def wait_for_step(handle: WorkflowHandle[FailbackWorkflow, FailbackReport]
                 return report
             assert report.outcome == "running", report.messages
             await asyncio.sleep(0.1)
+
+
+def rds_state(world: World, endpoint: str) -> list[Any]:
+    """What a change would show: the record, each instance's identity, status, source and groups."""
+    assert world.rds is not None
+    keys = (
+        "DBInstanceIdentifier",
+        "DBInstanceStatus",
+        "ReadReplicaSourceDBInstanceIdentifier",
+        "VpcSecurityGroups",
+    )
+    instances = [world.rds.described(endpoint, region) for region in (EAST, WEST)]
+    return [
+        world.served(),
+        [{k: i.get(k) for k in keys} for i in instances],
+        world.rds.retired(endpoint, EAST),
+    ]
+
+
+@pytest.mark.parametrize("world", ["rds"], indirect=True)
+async def test_rds_failover_and_failback_dry_runs_send_only_reads(
+    dev_env: WorkflowEnvironment,
+    world: World,
+    moto_endpoint: str,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Plan mode on plain RDS: every request to moto (Route53, STS, RDS, CloudWatch) passes a recording
+    proxy, and none of them changes anything (no rrset POST, only Describe/List/Get actions)."""
+    assert world.rds is not None
+
+    async def dry(kind: str) -> None:
+        with throttling_proxy(moto_endpoint) as moto:
+            point_aws_at(
+                monkeypatch, route53=moto.endpoint, sts=moto.endpoint, rds=moto.endpoint,
+                cloudwatch=moto.endpoint,
+            )  # fmt: skip
+            before = rds_state(world, moto_endpoint)
+            async with build_worker(dev_env.client, world.runbooks, task_queue=task_queue):
+                if kind == "failover":
+                    report: FailoverReport | FailbackReport = await dev_env.client.execute_workflow(
+                        FailoverWorkflow.run,
+                        FailoverRequest(service=world.service, target=WEST, reason="plan", dry_run=True),
+                        id=f"plan-failover-{uuid.uuid4().hex[:8]}",
+                        task_queue=task_queue,
+                    )
+                else:
+                    report = await dev_env.client.execute_workflow(
+                        FailbackWorkflow.run,
+                        FailbackRequest(service=world.service, reason="plan", prepare=True, dry_run=True),
+                        id=f"plan-failback-{uuid.uuid4().hex[:8]}",
+                        task_queue=task_queue,
+                    )
+        assert report.outcome == "dry-run", report.messages
+        assert report.plan is not None and report.plan.database is not None
+        assert [r for r in moto.forwarded if r[0] != "GET" and "/rrset" in r[1]] == []
+        actions = [
+            part.removeprefix("Action=")
+            for _, _, body in moto.forwarded
+            for part in body.split("&")
+            if part.startswith("Action=")
+        ]
+        assert any(a.startswith("DescribeDBInstances") for a in actions), actions
+        assert all(a.startswith(("Describe", "List", "Get")) for a in actions), actions
+        after = rds_state(world, moto_endpoint)
+        assert after == before
+
+    await dry("failover")
+    point_aws_at(
+        monkeypatch, route53=moto_endpoint, sts=moto_endpoint, rds=moto_endpoint, cloudwatch=moto_endpoint
+    )
+    async with build_worker(dev_env.client, world.runbooks, task_queue=task_queue):
+        await fail_over(dev_env, world, task_queue, "planned")
+    await dry("failback")
+    assert world.served() == [WEST_ADDRESS]
