@@ -41,6 +41,7 @@ from botocore.stub import Stubber
 
 from activities.cloud.aws import AwsClients
 from runbooks.model import Nameserver
+from tests.support.dns import udp_nameserver
 from workers.sandbox.named import LOOPBACK, free_port
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -284,10 +285,6 @@ def route53_nameserver(endpoint: str, hosted_zone_id: str, zone: str) -> Iterato
     not served.
     """
     route53 = client("route53", endpoint)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOOPBACK, 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
 
     def answer(query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query)
@@ -316,24 +313,8 @@ def route53_nameserver(endpoint: str, hosted_zone_id: str, zone: str) -> Iterato
             response.set_rcode(dns.rcode.NXDOMAIN)
         return response
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                wire, peer = sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.sendto(answer(dns.message.from_wire(wire)).to_wire(), peer)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield Nameserver(name="ns-1.awsdns.test.", address=LOOPBACK, port=sock.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close()
+    with udp_nameserver(answer, "ns-1.awsdns.test.") as nameserver:
+        yield nameserver
 
 
 def _weighted_choice(record_sets: list[dict[str, Any]]) -> list[dict[str, Any]]:

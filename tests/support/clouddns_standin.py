@@ -20,6 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from runbooks.model import Nameserver
+from tests.support.dns import udp_nameserver
 from workers.sandbox.named import LOOPBACK
 
 RecordSet = dict[str, Any]
@@ -230,3 +238,32 @@ def library_client(standin: CloudDnsStandIn) -> Any:
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
         client_options={"api_endpoint": standin.endpoint},
     )
+
+
+@contextmanager
+def clouddns_nameserver(standin: CloudDnsStandIn, zone: str) -> Iterator[Nameserver]:
+    """Answers authoritatively what the stand-in's managed zone ``zone`` holds (simple record sets only),
+    standing in for the ns-cloud-*.googledomains.com servers that cannot be queried offline."""
+    dns_name = standin.zones[zone].dns_name
+
+    def answer(query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        if not name.endswith(dns_name):
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        with standin.lock:
+            found = standin.zones[zone].rrsets.get((name, dns.rdatatype.to_text(question.rdtype)))
+            names = {key[0] for key in standin.zones[zone].rrsets}
+        if found is not None and found.get("rrdatas"):
+            response.answer.append(
+                dns.rrset.from_text_list(name, found["ttl"], "IN", question.rdtype, found["rrdatas"])
+            )
+        elif name not in names:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        return response
+
+    with udp_nameserver(answer, "ns-cloud-a1.googledomains.com.") as nameserver:
+        yield nameserver
