@@ -8,6 +8,7 @@ DNS still pointed at the now read-only region.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -15,13 +16,15 @@ import pytest_asyncio
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, sandbox_world
 from tests.test_failback_sandbox import approve, fail_over, start_failback
 from tests.test_failover_sandbox import answers, in_recovery
 from workers.worker import build_worker
 from workflows.failback import FailbackWorkflow
 from workflows.failback_models import FailbackReport
-from workflows.failover_models import DecisionInput
+from workflows.failover import FailoverWorkflow
+from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest
 
 
 @pytest.fixture
@@ -63,7 +66,9 @@ async def test_an_old_primary_drflow_cannot_resync_is_skipped_and_the_failback_f
     assert report.dns_change is None, "DNS has not moved yet"
 
     with pytest.raises(WorkflowUpdateFailedError):  # not an approver: refused, nothing decided
-        await handle.execute_update(FailbackWorkflow.decide, DecisionInput(decision="skip", operator="nobody"))
+        await handle.execute_update(
+            FailbackWorkflow.decide, DecisionInput(decision="skip", operator="nobody")
+        )
     await handle.execute_update(
         FailbackWorkflow.decide,
         DecisionInput(decision="skip", operator="carol", reason="region-b is rebuilt by the DBA team"),
@@ -73,4 +78,37 @@ async def test_an_old_primary_drflow_cannot_resync_is_skipped_and_the_failback_f
     assert final.resynced is None
     assert any("NOT re-synced" in m for m in final.messages), final.messages
     assert not in_recovery(world, "region-a")
+    assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
+
+
+async def test_a_failback_after_an_emergency_failover_rewinds_the_old_primary_and_completes(
+    dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
+) -> None:
+    """The local topology's emergency row of the matrix: the old primary was shut down by an emergency
+    fence, then pg_rewind (with prepare) makes it the standby, and the failback brings everything home."""
+    world.write_runbook(traffic=None, failback=None)
+    handle = await dev_env.client.start_workflow(
+        FailoverWorkflow.run,
+        FailoverRequest(
+            service=world.service,
+            target="region-b",
+            mode="emergency",
+            reason="region-a lost",
+            requested_by="alice",
+        ),
+        id=f"failover-{uuid.uuid4().hex[:8]}",
+        task_queue=worker_on,
+    )
+    await wait_for_gate(dev_env.client, handle.id)
+    await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="region down"))
+    failover: FailoverReport = await handle.result()
+    assert failover.outcome == "completed", failover.messages
+    assert failover.fence is not None and failover.fence.method == "shutdown" and failover.fence.fenced
+    back = await start_failback(dev_env, world, worker_on)
+    await approve(back, dev_env, "failback")
+    home = await back.result()
+    assert home.outcome == "completed", home.messages
+    assert home.prepared is not None and home.prepared.rewound and home.prepared.hook is None
+    assert home.resynced is not None and home.resynced.streaming
+    assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
     assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
