@@ -24,7 +24,7 @@ from activities.database.postgres.connection import PostgresTarget
 from activities.database.postgres.fence import FenceRequest, UnfenceRequest, fence, unfence
 from activities.database.postgres.rewind import PrepareStandbyRequest, prepare_standby
 from activities.errors import ErrorType
-from runbooks.loader import RunbookError, parse_runbook
+from runbooks.loader import RunbookError, load_runbook_file, parse_runbook
 from runbooks.model import CommandHook, PostgresDatabase
 from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
@@ -73,6 +73,9 @@ def test_the_remote_topology_is_tcp_only_with_servers_as_another_user_and_a_runb
 ) -> None:
     db = database(world)
     assert all(node.data_directory is None for node in db.nodes.values())
+    # What `drflow sandbox up --topology remote` writes for a worker to serve passes the loader's rules.
+    written = world.sandbox.write_runbook(world.runbooks.parent / "served")
+    assert load_runbook_file(written).runbook.database == world.sandbox.runbook().database
     assert db.hooks.resync is not None and db.application is not None
     assert db.application.user == "app"
     for server in world.postgres.servers:

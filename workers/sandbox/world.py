@@ -29,8 +29,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from activities.database.postgres.pg_ctl import (
     PostgresCommandError,
     PostgresNotInstalledError,
@@ -260,7 +258,8 @@ class Sandbox:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{runbook.service}.yaml"
         header = f"# Written by `drflow sandbox up` for the {self.topology} topology of {self.state_dir}.\n"
-        path.write_text(header + yaml.safe_dump(runbook.model_dump(mode="json"), sort_keys=False))
+        # JSON is YAML: the loader reads it like any runbook, and the product needs no YAML writer for it.
+        path.write_text(header + json.dumps(runbook.model_dump(mode="json"), indent=2) + "\n")
         return path
 
     # ------------------------------------------------------------------------------ lifecycle
