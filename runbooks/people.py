@@ -244,9 +244,9 @@ def people_problems(people: People) -> list[RuleProblem]:
         gateway_names.add(gateway.name)
         fp = fingerprint(gateway.key)
         if fp in key_owner:
-            problems.append(
-                (("gateways", i, "key"), f"key {fp} is also {key_owner[fp]!r}'s: a gateway has its own")
-            )
+            message = f"key {fp} is also listed for {key_owner[fp]!r}: a gateway has its own key"
+            problems.append((("gateways", i, "key"), message))
+        key_owner.setdefault(fp, f"gateway {gateway.name}")
     return problems
 
 

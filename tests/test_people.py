@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,17 @@ def test_small_rsa_keys_and_non_ed25519_gateways_are_refused(keys: dict[str, Key
     assert problem == "people.yaml:16: gateways[0].key: a gateway key is an ssh-ed25519 public key"
 
 
+def test_a_gateway_key_must_be_its_own(keys: dict[str, Key]) -> None:
+    text = people_yaml(keys).replace(keys["gateway"].public_line, keys["alice"].public_line)
+    [problem] = problems_of(text)
+    assert problem == (
+        f"people.yaml:16: gateways[0].key: key {keys['alice'].fingerprint} is also listed for 'alice': a gateway has its own key"
+    )
+    second = f"  - name: slack-dr\n    key: {keys['gateway'].public_line}\n"
+    [problem] = problems_of(people_yaml(keys) + second)
+    assert problem.startswith("people.yaml:18: gateways[1].key: key ") and "'gateway slack-prod'" in problem
+
+
 def test_revoked_keys_are_fingerprints_and_unknown_fields_are_refused(keys: dict[str, Key]) -> None:
     text = people_yaml(keys).replace(
         f"revoked_keys: [{keys['alice-old'].fingerprint}]", "revoked_keys: [MD5:ab]"
@@ -172,3 +185,33 @@ def test_yaml_errors_use_the_runbook_loader_reporting(tmp_path: Path) -> None:
 def test_the_json_schema_is_committed_and_current() -> None:
     committed = json.loads(Path("docs/people.schema.json").read_text())
     assert committed == people_schema()
+
+
+def test_drflow_people_validate_and_allowed_signers_as_an_operator_runs_them(
+    keys: dict[str, Key], tmp_path: Path
+) -> None:
+    drflow = [str(Path(sys.executable).parent / "drflow")]
+    (tmp_path / "people.yaml").write_text(people_yaml(keys))
+    done = subprocess.run(
+        [*drflow, "--runbooks", str(tmp_path), "people", "validate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'people.yaml'}: ok: 2 people, 3 keys, 2 groups, 1 gateways\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(people_yaml(keys).replace("U02BOB, W02BOB", "U02BOB, U01ALICE"))
+    done = subprocess.run(
+        [*drflow, "people", "validate", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"{bad}:12: people[1].slack[1]: Slack id U01ALICE is both 'alice' and 'bob'\n"
+    done = subprocess.run(
+        [*drflow, "--runbooks", str(tmp_path), "people", "allowed-signers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["alice", "bob"]
