@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,6 +124,24 @@ def test_the_payload_is_canonical_versioned_json(keys: dict[str, Key], people: P
     assert b'"version":1' in message and b" " not in message
     spaced = message.replace(b",", b", ")
     assert isinstance(refusal(people, spaced, keygen_sign(keys["alice"], spaced)), MalformedPayload)
+    newer = payload().model_dump() | {"version": 2}
+    with pytest.raises(MalformedPayload, match=r"^not a drflow decision: version: Input should be 1$"):
+        verify_decision(
+            json.dumps(newer),
+            keygen_sign(keys["alice"], json.dumps(newer).encode()),
+            expected=expected(),
+            people=people,
+            now=NOW,
+        )
+    both = payload().model_dump() | {"failed_step": "switch-dns"}
+    with pytest.raises(MalformedPayload, match=r"^not a drflow decision: a decision answers exactly one"):
+        verify_decision(
+            json.dumps(both),
+            keygen_sign(keys["alice"], json.dumps(both).encode()),
+            expected=expected(),
+            people=people,
+            now=NOW,
+        )
     with pytest.raises(ValueError, match="exactly one of gate or failed_step"):
         payload(failed_step="switch-dns")
     with pytest.raises(ValueError, match="accept-data-loss answers only the data-loss gate"):

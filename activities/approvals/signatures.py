@@ -310,10 +310,9 @@ def parse_payload(message: bytes | str) -> DecisionPayload:
         payload = DecisionPayload.model_validate_json(raw)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise MalformedPayload(
-            f"not a drflow decision: {where}: {first['msg']}".replace(": : ", ": ")
-        ) from err
+        where = "".join(f"{part}: " for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise MalformedPayload(f"not a drflow decision: {where}{message}") from err
     if payload.canonical() != raw:
         raise MalformedPayload("the decision is not in canonical form (sorted keys, no spaces)")
     return payload
