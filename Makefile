@@ -44,6 +44,7 @@ architecture: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/drflow runbook schema > docs/runbook.schema.json
+	$(BIN)/drflow people schema > docs/people.schema.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache *.egg-info

@@ -83,27 +83,14 @@ def load_runbook_file(path: str | os.PathLike[str]) -> LoadedRunbook:
 
 
 def parse_runbook(raw: bytes, source: str) -> LoadedRunbook:
-    yaml = YAML(typ="rt")
+    document = load_yaml_mapping(raw, source, "a runbook is a YAML mapping with service, regions, dns, ...")
     try:
-        document = yaml.load(raw)
-    except MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else None
-        message = " ".join(str(part) for part in (err.context, err.problem) if part)
-        raise RunbookError([Problem(source, line, "", f"YAML syntax error: {message}")]) from err
-    except YAMLError as err:
-        raise RunbookError([Problem(source, None, "", f"YAML error: {err}")]) from err
-    if not isinstance(document, CommentedMap):
-        raise RunbookError(
-            [Problem(source, 1, "", "a runbook is a YAML mapping with service, regions, dns, ...")]
-        )
-    try:
-        runbook = Runbook.model_validate(_plain(document))
+        runbook = Runbook.model_validate(plain(document))
     except ValidationError as err:
-        raise RunbookError(_problems(err, document, source)) from err
+        raise RunbookError(validation_problems(err, document, source)) from err
     admission = admission_problems(runbook)
     if admission:
-        raise RunbookError([_locate(document, loc, message, source) for loc, message in admission])
+        raise RunbookError([locate(document, loc, message, source) for loc, message in admission])
     return LoadedRunbook(runbook=runbook, source=source, sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -144,35 +131,58 @@ def find_runbook(service: str, directory: str | os.PathLike[str] | None = None) 
     raise UnknownServiceError(service, folder, sorted(i.runbook.service for i in loaded))
 
 
-def _plain(node: Any) -> Any:
+def load_yaml_mapping(raw: bytes, source: str, expected: str) -> CommentedMap:
+    """Parse YAML keeping line numbers (round-trip mode), so later problems can name the line."""
+    yaml = YAML(typ="rt")
+    try:
+        document = yaml.load(raw)
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        message = " ".join(str(part) for part in (err.context, err.problem) if part)
+        raise RunbookError([Problem(source, line, "", f"YAML syntax error: {message}")]) from err
+    except YAMLError as err:
+        raise RunbookError([Problem(source, None, "", f"YAML error: {err}")]) from err
+    if not isinstance(document, CommentedMap):
+        raise RunbookError([Problem(source, 1, "", expected)])
+    return document
+
+
+def plain(node: Any) -> Any:
     if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): plain(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        return [plain(v) for v in node]
     return node
 
 
-def _problems(err: ValidationError, document: CommentedMap, source: str) -> list[Problem]:
+# Cross-field rule errors carry ``ctx["problems"]``: (location, message) pairs, one per field to fix.
+RULE_ERROR_TYPES = frozenset({"runbook_rules", "people_rules"})
+
+
+def validation_problems(
+    err: ValidationError, document: CommentedMap, source: str, docs: str = "docs/runbook.md"
+) -> list[Problem]:
     problems: list[Problem] = []
     for item in err.errors(include_url=False):
         ctx = item.get("ctx") or {}
-        if item["type"] == "runbook_rules" and "problems" in ctx:
+        if item["type"] in RULE_ERROR_TYPES and "problems" in ctx:
             for loc, message in ctx["problems"]:
-                problems.append(_locate(document, tuple(loc), message, source))
+                problems.append(locate(document, tuple(loc), message, source))
             continue
         loc = tuple(item["loc"])
         if item["type"] == "union_tag_invalid":
             loc = (*loc, "provider")
-        problems.append(_locate(document, loc, _message(item), source))
+        problems.append(locate(document, loc, _message(item, docs), source))
     return problems
 
 
-def _message(item: Any) -> str:
+def _message(item: Any, docs: str) -> str:
     message = str(item["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if item["type"] == "extra_forbidden":
-        return "unknown field (check the spelling; see docs/runbook.md)"
+        return f"unknown field (check the spelling; see {docs})"
     if item["type"] == "union_tag_invalid":
         ctx = item.get("ctx", {})
         return f"unknown provider {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags', '')}"
@@ -181,7 +191,7 @@ def _message(item: Any) -> str:
     return message
 
 
-def _locate(document: CommentedMap, loc: tuple[Any, ...], message: str, source: str) -> Problem:
+def locate(document: CommentedMap, loc: tuple[Any, ...], message: str, source: str) -> Problem:
     """Walk the error location through the YAML, skipping the union tags pydantic adds to it."""
     node: Any = document
     line: int | None = 1

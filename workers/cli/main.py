@@ -20,6 +20,7 @@ from workers.cli.dev import dev
 from workers.cli.drill import drill
 from workers.cli.failover import accept_data_loss, approve, decide, failback, failover, reject, status
 from workers.cli.gateway import gateway
+from workers.cli.people import people
 from workers.cli.runbook import runbook
 from workers.cli.sandbox import sandbox
 from workers.cli.worker import worker
@@ -40,6 +41,7 @@ def cli(ctx: click.Context, runbooks_option: str | None) -> None:
 
 for command in (
     runbook,
+    people,
     check,
     failover,
     failback,

@@ -1,0 +1,360 @@
+"""Signed decisions: a canonical payload, signed by ``ssh-keygen -Y sign -n drflow-approval``, verified here.
+
+A decision binds one run, one gate (or failed step), one answer and the full plan checksum, so a signature
+cannot be replayed on another run, gate or plan; ``signed_at`` bounds how long it can be replayed on the same
+one. The SSHSIG framing (PROTOCOL.sshsig in OpenSSH) is parsed here, about a hundred lines; every signature
+check is ``cryptography``'s. docs/approvals.md says why not the ``sshsig`` package.
+
+Everything here is pure and deterministic: no I/O, no clock (the caller passes ``now``), no randomness, so a
+Temporal workflow's Update validator may call it and replays get the same answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Final, Literal
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from pydantic import Field, ValidationError, model_validator
+
+from runbooks.model import Gate, Name, StrictModel
+from runbooks.people import People, UnknownApproverError, fingerprint_of_blob
+
+NAMESPACE: Final = "drflow-approval"
+PAYLOAD_VERSION: Final = 1
+MAX_AGE = timedelta(minutes=10)
+MAX_AHEAD = timedelta(minutes=2)
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
+ARMOR_END = "-----END SSH SIGNATURE-----"
+MAGIC = b"SSHSIG"
+SSHSIG_VERSION = 1
+HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+ECDSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "ecdsa-sha2-nistp256": hashes.SHA256,
+    "ecdsa-sha2-nistp384": hashes.SHA384,
+    "ecdsa-sha2-nistp521": hashes.SHA512,
+}
+RSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "rsa-sha2-512": hashes.SHA512,
+    "rsa-sha2-256": hashes.SHA256,
+}
+
+GateDecision = Literal["approve", "reject", "accept-data-loss"]
+StepDecision = Literal["retry", "skip", "abort"]
+
+
+# --- refusals: one class each, so validators and tests can tell them apart
+
+
+class SignatureRefused(ValueError):
+    """A signed decision that must not count; ``code`` is stable, for reports and the Update's reply."""
+
+    code: ClassVar[str] = "refused"
+
+
+class MalformedSignature(SignatureRefused):
+    code = "malformed-signature"
+
+
+class UnsupportedSignature(SignatureRefused):
+    code = "unsupported-signature"
+
+
+class MalformedPayload(SignatureRefused):
+    code = "malformed-payload"
+
+
+class WrongNamespace(SignatureRefused):
+    code = "wrong-namespace"
+
+
+class BadSignature(SignatureRefused):
+    code = "bad-signature"
+
+
+class UnknownSigner(SignatureRefused):
+    code = "unknown-person"
+
+
+class KeyNotListed(SignatureRefused):
+    code = "key-not-listed"
+
+
+class KeyRevoked(SignatureRefused):
+    code = "key-revoked"
+
+
+class PayloadMismatch(SignatureRefused):
+    code = "payload-mismatch"
+
+
+class OutsideWindow(SignatureRefused):
+    code = "outside-window"
+
+
+# --- the payload
+
+
+class DecisionPayload(StrictModel):
+    """What a person signs. Versioned; ``namespace`` repeats the SSHSIG one so the text alone says its use."""
+
+    version: Literal[1] = PAYLOAD_VERSION
+    namespace: Literal["drflow-approval"] = NAMESPACE
+    workflow_id: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+    gate: Gate | None = Field(
+        default=None, description="the approval gate answered (approve/reject/data loss)"
+    )
+    failed_step: str | None = Field(
+        default=None, min_length=1, description="the failed step `decide` answers"
+    )
+    decision: GateDecision | StepDecision
+    plan_checksum: str = Field(pattern=r"^[0-9a-f]{64}$", description="the full plan checksum the person saw")
+    person: Name
+    signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", description="ISO 8601 UTC, seconds")
+
+    @model_validator(mode="after")
+    def _gate_or_step(self) -> DecisionPayload:
+        if (self.gate is None) == (self.failed_step is None):
+            raise ValueError("a decision answers exactly one of gate or failed_step")
+        if self.gate is not None and self.decision not in ("approve", "reject", "accept-data-loss"):
+            raise ValueError(f"{self.decision!r} answers a failed step, not a gate")
+        if self.failed_step is not None and self.decision not in ("retry", "skip", "abort"):
+            raise ValueError(f"{self.decision!r} answers a gate, not a failed step")
+        if self.decision == "accept-data-loss" and self.gate != "data-loss":
+            raise ValueError("accept-data-loss answers only the data-loss gate")
+        return self
+
+    def canonical(self) -> bytes:
+        """The exact bytes signed: JSON, sorted keys, no spaces, ASCII, unset fields left out."""
+        data = self.model_dump(exclude_none=True)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def signed_time(self) -> datetime:
+        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def utc_stamp(moment: datetime) -> str:
+    """``signed_at`` for a moment: UTC, whole seconds, ``Z``."""
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime has no time zone: pass an aware one")
+    return moment.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+class Expected(StrictModel):
+    """What the verifier knows independently of the signature: the run, what is open, who claims to answer."""
+
+    workflow_id: str
+    run_id: str
+    gate: Gate | None = None
+    failed_step: str | None = None
+    decision: GateDecision | StepDecision
+    plan_checksum: str
+    person: str
+
+
+class VerifiedDecision(StrictModel):
+    """A decision that counts: who signed it, with which key, when."""
+
+    person: str
+    fingerprint: str
+    signed_at: str
+    payload: DecisionPayload
+
+
+# --- SSHSIG framing (PROTOCOL.sshsig)
+
+
+class _Reader:
+    """SSH wire format (RFC 4251 section 5): big-endian uint32 and length-prefixed strings."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.at + size > len(self.data):
+            raise MalformedSignature("the signature blob is truncated")
+        chunk = self.data[self.at : self.at + size]
+        self.at += size
+        return chunk
+
+    def uint32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def string(self) -> bytes:
+        return self.take(self.uint32())
+
+    def text(self) -> str:
+        try:
+            return self.string().decode("ascii")
+        except UnicodeDecodeError as err:
+            raise MalformedSignature("a name in the signature blob is not ASCII") from err
+
+    def done(self) -> None:
+        if self.at != len(self.data):
+            raise MalformedSignature("trailing bytes after the signature")
+
+
+def _string(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+class SshSignature(StrictModel):
+    """The fields of an SSHSIG blob; ``public_key`` is the SSH wire encoding of the signer's key."""
+
+    public_key: bytes
+    namespace: str
+    hash_algorithm: str
+    signature_algorithm: str
+    signature: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of_blob(self.public_key)
+
+
+def parse_armored(armored: str) -> SshSignature:
+    """Parse ``-----BEGIN SSH SIGNATURE-----`` text as ``ssh-keygen -Y sign`` writes it, strictly."""
+    lines = [line.strip() for line in armored.strip().splitlines()]
+    if len(lines) < 3 or lines[0] != ARMOR_BEGIN or lines[-1] != ARMOR_END:
+        raise MalformedSignature(f"expected an armored SSH signature ({ARMOR_BEGIN} ... {ARMOR_END})")
+    try:
+        blob = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except binascii.Error as err:
+        raise MalformedSignature(f"the signature is not valid base64: {err}") from err
+    reader = _Reader(blob)
+    if reader.take(len(MAGIC)) != MAGIC:
+        raise MalformedSignature("not an SSHSIG signature (magic preamble missing)")
+    version = reader.uint32()
+    if version != SSHSIG_VERSION:
+        raise UnsupportedSignature(f"SSHSIG version {version}; only version {SSHSIG_VERSION} exists")
+    public_key = reader.string()
+    namespace = reader.text()
+    reader.string()  # reserved: ssh-keygen writes it empty and leaves it out of the signed data
+    hash_algorithm = reader.text()
+    signature = _Reader(reader.string())
+    reader.done()
+    signature_algorithm = signature.text()
+    raw = signature.string()
+    signature.done()
+    return SshSignature(
+        public_key=public_key,
+        namespace=namespace,
+        hash_algorithm=hash_algorithm,
+        signature_algorithm=signature_algorithm,
+        signature=raw,
+    )
+
+
+def signed_data(namespace: str, hash_algorithm: str, message: bytes) -> bytes:
+    """What the key actually signs: the SSHSIG preamble, the namespace and the message's digest."""
+    digest = HASHES[hash_algorithm](message).digest()
+    return (
+        MAGIC
+        + _string(namespace.encode())
+        + _string(b"")
+        + _string(hash_algorithm.encode())
+        + _string(digest)
+    )
+
+
+def check_signature(sig: SshSignature, message: bytes, namespace: str = NAMESPACE) -> None:
+    """Whether the key in the blob signed this message in this namespace (who that key is: not here)."""
+    if sig.namespace != namespace:
+        raise WrongNamespace(f"signed for namespace {sig.namespace!r}, not {namespace!r}")
+    if sig.hash_algorithm not in HASHES:
+        raise UnsupportedSignature(f"hash {sig.hash_algorithm!r}; PROTOCOL.sshsig allows sha256 and sha512")
+    key_type = _Reader(sig.public_key).text()
+    try:
+        key = load_ssh_public_key(f"{key_type} {base64.b64encode(sig.public_key).decode()}".encode())
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise UnsupportedSignature(f"signer key {key_type!r} is not supported: {err}") from err
+    data = signed_data(namespace, sig.hash_algorithm, message)
+    algorithm = sig.signature_algorithm
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey) and algorithm == "ssh-ed25519":
+            key.verify(sig.signature, data)
+        elif isinstance(key, rsa.RSAPublicKey) and algorithm in RSA_HASHES:
+            key.verify(sig.signature, data, padding.PKCS1v15(), RSA_HASHES[algorithm]())
+        elif (
+            isinstance(key, ec.EllipticCurvePublicKey) and algorithm == key_type and algorithm in ECDSA_HASHES
+        ):
+            pair = _Reader(sig.signature)
+            r = int.from_bytes(pair.string(), "big", signed=True)
+            s = int.from_bytes(pair.string(), "big", signed=True)
+            pair.done()
+            key.verify(encode_dss_signature(r, s), data, ec.ECDSA(ECDSA_HASHES[algorithm]()))
+        else:
+            raise UnsupportedSignature(f"signature algorithm {algorithm!r} with a {key_type} key")
+    except InvalidSignature as err:
+        raise BadSignature("the signature does not match the decision (altered, or another message)") from err
+
+
+# --- the decision
+
+
+def parse_payload(message: bytes | str) -> DecisionPayload:
+    """The signed text must be canonical, so one decision has exactly one signed form."""
+    raw = message.encode() if isinstance(message, str) else message
+    try:
+        payload = DecisionPayload.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = "".join(f"{part}: " for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise MalformedPayload(f"not a drflow decision: {where}{message}") from err
+    if payload.canonical() != raw:
+        raise MalformedPayload("the decision is not in canonical form (sorted keys, no spaces)")
+    return payload
+
+
+def verify_decision(
+    message: bytes | str,
+    armored: str,
+    *,
+    expected: Expected,
+    people: People,
+    now: datetime,
+    max_age: timedelta = MAX_AGE,
+    max_ahead: timedelta = MAX_AHEAD,
+) -> VerifiedDecision:
+    """Check a signed decision from signature to meaning; raises a ``SignatureRefused`` subclass.
+
+    Order: the framing and the signature first (so nothing unauthenticated is interpreted), then whether the
+    key is this person's, then whether the decision is for what is open now, then its age.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime (the workflow's workflow.now())")
+    sig = parse_armored(armored)
+    raw = message.encode() if isinstance(message, str) else message
+    check_signature(sig, raw)
+    payload = parse_payload(raw)
+    try:
+        person = people.person(payload.person)
+    except UnknownApproverError as err:
+        raise UnknownSigner(f"{payload.person!r} is not in the people file") from err
+    key = sig.fingerprint
+    if key in person.revoked_keys:
+        raise KeyRevoked(f"key {key} of {person.name!r} is revoked")
+    if not people.key_allowed(person.name, key):
+        raise KeyNotListed(f"key {key} is not one of {person.name!r}'s keys in the people file")
+    for field in ("person", "workflow_id", "run_id", "gate", "failed_step", "decision", "plan_checksum"):
+        signed, wanted = getattr(payload, field), getattr(expected, field)
+        if signed != wanted:
+            raise PayloadMismatch(f"signed for {field} {signed!r}, but this is {field} {wanted!r}")
+    signed_at = payload.signed_time()
+    if signed_at < now - max_age:
+        raise OutsideWindow(f"signed at {payload.signed_at}, more than {max_age} before {utc_stamp(now)}")
+    if signed_at > now + max_ahead:
+        raise OutsideWindow(f"signed at {payload.signed_at}, more than {max_ahead} after {utc_stamp(now)}")
+    return VerifiedDecision(person=person.name, fingerprint=key, signed_at=payload.signed_at, payload=payload)
