@@ -26,7 +26,9 @@ from activities.service_lock import lock_workflow_id
 from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.support.temporal import start_dev_server
+from tests.test_canary_guard import until
 from workers.sandbox.named import free_port
+from workers.sandbox.processes import stop_process
 from workers.worker import build_worker
 from workflows.drill import DrillWorkflow
 from workflows.drill_models import DrillRequest
@@ -169,6 +171,39 @@ async def failback_canary(client: Client, world: SandboxWorld, queue: str) -> Re
     return [handle.id]
 
 
+async def planned_writable(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """A planned failover since ``writable-at-end``: it proves the target writes before it completes."""
+    failover_id, _lock = await planned(client, world, queue)
+    return [failover_id]
+
+
+async def failback_canary_asks(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """``canary-ask-after-switch``: region-a's app stops at 25 %, the failed analysis waits for a person
+    (no rollback to the standby region), the app comes back, a retry passes and the failback completes."""
+    world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
+    await planned(client, world, queue)
+    request = FailbackRequest(service=world.service, reason="recorded", requested_by="alice", prepare=True)
+    handle = await client.start_workflow(
+        FailbackWorkflow.run, request, id=f"failback-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+    await wait_for_gate(client, handle.id, gate="failback", report_type=FailbackReport)
+    await handle.execute_update(FailbackWorkflow.approve, ApprovalInput(approver="carol", reason="failback"))
+    await until(handle, lambda r: any(s.percent == 5 and s.outcome == "passed" for s in r.stages))
+    pid = world.sandbox._app_pid("region-a")
+    assert pid is not None
+    stop_process(pid, 5)
+    await until(handle, lambda r: r.waiting_step is not None)
+    world.sandbox.restart_app("region-a")
+    await handle.execute_update(
+        FailbackWorkflow.decide, DecisionInput(decision="retry", operator="carol", reason="app restarted")
+    )
+    await wait_for_gate(client, handle.id, gate="failback-100", report_type=FailbackReport)
+    await handle.execute_update(FailbackWorkflow.approve, ApprovalInput(approver="carol", reason="100"))
+    report = await handle.result()
+    assert report.outcome == "completed", report.messages
+    return [handle.id]
+
+
 async def dry_runs(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     """Plan mode of both directions: a failover planned from the start, a failback planned after one."""
     failover = await client.execute_workflow(
@@ -227,6 +262,8 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failback-canary": failback_canary,
     "drill": drill,
     "dry-run": dry_runs,
+    "failover-planned-writable": planned_writable,
+    "failback-canary-asks": failback_canary_asks,
 }
 
 
