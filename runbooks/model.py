@@ -48,11 +48,13 @@ def drop_unset(data: Any, *names: str) -> Any:
     """Leave out fields newer than the histories and workers that may read this payload, when unset.
 
     Payloads are ``extra="forbid"``: a worker of the previous release refuses any field it does not know,
-    so a field at its empty default is not written at all (``docs/versioning.md``).
+    so a field at its empty default (None, False, an empty mapping or list) is not written at all
+    (``docs/versioning.md``). Identity, not equality: a real ``0`` is a value and stays.
     """
     if isinstance(data, dict):
         for name in names:
-            if name in data and data[name] in (None, {}, []):
+            value = data.get(name, ...)
+            if value is None or value is False or (isinstance(value, dict | list) and not value):
                 data.pop(name)
     return data
 
@@ -69,13 +71,10 @@ class Objectives(StrictModel):
     )
 
     @model_serializer(mode="wrap")
-    def _without_unset_rpo_bytes(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """A runbook without ``rpo_bytes`` serialises as before it existed, so workers of the previous
         release still decode the runbook payloads that newer workers write into histories."""
-        data = handler(self)
-        if isinstance(data, dict) and data.get("rpo_bytes") is None:
-            data.pop("rpo_bytes", None)
-        return data
+        return drop_unset(handler(self), "rpo_bytes")
 
 
 class Region(StrictModel):
@@ -294,13 +293,10 @@ class RdsDatabase(StrictModel):
     )
 
     @model_serializer(mode="wrap")
-    def _without_unset_fence_groups(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Without fence groups the section serialises as before the field existed, so workers of the
         previous release still decode the runbook payloads that newer workers write into histories."""
-        data = handler(self)
-        if isinstance(data, dict) and not data.get("fence_security_groups"):
-            data.pop("fence_security_groups", None)
-        return data
+        return drop_unset(handler(self), "fence_security_groups")
 
     def resync_problem(self, region: str) -> str | None:
         """None: drflow re-syncs the old primary as a new cross-region read replica (the old one is kept)."""
@@ -495,14 +491,9 @@ class Failback(StrictModel):
         return value
 
     @model_serializer(mode="wrap")
-    def _without_unset_orders(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Unset fields are left out, so a failback section serialises as before they existed."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key in ("database", "on_failed_analysis"):
-                if data.get(key) is None:
-                    data.pop(key, None)
-        return data
+        return drop_unset(handler(self), "database", "on_failed_analysis")
 
     @property
     def database_last(self) -> bool:
@@ -582,25 +573,13 @@ class Runbook(StrictModel):
         return data
 
     @model_serializer(mode="wrap")
-    def _without_unset_writes(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Without ``writes``, serialised as before the field existed (previous workers decode it)."""
-        data = handler(self)
-        if isinstance(data, dict) and data.get("writes") is None:
-            data.pop("writes", None)
-        return data
+        return drop_unset(handler(self), "writes")
 
     @model_validator(mode="after")
     def _rules(self) -> Runbook:
-        problems = rule_problems(self)
-        if problems:
-            raise PydanticCustomError(
-                "runbook_rules",
-                "{summary}",
-                {
-                    "summary": "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems),
-                    "problems": problems,
-                },
-            )
+        raise_rule_problems("runbook_rules", rule_problems(self))
         return self
 
     def follows_primary(self, region: str) -> bool:
@@ -653,6 +632,20 @@ def _with_region_addresses(servers: dict[str, Any], regions: dict[str, Any]) -> 
 
 
 Problem = tuple[tuple[str | int, ...], str]
+
+
+def raise_rule_problems(error_type: str, problems: list[Problem]) -> None:
+    """Cross-field problems as one validation error whose ``ctx["problems"]`` the loader locates one by one
+    (``runbooks.loader.RULE_ERROR_TYPES``)."""
+    if problems:
+        raise PydanticCustomError(
+            error_type,
+            "{summary}",
+            {
+                "summary": "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems),
+                "problems": problems,
+            },
+        )
 
 
 def rule_problems(runbook: Runbook) -> list[Problem]:

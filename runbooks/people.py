@@ -19,7 +19,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
 
 from runbooks.loader import (
     Problem,
@@ -29,7 +28,7 @@ from runbooks.loader import (
     runbooks_dir,
     validation_problems,
 )
-from runbooks.model import Name, StrictModel
+from runbooks.model import Name, StrictModel, raise_rule_problems
 
 PEOPLE_FILE = "people.yaml"
 FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}$"
@@ -131,16 +130,7 @@ class People(StrictModel):
 
     @model_validator(mode="after")
     def _rules(self) -> People:
-        problems = people_problems(self)
-        if problems:
-            raise PydanticCustomError(
-                "people_rules",
-                "{summary}",
-                {
-                    "summary": "; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems),
-                    "problems": problems,
-                },
-            )
+        raise_rule_problems("people_rules", people_problems(self))
         return self
 
     def person(self, name: str) -> Person:

@@ -63,7 +63,6 @@ class FailbackWorkflow(Moves[FailbackReport]):
     kind = "failback"
     skippable_steps = frozenset({"verify propagation", "validate health"})
 
-
     @workflow.init
     def __init__(self, request: FailbackRequest) -> None:
         info = workflow.info()

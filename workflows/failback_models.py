@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
@@ -12,8 +12,8 @@ from activities.dns.plan import DnsChangePlan
 from activities.traffic.activities import SetWeightsResult
 from activities.traffic.analysis import CanaryResult
 from runbooks.durations import format_duration
-from runbooks.model import StrictModel
-from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport, omit_false_dry_run
+from runbooks.model import StrictModel, drop_unset
+from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport
 
 
 class FailbackRequest(StrictModel):
@@ -35,8 +35,8 @@ class FailbackRequest(StrictModel):
     )
 
     @model_serializer(mode="wrap")
-    def _omit_default_dry_run(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        return omit_false_dry_run(handler(self))
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "dry_run")
 
 
 class StageRecord(StrictModel):
@@ -64,12 +64,9 @@ class FailbackPlan(StrictModel):
     checksum: str
 
     @model_serializer(mode="wrap")
-    def _omit_default_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Database first is serialised as before the field existed, so previous workers decode the plan."""
-        data: dict[str, object] = handler(self)
-        if data.get("database_last") is False:
-            data.pop("database_last", None)
-        return data
+        return drop_unset(handler(self), "database_last")
 
 
 class FailbackReport(MoveReport):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
@@ -28,7 +28,7 @@ from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult, HealthValidationResult
 from activities.service_lock import LockHolder
 from runbooks.durations import format_duration
-from runbooks.model import Gate, StrictModel
+from runbooks.model import Gate, StrictModel, drop_unset
 
 Mode = Literal["planned", "emergency", "drill"]
 Channel = Literal["cli", "ui", "slack", "api"]
@@ -55,20 +55,11 @@ class FailoverRequest(StrictModel):
     )
 
     @model_serializer(mode="wrap")
-    def _omit_default_dry_run(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        return omit_false_dry_run(handler(self))
-
-
-def omit_false_dry_run(data: dict[str, object]) -> dict[str, object]:
-    """A real run's request is serialised without ``dry_run``: the same bytes as before the field existed.
-
-    Requests are ``extra="forbid"``, so a worker older than plan mode would refuse any payload naming the
-    field; leaving it out when false keeps real runs startable on such a worker during a rolling upgrade
-    (only a dry run needs a worker that knows it).
-    """
-    if data.get("dry_run") is False:
-        data = {k: v for k, v in data.items() if k != "dry_run"}
-    return data
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A real run's request is serialised without ``dry_run``: the same bytes as before the field
+        existed, so it stays startable on a worker older than plan mode during a rolling upgrade (only a
+        dry run needs a worker that knows it)."""
+        return drop_unset(handler(self), "dry_run")
 
 
 class ApprovalInput(StrictModel):

@@ -78,11 +78,3 @@ def no_replay_position(provider: str) -> ApplicationError:
         non_retryable=True,
     )
 
-
-def cannot_resync(provider: str) -> ApplicationError:
-    """For a provider whose old primary drflow cannot re-sync as a standby (yet)."""
-    return ApplicationError(
-        f"database provider {provider!r} is not supported by this worker yet",
-        type=ErrorType.UNSUPPORTED_PROVIDER,
-        non_retryable=True,
-    )

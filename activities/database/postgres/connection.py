@@ -100,18 +100,24 @@ def allow_connections(conn: Connection, actions: list[str]) -> int:
     return len(refused)
 
 
-def verify_writable(node: PostgresNode, deadline: float) -> tuple[bool, str]:
-    """Create, fill and drop a temporary table on the runbook's database, in a fresh session, as apps would.
+def try_write(node: PostgresNode) -> None:
+    """Create, fill and drop a temporary table on the runbook's database, in a fresh session, as apps would;
+    raises the ``psycopg.Error`` that stopped it.
 
     synchronous_commit=local: a synchronous standby that is gone must not hang the check.
     """
+    with connect(node, dbname=node.dbname) as conn, conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = local")
+        conn.execute("CREATE TEMP TABLE drflow_write_check (at timestamptz) ON COMMIT DROP")
+        conn.execute("INSERT INTO drflow_write_check VALUES (now())")
+
+
+def verify_writable(node: PostgresNode, deadline: float) -> tuple[bool, str]:
+    """``try_write`` until it commits or the deadline passes."""
     problem = "no attempt"
     while True:
         try:
-            with connect(node, dbname=node.dbname) as conn, conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = local")
-                conn.execute("CREATE TEMP TABLE drflow_write_check (at timestamptz) ON COMMIT DROP")
-                conn.execute("INSERT INTO drflow_write_check VALUES (now())")
+            try_write(node)
             return True, f"write verified on database {node.dbname} (temporary table, committed)"
         except psycopg.Error as err:
             problem = describe_error(err)

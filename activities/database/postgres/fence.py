@@ -28,6 +28,7 @@ from activities.database.postgres.connection import (
     hook_values,
     time_left,
     timeout_ms,
+    try_write,
     verify_writable,
     where,
 )
@@ -42,7 +43,6 @@ from activities.database.postgres.pg_ctl import (
 from activities.database.results import FenceMode, FenceResult, UnfenceResult
 from activities.errors import ErrorType
 from activities.hooks import HookRun, require_success, run_hook
-from activities.secrets import resolve_secret
 from runbooks.model import CommandHook, PostgresRole, StrictModel
 
 
@@ -223,27 +223,19 @@ def _prove_fenced(req: FenceRequest) -> tuple[bool, str]:
     node = req.target.node
     if role is None:
         return True, "no application role declared: the fence is not proven by a write (nodes drflow manages)"
-    as_app = node.model_copy(update={"user": role.user, "password": role.password})
     try:
-        with psycopg.connect(
-            host=node.host, port=node.port, dbname=node.dbname, user=role.user,
-            password=resolve_secret(role.password) if role.password else None,
-            connect_timeout=int(CONNECT_TIMEOUT), autocommit=True, application_name="drflow-fence-proof",
-        ) as conn, conn.transaction():  # fmt: skip
-            conn.execute("SET LOCAL synchronous_commit = local")
-            conn.execute("CREATE TEMP TABLE drflow_fence_check (at timestamptz) ON COMMIT DROP")
-            conn.execute("INSERT INTO drflow_fence_check VALUES (now())")
+        try_write(node.model_copy(update={"user": role.user, "password": role.password}))
     except psycopg.Error as err:
         state = err.sqlstate or ""
         message = describe_error(err)
         refused = any(text in message for text in _REFUSED_MESSAGES)
         if state in _REFUSED_SQLSTATES or refused:
-            return True, f"a write as {role.user} on {where(as_app)}/{node.dbname} is refused: {message}"
+            return True, f"a write as {role.user} on {where(node)}/{node.dbname} is refused: {message}"
         return False, (
-            f"a write as {role.user} did not reach {where(as_app)}, which proves no fence (a partition looks "
+            f"a write as {role.user} did not reach {where(node)}, which proves no fence (a partition looks "
             f"the same): {message}"
         )
-    return False, f"a write as {role.user} on {where(as_app)}/{node.dbname} still succeeds: NOT fenced"
+    return False, f"a write as {role.user} on {where(node)}/{node.dbname} still succeeds: NOT fenced"
 
 
 def _cut_connections(req: FenceRequest, deadline: float) -> FenceResult:
