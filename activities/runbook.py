@@ -4,16 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
 from runbooks.loader import LoadedRunbook, RunbookError, UnknownServiceError, find_runbook
-from runbooks.model import StrictModel
+from runbooks.model import Approvals, StrictModel
+from runbooks.people import PeopleFileError, PeopleSnapshot, people_for
 
 
 class LoadRunbookRequest(StrictModel):
     service: str
+
+
+class LoadPeopleRequest(StrictModel):
+    """The approvals of the runbook the run holds (not of the file now on disk, which may have changed)."""
+
+    service: str
+    approvals: Approvals
+
+
+class LoadedPeople(StrictModel):
+    snapshot: PeopleSnapshot | None = Field(
+        default=None, description="None: the runbook uses no people file (approvers are unverified strings)"
+    )
 
 
 class RunbookActivities:
@@ -31,6 +46,18 @@ class RunbookActivities:
         except RunbookError as err:
             raise ApplicationError(
                 f"runbook for {request.service} is invalid:\n{err}",
+                type=ErrorType.INVALID_RUNBOOK,
+                non_retryable=True,
+            ) from err
+
+    @activity.defn(name="load_people")
+    def load_people(self, request: LoadPeopleRequest) -> LoadedPeople:
+        """The people file as this gate will use it; a broken or mismatched file fails without retries."""
+        try:
+            return LoadedPeople(snapshot=people_for(request.service, request.approvals, self._directory))
+        except PeopleFileError as err:
+            raise ApplicationError(
+                f"the people file for {request.service} cannot be used:\n{err}",
                 type=ErrorType.INVALID_RUNBOOK,
                 non_retryable=True,
             ) from err

@@ -69,6 +69,9 @@ class LoadedRunbook(BaseModel):
     sha256: str
 
 
+PEOPLE_FILE = "people.yaml"
+
+
 def runbooks_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(RUNBOOKS_ENV) or DEFAULT_RUNBOOKS_DIR)
 
@@ -103,6 +106,8 @@ def load_directory(directory: str | os.PathLike[str]) -> tuple[list[LoadedRunboo
     problems: list[Problem] = []
     seen: dict[str, str] = {}
     for file in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        if file.name == PEOPLE_FILE:  # the people file sits beside the runbooks and is not a service
+            continue
         try:
             item = load_runbook_file(file)
         except RunbookError as err:

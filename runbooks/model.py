@@ -516,8 +516,41 @@ class Writes(StrictModel):
     how: str = Field(min_length=1, description="the mechanism, for the approver and the audit record")
 
 
+class Quorum(StrictModel):
+    """What one gate needs before it passes; frozen when the gate opens."""
+
+    min_approvals: int = Field(default=1, ge=1, le=9, description="distinct people who must approve")
+    groups: list[Name] = Field(
+        default_factory=list,
+        description="people-file groups that must each be represented among the approvers, e.g. [dba, sre]",
+    )
+
+
 class Approvals(StrictModel):
-    approvers: list[str] = Field(default_factory=list, description="identities allowed to approve (CLI, UI)")
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="who may approve: with a people file, names of people or groups; without one, the "
+        "strings the CLI and UI send (unverified)",
+    )
+    people: str | None = Field(
+        default=None,
+        description="the people file (who approves, with which keys); relative paths resolve from the "
+        "worker's working directory, like file: secrets. Default: people.yaml in the runbooks directory, "
+        "when it exists",
+    )
+    unsigned: Literal["refuse", "record"] | None = Field(
+        default=None,
+        description="with a people file, what an unsigned answer (Web UI Send Update, raw temporal) gets: "
+        "refuse (the default) or record it as 'identity not verified'",
+    )
+    unverified_requester: Literal["two-person", "refuse"] | None = Field(
+        default=None,
+        description="when unsigned answers are refused and the request was not signed: two distinct "
+        "verified approvers at every gate (two-person, the default) or refuse the run at its start",
+    )
+    quorum: dict[Gate, Quorum] = Field(
+        default_factory=dict, description="per gate: how many distinct people and which groups must approve"
+    )
     slack: SlackApprovals | None = None
     gates: list[Gate] = Field(default_factory=lambda: list(DEFAULT_GATES))
     skip_in_emergency: list[Gate] = Field(
@@ -530,6 +563,11 @@ class Approvals(StrictModel):
         description="an unanswered gate is re-posted in Slack this long after it opened, mentioning "
         "slack.escalation_group",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Runbooks without people or quorum serialise as before those fields existed (rolling upgrades)."""
+        return drop_unset(handler(self), "people", "unsigned", "unverified_requester", "quorum")
 
 
 class Runbook(StrictModel):

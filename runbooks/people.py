@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from runbooks.loader import (
+    PEOPLE_FILE,
     Problem,
     RunbookError,
     load_yaml_mapping,
@@ -28,9 +30,8 @@ from runbooks.loader import (
     runbooks_dir,
     validation_problems,
 )
-from runbooks.model import Name, StrictModel, raise_rule_problems
+from runbooks.model import Approvals, Name, StrictModel, raise_rule_problems
 
-PEOPLE_FILE = "people.yaml"
 FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}$"
 SLACK_ID_PATTERN = r"^[UW][A-Z0-9]{2,}$"
 MIN_RSA_BITS = 2048
@@ -170,12 +171,20 @@ class People(StrictModel):
     def allowed_signers(self) -> str:
         """The file ``ssh-keygen -Y verify -f`` reads, so anyone can check a decision without drflow."""
         lines = [
-            f'{p.name} namespaces="drflow-approval" {line}'
+            f'{p.name} namespaces="drflow-approval,drflow-request" {line}'
             for p in self.people
             for line in p.keys
             if fingerprint(line) not in p.revoked_keys
         ]
+        lines += [f'gateway:{g.name} namespaces="drflow-slack-attestation" {g.key}' for g in self.gateways]
         return "".join(f"{line}\n" for line in lines)
+
+    def identify(self, claim: str) -> Person | None:
+        """The person an unverified name or Slack id stands for: names compare without letter case."""
+        if re.fullmatch(SLACK_ID_PATTERN, claim):
+            return self.person_for_slack(claim)
+        wanted = claim.strip().casefold()
+        return next((p for p in self.people if p.name == wanted), None)
 
 
 class PeopleFileError(RunbookError):
@@ -262,6 +271,77 @@ def parse_people(raw: bytes, source: str) -> People:
         raise PeopleFileError(validation_problems(err, document, source, "docs/approvals.md")) from err
 
 
+class PeopleSnapshot(StrictModel):
+    """The people file as one gate saw it: the content and its digest, pinned in the run's history."""
+
+    people: People
+    source: str
+    sha256: str
+
+
+def people_location(approvals: Approvals, directory: str | os.PathLike[str] | None = None) -> Path | None:
+    """The runbook's own ``approvals.people``, else ``people.yaml`` of the runbooks directory if present."""
+    if approvals.people is not None:
+        return Path(approvals.people)
+    default = people_path(directory)
+    return default if default.is_file() else None
+
+
+def people_for(
+    service: str, approvals: Approvals, directory: str | os.PathLike[str] | None = None
+) -> PeopleSnapshot | None:
+    """The people file a service's approvals use, checked against them; None when they use none."""
+    location = people_location(approvals, directory)
+    if location is None:
+        return None
+    try:
+        raw = location.read_bytes()
+    except OSError as err:
+        raise PeopleFileError(
+            [Problem(str(location), None, "", f"cannot read: {err.strerror or err}")]
+        ) from err
+    people = parse_people(raw, str(location))
+    problems = approver_problems(approvals, people)
+    if problems:
+        raise PeopleFileError([Problem(str(location), None, f"{service}: approvals", p) for p in problems])
+    return PeopleSnapshot(people=people, source=str(location), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def approver_problems(approvals: Approvals, people: People) -> list[str]:
+    """What a runbook's approvals name must exist in the people file, and each quorum must be reachable."""
+    problems: list[str] = []
+    allowed: set[str] = set()
+    for name in approvals.approvers:
+        try:
+            allowed |= people.resolve(name)
+        except UnknownApproverError as err:
+            problems.append(f"approver {err}")
+    slack = approvals.slack
+    if slack is not None:
+        for user in slack.approvers:
+            person = people.person_for_slack(user)
+            if person is None:
+                problems.append(
+                    f"Slack approver {user} is no person of the people file (add it to their slack)"
+                )
+            else:
+                allowed.add(person.name)
+        if slack.identities:
+            problems.append(
+                "slack.identities is replaced by the people file's slack ids: remove it from the runbook"
+            )
+    for gate, rule in approvals.quorum.items():
+        for group in rule.groups:
+            if group not in people.groups():
+                problems.append(f"quorum of {gate}: group {group!r} is not in the people file")
+        reachable = len(allowed) + (1000 if slack is not None and slack.usergroup else 0)
+        if rule.min_approvals > reachable:
+            problems.append(
+                f"quorum of {gate}: {rule.min_approvals} approvals needed but only {len(allowed)} approvers"
+            )
+    return problems
+
+
 def people_schema() -> dict[str, Any]:
     """The JSON Schema of the people file (``docs/people.schema.json``), for editors and CI checks."""
     return People.model_json_schema()
@@ -272,6 +352,7 @@ __all__ = [
     "Gateway",
     "People",
     "PeopleFileError",
+    "PeopleSnapshot",
     "Person",
     "UnknownApproverError",
     "fingerprint",

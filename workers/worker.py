@@ -142,6 +142,7 @@ def activities_for(client: Client, runbooks_dir: Path, archive: ArchiveWriter | 
     lock = ServiceLockActivities(client)
     return [
         RunbookActivities(runbooks_dir).load_runbook,
+        RunbookActivities(runbooks_dir).load_people,
         probe_health,
         validate_health,
         read_dns_record,

@@ -16,7 +16,7 @@ import binascii
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -118,7 +118,12 @@ class DecisionPayload(StrictModel):
         default=None, min_length=1, description="the failed step `decide` answers"
     )
     decision: GateDecision | StepDecision
-    plan_checksum: str = Field(pattern=r"^[0-9a-f]{64}$", description="the full plan checksum the person saw")
+    plan_checksum: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the full plan checksum the person saw; required for a gate, and for a failed step once "
+        "the run has a plan",
+    )
     person: Name
     signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", description="ISO 8601 UTC, seconds")
 
@@ -132,12 +137,13 @@ class DecisionPayload(StrictModel):
             raise ValueError(f"{self.decision!r} answers a gate, not a failed step")
         if self.decision == "accept-data-loss" and self.gate != "data-loss":
             raise ValueError("accept-data-loss answers only the data-loss gate")
+        if self.gate is not None and self.plan_checksum is None:
+            raise ValueError("a gate's answer binds the full plan checksum")
         return self
 
     def canonical(self) -> bytes:
         """The exact bytes signed: JSON, sorted keys, no spaces, ASCII, unset fields left out."""
-        data = self.model_dump(exclude_none=True)
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        return canonical_json(self)
 
     def signed_time(self) -> datetime:
         return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
@@ -158,7 +164,7 @@ class Expected(StrictModel):
     gate: Gate | None = None
     failed_step: str | None = None
     decision: GateDecision | StepDecision
-    plan_checksum: str
+    plan_checksum: str | None
     person: str
 
 
@@ -168,7 +174,7 @@ class VerifiedDecision(StrictModel):
     person: str
     fingerprint: str
     signed_at: str
-    payload: DecisionPayload
+    payload: DecisionPayload | None = None
 
 
 # --- SSHSIG framing (PROTOCOL.sshsig)
@@ -205,7 +211,7 @@ class _Reader:
             raise MalformedSignature("trailing bytes after the signature")
 
 
-def _string(value: bytes) -> bytes:
+def ssh_string(value: bytes) -> bytes:
     return len(value).to_bytes(4, "big") + value
 
 
@@ -261,10 +267,10 @@ def signed_data(namespace: str, hash_algorithm: str, message: bytes) -> bytes:
     digest = HASHES[hash_algorithm](message).digest()
     return (
         MAGIC
-        + _string(namespace.encode())
-        + _string(b"")
-        + _string(hash_algorithm.encode())
-        + _string(digest)
+        + ssh_string(namespace.encode())
+        + ssh_string(b"")
+        + ssh_string(hash_algorithm.encode())
+        + ssh_string(digest)
     )
 
 
@@ -305,16 +311,29 @@ def check_signature(sig: SshSignature, message: bytes, namespace: str = NAMESPAC
 
 def parse_payload(message: bytes | str) -> DecisionPayload:
     """The signed text must be canonical, so one decision has exactly one signed form."""
+    return parse_canonical(DecisionPayload, message, "decision")
+
+
+P = TypeVar("P", bound=StrictModel)
+
+
+def canonical_json(model: StrictModel) -> bytes:
+    """JSON with sorted keys, no spaces, ASCII and unset fields left out: one text per payload."""
+    data = model.model_dump(exclude_none=True)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def parse_canonical(kind: type[P], message: bytes | str, what: str) -> P:
     raw = message.encode() if isinstance(message, str) else message
     try:
-        payload = DecisionPayload.model_validate_json(raw)
+        payload = kind.model_validate_json(raw)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = "".join(f"{part}: " for part in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise MalformedPayload(f"not a drflow decision: {where}{message}") from err
-    if payload.canonical() != raw:
-        raise MalformedPayload("the decision is not in canonical form (sorted keys, no spaces)")
+        text = str(first["msg"]).removeprefix("Value error, ")
+        raise MalformedPayload(f"not a drflow {what}: {where}{text}") from err
+    if canonical_json(payload) != raw:
+        raise MalformedPayload(f"the {what} is not in canonical form (sorted keys, no spaces)")
     return payload
 
 
@@ -348,13 +367,32 @@ def verify_decision(
         raise KeyRevoked(f"key {key} of {person.name!r} is revoked")
     if not people.key_allowed(person.name, key):
         raise KeyNotListed(f"key {key} is not one of {person.name!r}'s keys in the people file")
-    for field in ("person", "workflow_id", "run_id", "gate", "failed_step", "decision", "plan_checksum"):
-        signed, wanted = getattr(payload, field), getattr(expected, field)
-        if signed != wanted:
-            raise PayloadMismatch(f"signed for {field} {signed!r}, but this is {field} {wanted!r}")
-    signed_at = payload.signed_time()
-    if signed_at < now - max_age:
-        raise OutsideWindow(f"signed at {payload.signed_at}, more than {max_age} before {utc_stamp(now)}")
-    if signed_at > now + max_ahead:
-        raise OutsideWindow(f"signed at {payload.signed_at}, more than {max_ahead} after {utc_stamp(now)}")
+    compare(payload, expected, ("person", *BOUND_FIELDS))
+    check_window(payload.signed_time(), payload.signed_at, now, max_age, max_ahead)
     return VerifiedDecision(person=person.name, fingerprint=key, signed_at=payload.signed_at, payload=payload)
+
+
+BOUND_FIELDS = ("workflow_id", "run_id", "gate", "failed_step", "decision", "plan_checksum")
+
+
+def compare(payload: object, expected: object, fields: tuple[str, ...]) -> None:
+    """Each bound field must be what is open now; a changed plan says which plan is current."""
+    for field in fields:
+        signed, wanted = getattr(payload, field), getattr(expected, field)
+        if signed == wanted:
+            continue
+        if field == "plan_checksum":
+            raise PayloadMismatch(
+                f"the plan changed since it was signed (signed for plan {signed}); the current plan is "
+                f"{wanted}: read it (drflow status) and answer again"
+            )
+        raise PayloadMismatch(f"signed for {field} {signed!r}, but this is {field} {wanted!r}")
+
+
+def check_window(
+    signed_at: datetime, stamp: str, now: datetime, max_age: timedelta, max_ahead: timedelta
+) -> None:
+    if signed_at < now - max_age:
+        raise OutsideWindow(f"signed at {stamp}, more than {max_age} before {utc_stamp(now)}")
+    if signed_at > now + max_ahead:
+        raise OutsideWindow(f"signed at {stamp}, more than {max_ahead} after {utc_stamp(now)}")

@@ -46,6 +46,7 @@ def sign(
     payload: DecisionPayload | bytes,
     key_file: str | os.PathLike[str] | None = None,
     *,
+    namespace: str = NAMESPACE,
     allowed_keys: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> str:
@@ -57,7 +58,7 @@ def sign(
     """
     message = payload.canonical() if isinstance(payload, DecisionPayload) else payload
     environment = dict(env if env is not None else os.environ)
-    command = [_ssh_keygen(), "-Y", "sign", "-n", NAMESPACE]
+    command = [_ssh_keygen(), "-Y", "sign", "-n", namespace]
     with tempfile.TemporaryDirectory(prefix="drflow-sign-") as scratch:
         if key_file is not None:
             command += ["-f", str(key_file)]

@@ -540,9 +540,7 @@ def _secondary_not_settled(
     """What still keeps the old writer from being a settled secondary ("" when nothing does)."""
     pending = global_cluster.get("FailoverState")
     if pending is not None:
-        return (
-            f"a {pending.get('Status')} move of the writer to {pending.get('ToDbClusterArn')} is under way"
-        )
+        return f"a {pending.get('Status')} move of the writer to {pending.get('ToDbClusterArn')} is under way"
     if writer is None or not writer.get("IsWriter", False):
         return "the source is not (yet) the writer of the global cluster"
     if member is None or member.get("IsWriter", False):

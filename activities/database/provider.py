@@ -77,4 +77,3 @@ def no_replay_position(provider: str) -> ApplicationError:
         type=ErrorType.NOT_APPLICABLE,
         non_retryable=True,
     )
-

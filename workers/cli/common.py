@@ -99,15 +99,29 @@ def services_to_check(directory: Path, service: str | None) -> list[LoadedRunboo
             raise Failure("fix these runbooks first:\n" + "\n".join(f"  {p}" for p in problems))
         if not loaded:
             raise Failure(f"no runbooks in {directory}")
+        for item in loaded:
+            _check_people(item, directory)
         return loaded
     for item in loaded:
         if item.runbook.service == service:
+            _check_people(item, directory)
             return [item]
     broken = [p for p in problems if Path(p.file).stem == service]
     if broken:
         raise Failure(f"the runbook of {service} is invalid:\n" + "\n".join(f"  {p}" for p in broken))
     known = ", ".join(sorted(i.runbook.service for i in loaded)) or "none"
     raise Failure(f"unknown service {service!r}: no runbook in {directory} describes it (known: {known})")
+
+
+def _check_people(item: LoadedRunbook, directory: Path) -> None:
+    """A runbook whose approvers the people file does not know is as broken as an invalid runbook."""
+    from runbooks.people import PeopleFileError, people_for
+
+    try:
+        people_for(item.runbook.service, item.runbook.approvals, directory)
+    except PeopleFileError as err:
+        service = item.runbook.service
+        raise Failure(f"the approvals of {service} do not match the people file:\n{err}") from err
 
 
 def configure_logging(level: int) -> None:

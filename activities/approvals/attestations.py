@@ -1,0 +1,197 @@
+"""Slack gateway attestations: "Slack user U.. clicked <decision> on run X, gate G, plan P at T", signed.
+
+Slack proves a click to the gateway (its request signature); the gateway proves it to the workflow with
+its own Ed25519 key, in the same SSHSIG format as people's decisions, under its own namespace, so an
+attestation is never mistaken for a person's signature and ``ssh-keygen -Y verify`` checks both. The
+workflow then maps the Slack user to one person of the people file. Signing happens in the gateway
+process with ``cryptography`` (the gateway holds the key as a secret reference; no ssh-agent there).
+"""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_ssh_private_key,
+)
+from pydantic import Field, model_validator
+
+from activities.approvals.signatures import (
+    ARMOR_BEGIN,
+    ARMOR_END,
+    BOUND_FIELDS,
+    MAGIC,
+    MAX_AGE,
+    MAX_AHEAD,
+    SSHSIG_VERSION,
+    STAMP_FORMAT,
+    GateDecision,
+    StepDecision,
+    UnknownSigner,
+    canonical_json,
+    check_signature,
+    check_window,
+    compare,
+    parse_armored,
+    parse_canonical,
+    signed_data,
+    ssh_string,
+    utc_stamp,
+)
+from runbooks.model import Gate, Name, StrictModel
+from runbooks.people import People, Person
+
+ATTESTATION_NAMESPACE: Final = "drflow-slack-attestation"
+
+
+class AttestationPayload(StrictModel):
+    """What the gateway signs for one click."""
+
+    version: Literal[1] = 1
+    namespace: Literal["drflow-slack-attestation"] = ATTESTATION_NAMESPACE
+    gateway: Name = Field(description="the gateway's name in the people file")
+    workflow_id: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+    gate: Gate | None = None
+    failed_step: str | None = Field(default=None, min_length=1)
+    decision: GateDecision | StepDecision
+    plan_checksum: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    slack_user: str = Field(pattern=r"^[UW][A-Z0-9]+$")
+    signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+    @model_validator(mode="after")
+    def _gate_or_step(self) -> AttestationPayload:
+        if (self.gate is None) == (self.failed_step is None):
+            raise ValueError("an attestation answers exactly one of gate or failed_step")
+        if self.gate is not None and self.plan_checksum is None:
+            raise ValueError("a gate's answer binds the full plan checksum")
+        return self
+
+    def canonical(self) -> bytes:
+        return canonical_json(self)
+
+    def signed_time(self) -> datetime:
+        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+class ExpectedClick(StrictModel):
+    workflow_id: str
+    run_id: str
+    gate: Gate | None = None
+    failed_step: str | None = None
+    decision: GateDecision | StepDecision
+    plan_checksum: str | None
+    slack_user: str
+
+
+class VerifiedClick(StrictModel):
+    person: str
+    slack_user: str
+    gateway: str
+    fingerprint: str
+    signed_at: str
+
+
+class GatewaySigner:
+    """The gateway's Ed25519 key, from the OpenSSH private key text its secret reference resolves to."""
+
+    def __init__(self, name: str, private_key_text: str) -> None:
+        try:
+            key = load_ssh_private_key(private_key_text.encode(), password=None)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"the gateway key is not an unencrypted OpenSSH private key: {err}") from err
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError("the gateway key must be ed25519 (ssh-keygen -t ed25519)")
+        self.name = name
+        self._key = key
+        line = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+        self.public_key_line = line
+        self._public_blob = base64.b64decode(line.split()[1])
+
+    def sign(self, payload: AttestationPayload) -> str:
+        """An armored SSHSIG signature, the same bytes layout ``ssh-keygen -Y sign`` writes."""
+        message = payload.canonical()
+        signature = self._key.sign(signed_data(ATTESTATION_NAMESPACE, "sha512", message))
+        blob = (
+            MAGIC
+            + SSHSIG_VERSION.to_bytes(4, "big")
+            + ssh_string(self._public_blob)
+            + ssh_string(ATTESTATION_NAMESPACE.encode())
+            + ssh_string(b"")
+            + ssh_string(b"sha512")
+            + ssh_string(ssh_string(b"ssh-ed25519") + ssh_string(signature))
+        )
+        body = "\n".join(textwrap.wrap(base64.b64encode(blob).decode(), 70))
+        return f"{ARMOR_BEGIN}\n{body}\n{ARMOR_END}\n"
+
+    def attest(
+        self,
+        *,
+        workflow_id: str,
+        run_id: str,
+        decision: GateDecision | StepDecision,
+        slack_user: str,
+        now: datetime,
+        gate: Gate | None = None,
+        failed_step: str | None = None,
+        plan_checksum: str | None = None,
+    ) -> tuple[str, str]:
+        """The payload text and its signature, ready for the Update's ``signed`` and ``signature``."""
+        payload = AttestationPayload(
+            gateway=self.name, workflow_id=workflow_id, run_id=run_id, gate=gate, failed_step=failed_step,
+            decision=decision, plan_checksum=plan_checksum, slack_user=slack_user, signed_at=utc_stamp(now),
+        )  # fmt: skip
+        return payload.canonical().decode(), self.sign(payload)
+
+
+def is_attestation(message: str) -> bool:
+    """Cheap routing before verification: which verifier a signed Update goes to (both then check all)."""
+    return f'"namespace":"{ATTESTATION_NAMESPACE}"' in message
+
+
+def verify_attestation(
+    message: bytes | str,
+    armored: str,
+    *,
+    expected: ExpectedClick,
+    people: People,
+    now: datetime,
+    max_age: timedelta = MAX_AGE,
+    max_ahead: timedelta = MAX_AHEAD,
+) -> VerifiedClick:
+    """Signature by a trusted gateway key, then the click's binding, age, and its one person."""
+    sig = parse_armored(armored)
+    raw = message.encode() if isinstance(message, str) else message
+    check_signature(sig, raw, ATTESTATION_NAMESPACE)
+    payload = parse_canonical(AttestationPayload, raw, "Slack attestation")
+    gateway = people.gateway_for(sig.fingerprint)
+    if gateway is None:
+        raise UnknownSigner(
+            f"the attestation is signed by key {sig.fingerprint}, "
+            "which is no trusted gateway of the people file"
+        )
+    if gateway.name != payload.gateway:
+        raise UnknownSigner(f"signed by gateway {gateway.name!r} but claims {payload.gateway!r}")
+    compare(payload, expected, ("slack_user", *BOUND_FIELDS))
+    check_window(payload.signed_time(), payload.signed_at, now, max_age, max_ahead)
+    person = slack_person(people, payload.slack_user)
+    return VerifiedClick(
+        person=person.name, slack_user=payload.slack_user, gateway=gateway.name,
+        fingerprint=sig.fingerprint, signed_at=payload.signed_at,
+    )  # fmt: skip
+
+
+def slack_person(people: People, slack_user: str) -> Person:
+    person = people.person_for_slack(slack_user)
+    if person is None:
+        raise UnknownSigner(
+            "your Slack account is not in the people file, so it cannot approve: ask the service owner to "
+            "add your Slack user id to your entry"
+        )
+    return person

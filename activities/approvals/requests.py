@@ -1,0 +1,96 @@
+"""Signed requests: ``drflow failover --as alice`` proves that alice asked, so separation of duties holds.
+
+The run id does not exist before the start, so a request binds what the person asked instead: the
+workflow id (one run per service at a time), the service, the kind, where to, the mode and the reason.
+Its own namespace keeps a request signature from ever counting as an approval.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+
+from pydantic import Field
+
+from activities.approvals.signatures import (
+    MAX_AGE,
+    MAX_AHEAD,
+    STAMP_FORMAT,
+    KeyNotListed,
+    KeyRevoked,
+    UnknownSigner,
+    VerifiedDecision,
+    canonical_json,
+    check_signature,
+    check_window,
+    compare,
+    parse_armored,
+    parse_canonical,
+)
+from runbooks.model import Name, StrictModel
+from runbooks.people import People, UnknownApproverError
+
+REQUEST_NAMESPACE: Final = "drflow-request"
+RequestKind = Literal["failover", "failback"]
+
+
+class RequestPayload(StrictModel):
+    version: Literal[1] = 1
+    namespace: Literal["drflow-request"] = REQUEST_NAMESPACE
+    kind: RequestKind
+    workflow_id: str = Field(min_length=1)
+    service: str = Field(min_length=1)
+    target: str | None = Field(default=None, description="failover: the region to fail over to")
+    home: str | None = Field(default=None, description="failback: the region traffic returns to, if named")
+    mode: str | None = Field(default=None, description="failover: planned, emergency or drill")
+    reason: str = Field(min_length=1)
+    person: Name
+    signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+    def canonical(self) -> bytes:
+        return canonical_json(self)
+
+    def signed_time(self) -> datetime:
+        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+class ExpectedRequest(StrictModel):
+    kind: RequestKind
+    workflow_id: str
+    service: str
+    target: str | None = None
+    home: str | None = None
+    mode: str | None = None
+    reason: str
+    person: str
+
+
+REQUEST_FIELDS = ("person", "kind", "workflow_id", "service", "target", "home", "mode", "reason")
+
+
+def verify_request(
+    message: bytes | str,
+    armored: str,
+    *,
+    expected: ExpectedRequest,
+    people: People,
+    now: datetime,
+    max_age: timedelta = MAX_AGE,
+    max_ahead: timedelta = MAX_AHEAD,
+) -> VerifiedDecision:
+    """As ``verify_decision``: signature, the person's listed and unrevoked key, the binding, the age."""
+    sig = parse_armored(armored)
+    raw = message.encode() if isinstance(message, str) else message
+    check_signature(sig, raw, REQUEST_NAMESPACE)
+    payload = parse_canonical(RequestPayload, raw, "request")
+    try:
+        person = people.person(payload.person)
+    except UnknownApproverError as err:
+        raise UnknownSigner(f"{payload.person!r} is not in the people file") from err
+    if sig.fingerprint in person.revoked_keys:
+        raise KeyRevoked(f"key {sig.fingerprint} of {person.name!r} is revoked")
+    if not people.key_allowed(person.name, sig.fingerprint):
+        raise KeyNotListed(f"key {sig.fingerprint} is not one of {person.name!r}'s keys in the people file")
+    compare(payload, expected, REQUEST_FIELDS)
+    check_window(payload.signed_time(), payload.signed_at, now, max_age, max_ahead)
+    return VerifiedDecision(person=person.name, fingerprint=sig.fingerprint, signed_at=payload.signed_at)
