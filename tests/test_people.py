@@ -82,7 +82,8 @@ def test_key_allowed_only_for_its_person_and_not_once_revoked(keys: dict[str, Ke
     assert not people.key_allowed("alice", keys["alice-old"].fingerprint), "revoked"
     assert not people.key_allowed("alice", keys["bob"].fingerprint), "bob's key"
     assert "alice-old@test" not in people.allowed_signers()
-    assert people.allowed_signers().startswith('alice namespaces="drflow-approval" ssh-ed25519 ')
+    assert people.allowed_signers().startswith('alice namespaces="drflow-approval,drflow-request" ssh-ed25519 ')
+    assert 'gateway:slack-prod namespaces="drflow-slack-attestation" ssh-ed25519 ' in people.allowed_signers()
 
 
 def test_unknown_group_or_person_is_an_error_not_an_empty_set(keys: dict[str, Key]) -> None:
@@ -214,4 +215,4 @@ def test_drflow_people_validate_and_allowed_signers_as_an_operator_runs_them(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert [line.split()[0] for line in done.stdout.splitlines()] == ["alice", "bob"]
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["alice", "bob", "gateway:slack-prod"]

@@ -33,10 +33,12 @@ class FailbackRequest(StrictModel):
         default=False,
         description="plan mode: preflight and the plan only, then stop (no lock, no gate, no change)",
     )
+    signed: str | None = Field(default=None, description="the signed request (drflow failback --as)")
+    signature: str | None = Field(default=None, description="its armored SSH signature")
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return drop_unset(handler(self), "dry_run")
+        return drop_unset(handler(self), "dry_run", "signed", "signature")
 
 
 class StageRecord(StrictModel):
@@ -155,9 +157,7 @@ def render_failback_plan(plan: FailbackPlan) -> str:
         rep = plan.database.replication
         lag = f"{rep.lag_seconds:.1f}s" if rep.lag_seconds is not None else "unknown"
         when = (
-            "after the last canary stage (100 %), before DNS"
-            if plan.database_last
-            else "before the canary"
+            "after the last canary stage (100 %), before DNS" if plan.database_last else "before the canary"
         )
         lines += [
             "",

@@ -39,6 +39,25 @@ StepOutcome = Literal["running", "ok", "skipped", "failed"]
 Decision = Literal["retry", "skip", "abort"]
 
 
+Identity = Literal["ssh-key", "slack-gateway", "unverified"]
+SIGNED_FIELDS = ("signed", "signature")
+
+
+def _signed_field() -> Any:
+    return Field(
+        default=None,
+        description="the canonical payload that was signed (drflow signs it for you with --as); "
+        "docs/approvals.md",
+    )
+
+
+def _signature_field() -> Any:
+    return Field(
+        default=None,
+        description="the armored SSH signature of `signed` (ssh-keygen -Y sign), or the Slack gateway's",
+    )
+
+
 class FailoverRequest(StrictModel):
     service: str = Field(min_length=1)
     target: str = Field(min_length=1, description="the region to fail over to")
@@ -53,13 +72,15 @@ class FailoverRequest(StrictModel):
         default=False,
         description="plan mode: preflight and the plan only, then stop (no lock, no gate, no change)",
     )
+    signed: str | None = _signed_field()
+    signature: str | None = _signature_field()
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """A real run's request is serialised without ``dry_run``: the same bytes as before the field
         existed, so it stays startable on a worker older than plan mode during a rolling upgrade (only a
-        dry run needs a worker that knows it)."""
-        return drop_unset(handler(self), "dry_run")
+        dry run needs a worker that knows it). The same for an unsigned request."""
+        return drop_unset(handler(self), "dry_run", *SIGNED_FIELDS)
 
 
 class ApprovalInput(StrictModel):
@@ -69,7 +90,17 @@ class ApprovalInput(StrictModel):
     reason: str = ""
     channel: Channel = "ui"
     gate: Gate | None = Field(default=None, description="defaults to the gate that is open")
-    plan_checksum: str | None = Field(default=None, description="if given, must be the plan the approver saw")
+    plan_checksum: str | None = Field(
+        default=None,
+        description="the full checksum of the plan you approve (required with a people file; without "
+        "one, if given, it must be the whole checksum)",
+    )
+    signed: str | None = _signed_field()
+    signature: str | None = _signature_field()
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), *SIGNED_FIELDS)
 
 
 class DecisionInput(StrictModel):
@@ -80,6 +111,12 @@ class DecisionInput(StrictModel):
     reason: str = ""
     channel: Channel = "ui"
     step: str | None = Field(default=None, description="if given, the waiting step (refuses stale buttons)")
+    signed: str | None = _signed_field()
+    signature: str | None = _signature_field()
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), *SIGNED_FIELDS)
 
 
 class UpdateOutcome(StrictModel):
@@ -87,7 +124,32 @@ class UpdateOutcome(StrictModel):
     message: str
 
 
-class ApprovalRecord(StrictModel):
+IDENTITY_FIELDS = ("person", "identity", "key", "gateway", "signed", "signature", "people_sha256")
+
+
+class IdentityFields(StrictModel):
+    """Who answered, proven how: what ``drflow audit verify`` re-checks offline (the key is in the blob)."""
+
+    person: str | None = Field(default=None, description="the person of the people file who answered")
+    identity: Identity | None = Field(
+        default=None,
+        description="ssh-key: signed by the person; slack-gateway: a Slack click attested by a trusted "
+        "gateway; unverified: nothing proves who sent it",
+    )
+    key: str | None = Field(
+        default=None, description="fingerprint of the key that signed (person or gateway)"
+    )
+    gateway: str | None = Field(default=None, description="the attesting Slack gateway")
+    signed: str | None = None
+    signature: str | None = None
+    people_sha256: str | None = Field(default=None, description="digest of the people file that was used")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), *IDENTITY_FIELDS)
+
+
+class ApprovalRecord(IdentityFields):
     gate: Gate
     decision: Literal["approved", "rejected", "data-loss-accepted", "skipped-in-emergency", "expired"]
     by: str | None
@@ -97,7 +159,7 @@ class ApprovalRecord(StrictModel):
     plan_checksum: str | None
 
 
-class DecisionRecord(StrictModel):
+class DecisionRecord(IdentityFields):
     step: str
     error: str
     decision: Decision | Literal["expired"]
@@ -105,6 +167,31 @@ class DecisionRecord(StrictModel):
     at: datetime
     channel: Channel | None
     reason: str
+
+
+class RequesterRecord(IdentityFields):
+    """Who asked for the run, when a people file is in use: verified by a signed request, or not."""
+
+
+class QuorumStatus(StrictModel):
+    """The open gate's rule (frozen when it opened) and how far it is."""
+
+    gate: Gate
+    min_approvals: int
+    groups: list[str] = Field(default_factory=list)
+    approved_by: list[str] = Field(default_factory=list, description="people, in the order they approved")
+    two_person: bool = Field(default=False, description="raised to two: the requester is not verified")
+
+    def missing(self, members: dict[str, set[str]]) -> list[str]:
+        """What is still needed, in words; ``members`` maps each required group to its people."""
+        needs: list[str] = []
+        more = self.min_approvals - len(self.approved_by)
+        if more > 0:
+            needs.append(f"{more} more approval{'s' if more != 1 else ''}")
+        for group in self.groups:
+            if not members.get(group, set()) & set(self.approved_by):
+                needs.append(f"one of group {group}")
+        return needs
 
 
 class StepRecord(StrictModel):
@@ -179,6 +266,15 @@ class RunReport(StrictModel):
     open_gate: Gate | None = None
     waiting_step: str | None = None
     messages: list[str] = Field(default_factory=list)
+    requester: RequesterRecord | None = None
+    quorum: QuorumStatus | None = Field(default=None, description="the open gate's quorum, when one applies")
+    gate_checksum: str | None = Field(
+        default=None, description="the full checksum of the plan the open gate shows: what an answer signs"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "requester", "quorum", "gate_checksum")
 
 
 class MoveReport(RunReport):

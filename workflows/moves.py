@@ -504,4 +504,3 @@ def _byte_window(
         basis=f"{plan.target} lacks {lost} bytes ({age}) of {plan.source}'s WAL; {objective}",
         rpo_seconds=rpo, rpo_bytes=rpo_bytes,
     )  # fmt: skip
-

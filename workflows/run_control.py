@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 from temporalio import workflow
@@ -18,11 +18,25 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.approvals.requests import ExpectedRequest
+    from activities.approvals.signatures import GateDecision
+    from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from activities.search_attributes import STEP_ATTR
     from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
     from activities.service_lock import lock_workflow_id as lock_id
     from activities.slack.models import GateFacts
     from runbooks.model import SLACK_USER_PATTERN, Gate, Runbook
+    from runbooks.people import PeopleSnapshot
+    from workflows.approval_rules import (
+        Answerer,
+        Bound,
+        check_may_answer,
+        group_members,
+        identify,
+        open_quorum,
+        unsigned_policy,
+        verify_requester,
+    )
     from workflows.common import INFRA_RETRY
     from workflows.failover_models import (
         ApprovalInput,
@@ -42,6 +56,13 @@ R = TypeVar("R", bound=RunReport)
 HEARTBEAT = timedelta(seconds=10)
 # After promotion an unanswered decision keeps waiting instead of expiring into an abort.
 FORWARD_PATCH = "forward-after-promotion"
+# The people file: verified approvers, signed requests, quorum (docs/approvals.md).
+PEOPLE_PATCH = "verified-approvers"
+# A gate reloads the people file (a revoked key stops counting) unless the run loaded it this recently.
+PEOPLE_FRESH = timedelta(minutes=1)
+GATE_DECISIONS: dict[str, GateDecision] = {
+    "approve": "approve", "reject": "reject", "accept_data_loss": "accept-data-loss"
+}  # fmt: skip
 
 
 class Ended(Exception):
@@ -69,6 +90,9 @@ class ControlledRun(Generic[R]):
         self._skippable = False
         self._holds_lock = False
         self._slack: SlackMirror | None = None
+        self._people: PeopleSnapshot | None = None  # None: no people file, approvers are unverified strings
+        self._people_loaded_at: datetime | None = None
+        self._two_person = False
 
     def _render(self) -> str:
         raise NotImplementedError
@@ -98,6 +122,72 @@ class ControlledRun(Generic[R]):
         self._update(lock_holder=result.holder)
         return result.holder
 
+    async def _admit_requester(
+        self, expected: ExpectedRequest, signed: str | None, signature: str | None
+    ) -> None:
+        """Load the people file and verify who asked; under a strict runbook an unverified request either
+        raises every gate to two people or is refused here, before anything changes."""
+        if not workflow.patched(PEOPLE_PATCH):
+            return
+        await self._load_people(first=True)
+        snapshot = self._people
+        if snapshot is None:
+            if signed is not None:
+                self._note("the request is signed, but the runbook uses no people file: it is not verified")
+            return
+        record, problem = verify_requester(
+            snapshot=snapshot, expected=expected, signed=signed, signature=signature, now=workflow.now()
+        )
+        self._update(requester=record)
+        if problem is not None:
+            self._note(problem)
+        approvals = self._require_runbook().approvals
+        if record.identity != "unverified" or unsigned_policy(approvals) == "record":
+            return
+        if approvals.unverified_requester == "refuse":
+            raise Ended(
+                "refused",
+                f"this runbook requires a signed request: start it with drflow {self.kind} ... --as <you> "
+                "(signs with your SSH key)" + (f"; {problem}" if problem else ""),
+            )
+        self._two_person = True
+        self._note(
+            "the request is not signed, so nobody is proven to have asked: every gate needs two distinct "
+            "verified approvers (two-person rule)"
+        )
+
+    async def _load_people(self, *, first: bool = False) -> None:
+        """The people file as the next gate uses it, pinned in the history with its digest.
+
+        At the run's start a file that cannot be used refuses the run; later, the last good snapshot stays
+        (with a note), so a broken edit cannot strand a run that already changed things.
+        """
+        now = workflow.now()
+        if not first and (
+            self._people is None
+            or (self._people_loaded_at is not None and now - self._people_loaded_at < PEOPLE_FRESH)
+        ):
+            return
+        runbook = self._require_runbook()
+        try:
+            loaded: LoadedPeople = await workflow.execute_activity_method(
+                RunbookActivities.load_people,
+                LoadPeopleRequest(service=runbook.service, approvals=runbook.approvals),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=INFRA_RETRY,
+                summary="load the people file",
+            )
+        except ActivityError as err:
+            if first:
+                raise Ended("refused", failure_message(err)) from None
+            self._note(f"the people file could not be reloaded, the snapshot of the last gate stays: {err}")
+            return
+        if loaded.snapshot is None and not first:
+            self._note("the people file is gone; the snapshot of the last gate stays")
+            return
+        self._people = loaded.snapshot
+        self._people_loaded_at = now
+
     async def _gate(self, gate: Gate, checksum: str | None, *, always: bool = False) -> None:
         """Wait for a person to pass the gate; expiry and rejection end the run (``Ended``)."""
         runbook = self._require_runbook()
@@ -114,9 +204,12 @@ class ControlledRun(Generic[R]):
             if slack is not None:
                 slack.gate_skipped(self._slack_gate_facts(gate, checksum), skipped)
             return
+        await self._load_people()
         opened = workflow.now()
         self._gate_answer = None
         self._gate_checksum = checksum
+        if self._people is not None:
+            self._update(quorum=open_quorum(gate, approvals, self._two_person), gate_checksum=checksum)
         self._update(open_gate=gate)
         workflow.upsert_search_attributes([STEP_ATTR.value_set("awaiting-approval")])
         self._show(self._render())
@@ -145,6 +238,8 @@ class ControlledRun(Generic[R]):
             slack.gate_answered(view, answer)
         self._update(
             open_gate=None,
+            quorum=None,
+            gate_checksum=None,
             approval_wait_seconds=self._report.approval_wait_seconds
             + (workflow.now() - opened).total_seconds(),
         )
@@ -205,7 +300,7 @@ class ControlledRun(Generic[R]):
 
     @approve.validator
     def _validate_approve(self, answer: ApprovalInput) -> None:
-        gate = self._check_gate_answer(answer)
+        gate = self._check_gate_answer(answer, "approve")
         if gate == "data-loss":
             raise ValueError("this gate accepts data loss: send accept_data_loss (with a reason) to pass it")
         if gate == "unfenced" and not answer.reason.strip():
@@ -226,7 +321,7 @@ class ControlledRun(Generic[R]):
 
     @reject.validator
     def _validate_reject(self, answer: ApprovalInput) -> None:
-        self._check_gate_answer(answer)
+        self._check_gate_answer(answer, "reject")
 
     @workflow.update
     async def accept_data_loss(self, answer: ApprovalInput) -> UpdateOutcome:
@@ -234,13 +329,13 @@ class ControlledRun(Generic[R]):
 
     @accept_data_loss.validator
     def _validate_accept_data_loss(self, answer: ApprovalInput) -> None:
-        gate = self._check_gate_answer(answer)
+        gate = self._check_gate_answer(answer, "accept_data_loss")
         if gate != "data-loss":
             raise ValueError(f"the open gate is {gate!r}, not data-loss: send approve")
         if not answer.reason.strip():
             raise ValueError("accepting data loss needs a reason; it is kept in the audit record")
 
-    def _check_gate_answer(self, answer: ApprovalInput) -> Gate:
+    def _check_gate_answer(self, answer: ApprovalInput, update: str) -> Gate:
         gate = self._report.open_gate
         if gate is None:
             raise ValueError(f"no approval is pending for this run (it is {self._where()})")
@@ -251,18 +346,64 @@ class ControlledRun(Generic[R]):
             by = (
                 f"<@{earlier.by}>" if earlier.channel == "slack" and answer.channel == "slack" else earlier.by
             )
-            raise ValueError(f"the {gate} gate was already answered: {earlier.decision} by {by}")
-        self._check_person(answer.approver, "approve")
-        checksum = self._gate_checksum
-        if (
-            answer.plan_checksum is not None
-            and checksum is not None
-            and answer.plan_checksum != checksum[: len(answer.plan_checksum)]
-        ):
             raise ValueError(
-                "the plan changed since you saw it: read the current plan (drflow status) and approve again"
+                f"the {gate} gate was already answered: {earlier.decision} by {earlier.person or by}"
+            )
+        checksum = self._gate_checksum
+        if self._people is not None:
+            self._verified_answerer(answer, update, gate)
+            return gate
+        self._check_person(answer.approver, "approve")
+        if answer.plan_checksum is not None and checksum is not None and answer.plan_checksum != checksum:
+            if checksum.startswith(answer.plan_checksum):
+                raise ValueError(
+                    f"give the whole plan checksum, not a prefix: the plan you approve is {checksum}"
+                )
+            raise ValueError(
+                f"the plan changed since you saw it: the current plan is {checksum}; read it (drflow status) "
+                "and approve again"
             )
         return gate
+
+    def _verified_answerer(self, answer: ApprovalInput, update: str, gate: Gate) -> Answerer:
+        """Who answers the open gate, proven by signature or attestation (or recorded unverified)."""
+        snapshot = self._people
+        assert snapshot is not None
+        runbook = self._require_runbook()
+        checksum = self._gate_checksum
+        if answer.signed is None and checksum is not None and answer.plan_checksum != checksum:
+            if answer.plan_checksum is None:
+                raise ValueError(
+                    f"an approval must carry the full checksum of the plan it approves: {checksum} "
+                    "(drflow status shows the plan)"
+                )
+            raise ValueError(
+                f"the plan changed since you saw it (you sent {answer.plan_checksum}): the current plan is "
+                f"{checksum}; read it (drflow status) and answer again"
+            )
+        decision: GateDecision = GATE_DECISIONS[update]
+        info = workflow.info()
+        answerer = identify(
+            snapshot=snapshot, approvals=runbook.approvals, claim=answer.approver, channel=answer.channel,
+            signed=answer.signed, signature=answer.signature, now=workflow.now(), update=update,
+            bound=Bound(
+                workflow_id=info.workflow_id, run_id=info.run_id, decision=decision,
+                gate=gate, plan_checksum=checksum,
+            ),
+        )  # fmt: skip
+        self._may_answer(answerer, approving=update != "reject")
+        return answerer
+
+    def _may_answer(self, answerer: Answerer, *, approving: bool) -> None:
+        snapshot = self._people
+        assert snapshot is not None
+        requester = self._report.requester
+        check_may_answer(
+            answerer, approvals=self._require_runbook().approvals, people=snapshot.people,
+            slack_members=self._slack.members if self._slack is not None else None,
+            excluded=self._excluded_approvers, requester=requester.person if requester else None,
+            kind=self.kind, approving=approving, quorum=self._report.quorum,
+        )  # fmt: skip
 
     def _check_person(self, who: str, action: str) -> None:
         """An approver listed in the runbook (or in its Slack user group), and not the requester.
@@ -295,10 +436,10 @@ class ControlledRun(Generic[R]):
             raise ValueError(f"separation of duties: {who} requested this {self.kind} and cannot approve it")
 
     def _same_person(self, one: str, other: str) -> bool:
+        """Without a people file: names compare without letter case, Slack ids through ``identities``."""
         slack = self._require_runbook().approvals.slack
-        if slack is None:
-            return one == other
-        return slack.identities.get(one, one) == slack.identities.get(other, other)
+        identities = slack.identities if slack is not None else {}
+        return identities.get(one, one).casefold() == identities.get(other, other).casefold()
 
     def _not_an_approver(self, who: str, in_slack: bool, allowed: list[str]) -> str:
         runbook = self._require_runbook()
@@ -324,21 +465,74 @@ class ControlledRun(Generic[R]):
     def _answer_gate(self, answer: ApprovalInput, decision: Any) -> UpdateOutcome:
         gate = self._report.open_gate
         assert gate is not None
-        self._gate_answer = ApprovalRecord(
-            gate=gate, decision=decision, by=answer.approver, at=workflow.now(), channel=answer.channel,
+        if self._people is None:
+            self._gate_answer = ApprovalRecord(
+                gate=gate, decision=decision, by=answer.approver, at=workflow.now(), channel=answer.channel,
+                reason=answer.reason, plan_checksum=self._gate_checksum,
+            )  # fmt: skip
+            return UpdateOutcome(accepted=True, message=f"{gate} gate {decision} by {answer.approver}")
+        update = {"approved": "approve", "rejected": "reject", "data-loss-accepted": "accept_data_loss"}
+        answerer = self._verified_answerer(answer, update[decision], gate)  # the validator's verdict, again
+        record = ApprovalRecord(
+            gate=gate, decision=decision, by=answerer.person, at=workflow.now(), channel=answerer.channel,
             reason=answer.reason, plan_checksum=self._gate_checksum,
+            **answerer.fields(self._people, answer.signed, answer.signature),
         )  # fmt: skip
-        return UpdateOutcome(accepted=True, message=f"{gate} gate {decision} by {answer.approver}")
+        how = "" if answerer.identity != "unverified" else " (identity not verified)"
+        quorum = self._report.quorum
+        if decision != "rejected" and quorum is not None:
+            quorum = quorum.model_copy(update={"approved_by": [*quorum.approved_by, answerer.person]})
+            self._update(quorum=quorum)
+            missing = quorum.missing(group_members(quorum, self._people.people))
+            if missing:  # a vote: recorded now, the gate stays open
+                self._record_approval(record)
+                self._show(self._render())
+                return UpdateOutcome(
+                    accepted=True,
+                    message=f"{gate} gate: {decision} by {answerer.person}{how}; still needed: "
+                    + ", ".join(missing),
+                )
+        self._gate_answer = record
+        return UpdateOutcome(accepted=True, message=f"{gate} gate {decision} by {answerer.person}{how}")
 
     @workflow.update
     async def decide(self, decision: DecisionInput) -> UpdateOutcome:
         step = self._report.waiting_step
         assert step is not None
+        if self._people is None:
+            self._decision = DecisionRecord(
+                step=step, error=self._last_error(), decision=decision.decision, by=decision.operator,
+                at=workflow.now(), channel=decision.channel, reason=decision.reason,
+            )  # fmt: skip
+            return UpdateOutcome(
+                accepted=True, message=f"{decision.decision} of {step} by {decision.operator}"
+            )
+        answerer = self._decider(decision, step)
         self._decision = DecisionRecord(
-            step=step, error=self._last_error(), decision=decision.decision, by=decision.operator,
-            at=workflow.now(), channel=decision.channel, reason=decision.reason,
+            step=step, error=self._last_error(), decision=decision.decision, by=answerer.person,
+            at=workflow.now(), channel=answerer.channel, reason=decision.reason,
+            **answerer.fields(self._people, decision.signed, decision.signature),
         )  # fmt: skip
-        return UpdateOutcome(accepted=True, message=f"{decision.decision} of {step} by {decision.operator}")
+        how = "" if answerer.identity != "unverified" else " (identity not verified)"
+        return UpdateOutcome(
+            accepted=True, message=f"{decision.decision} of {step} by {answerer.person}{how}"
+        )
+
+    def _decider(self, decision: DecisionInput, step: str) -> Answerer:
+        snapshot = self._people
+        assert snapshot is not None
+        info = workflow.info()
+        answerer = identify(
+            snapshot=snapshot, approvals=self._require_runbook().approvals, claim=decision.operator,
+            channel=decision.channel, signed=decision.signed, signature=decision.signature,
+            now=workflow.now(), update="decide",
+            bound=Bound(
+                workflow_id=info.workflow_id, run_id=info.run_id, decision=decision.decision,
+                failed_step=step,
+            ),
+        )  # fmt: skip
+        self._may_answer(answerer, approving=False)
+        return answerer
 
     @decide.validator
     def _validate_decide(self, decision: DecisionInput) -> None:
@@ -354,8 +548,11 @@ class ControlledRun(Generic[R]):
                 if earlier.channel == "slack" and decision.channel == "slack"
                 else (earlier.by or "nobody")
             )
-            raise ValueError(f"{step} was already decided: {earlier.decision} by {by}")
-        self._check_person(decision.operator, "decide")
+            raise ValueError(f"{step} was already decided: {earlier.decision} by {earlier.person or by}")
+        if self._people is not None:
+            self._decider(decision, step)
+        else:
+            self._check_person(decision.operator, "decide")
         if decision.decision == "skip" and not self._skippable:
             raise ValueError(f"{step} cannot be skipped: retry or abort")
 
@@ -392,6 +589,7 @@ class ControlledRun(Generic[R]):
 
     async def _await_decision(self, step: str, error: str, attempts: int = 1) -> str:
         runbook = self._require_runbook()
+        await self._load_people()
         self._decision = None
         self._skippable = self._is_skippable(step)
         self._update(waiting_step=step)
