@@ -61,8 +61,15 @@ class SandboxWorld:
         return self.runbook
 
 
+def without_people(runbook: Runbook) -> Runbook:
+    """The runbook with unverified string approvers (no people file): what most tests exercise, since
+    they are about moving data and traffic; tests/test_verified_approvals.py runs with the people file."""
+    approvals = runbook.approvals.model_copy(update={"people": None, "unsigned": None})
+    return runbook.model_copy(update={"approvals": approvals})
+
+
 @contextmanager
-def sandbox_world(topology: Topology = "local") -> Iterator[SandboxWorld]:
+def sandbox_world(topology: Topology = "local", *, people: bool = False) -> Iterator[SandboxWorld]:
     with searchable_tmp_dir("drflow-sandbox-") as directory:
         dns_primary, dns_secondary, pg_primary, pg_standby, haproxy = free_ports(5)
         ports = SandboxPorts(
@@ -74,7 +81,8 @@ def sandbox_world(topology: Topology = "local") -> Iterator[SandboxWorld]:
         runbooks.mkdir()
         try:
             sandbox.up()
-            world = SandboxWorld(sandbox=sandbox, runbook=sandbox.runbook(), runbooks=runbooks)
+            runbook = sandbox.runbook() if people else without_people(sandbox.runbook())
+            world = SandboxWorld(sandbox=sandbox, runbook=runbook, runbooks=runbooks)
             world.write_runbook()
             yield world
         finally:

@@ -67,6 +67,7 @@ from workers.sandbox.named import (
     NamedStartError,
     ZoneRecord,
 )
+from workers.sandbox.people import SandboxKeysError, ensure_demo_people
 from workers.sandbox.postgres import PostgresPair, PostgresPairConfig, PostgresServer
 from workers.sandbox.processes import pid_alive, spawn_detached
 
@@ -213,6 +214,9 @@ class Sandbox:
                 "traffic": shipped.traffic.model_copy(
                     update={"runtime_api": haproxy.runtime_api, "frontend_url": haproxy.frontend_url}
                 ),
+                "approvals": shipped.approvals.model_copy(
+                    update={"people": str(self.state_dir.absolute() / "people.yaml")}
+                ),
             }
         )
 
@@ -280,6 +284,10 @@ class Sandbox:
                 f"`drflow sandbox up --reset --topology {self.topology}` rebuilds it"
             )
         make_searchable_dirs(self.state_dir)
+        try:
+            ensure_demo_people(self.state_dir)
+        except SandboxKeysError as err:
+            raise SandboxError(str(err)) from err
         record = {**asdict(self.ports), "topology": self.topology}
         self.config_path.write_text(json.dumps(record, indent=2) + "\n")
         changes: dict[str, Change] = {}
