@@ -24,7 +24,7 @@ from activities.approvals.signatures import (
 )
 from runbooks.model import SLACK_USER_PATTERN, Approvals, Gate, Quorum
 from runbooks.people import People, PeopleSnapshot, UnknownApproverError
-from workflows.failover_models import Channel, Identity, IdentityFields, QuorumStatus, RequesterRecord
+from workflows.failover_models import Channel, Identity, QuorumStatus, RequesterRecord
 
 UNSIGNED_DEFAULT: Literal["refuse"] = "refuse"
 UNVERIFIED_REQUESTER_DEFAULT: Literal["two-person"] = "two-person"
@@ -250,14 +250,3 @@ def verify_requester(
         ),
         None,
     )
-
-
-def identity_note(record: IdentityFields) -> str:
-    """How a record's answer was proven, in words for reports and the timeline."""
-    if record.identity == "ssh-key":
-        return f"signed with {record.key}"
-    if record.identity == "slack-gateway":
-        return f"Slack click attested by gateway {record.gateway} ({record.key})"
-    if record.identity == "unverified":
-        return "identity not verified"
-    return ""

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from runbooks.model import Runbook, StrictModel
 from workflows.failback_models import FailbackReport
-from workflows.failover_models import FailoverReport, FailoverRequest
+from workflows.failover_models import FailoverReport, FailoverRequest, answered_by
 
 
 class DrillRequest(StrictModel):
@@ -143,9 +143,9 @@ def render_drill(report: DrillReport) -> str:
             took = f"{step.duration.total_seconds():.2f}s" if step.duration is not None else "-"
             lines.append(f"| {step.name} | {took} | {step.outcome} |")
         for approval in run.approvals:
-            who = f" by {approval.by} via {approval.channel}" if approval.by else ""
             lines.append(
-                f"\n- approval {approval.gate}: {approval.decision}{who} at {approval.at:%H:%M:%S} UTC"
+                f"\n- approval {approval.gate}: {approval.decision}{answered_by(approval)} "
+                f"at {approval.at:%H:%M:%S} UTC"
             )
     if report.deviations:
         lines += ["", "## Deviations", *[f"- {d}" for d in report.deviations]]

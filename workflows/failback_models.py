@@ -13,7 +13,7 @@ from activities.traffic.activities import SetWeightsResult
 from activities.traffic.analysis import CanaryResult
 from runbooks.durations import format_duration
 from runbooks.model import StrictModel, drop_unset
-from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport
+from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport, answered_by, gate_lines
 
 
 class FailbackRequest(StrictModel):
@@ -113,11 +113,7 @@ def render_failback(report: FailbackReport) -> str:
                 f"{p95} | {split} | {stage.outcome}{why} |"
             )
     if report.open_gate is not None:
-        lines += [
-            "",
-            f"### Waiting for approval: gate `{report.open_gate}`",
-            f'CLI: `drflow approve {report.workflow_id} --as <you> --reason "..."`',
-        ]
+        lines += gate_lines(report)
     if report.waiting_step is not None:
         lines += [
             "",
@@ -127,9 +123,9 @@ def render_failback(report: FailbackReport) -> str:
     if report.approvals:
         lines += ["", "### Approvals"]
         for approval in report.approvals:
-            who = f" by {approval.by} via {approval.channel}" if approval.by else ""
             when = f"{approval.at:%H:%M:%S} UTC"
-            lines.append(f"- {approval.gate}: {approval.decision}{who} at {when}. {approval.reason}".rstrip())
+            what = f"{approval.decision}{answered_by(approval)}"
+            lines.append(f"- {approval.gate}: {what} at {when}. {approval.reason}".rstrip())
     if report.data_loss is not None:
         loss = "none (proven)" if report.data_loss.zero_proven else "see basis"
         lines += ["", f"**Data loss at switchover**: {loss}. {report.data_loss.basis}"]

@@ -361,6 +361,51 @@ def render_plan(plan: FailoverPlan) -> str:
 STEP_MARK = {"running": "…", "ok": "✓", "skipped": "↷", "failed": "✗"}
 
 
+def identity_words(record: IdentityFields) -> str:
+    """How an answer was proven, for reports and the timeline ('' for records older than the people file)."""
+    if record.identity == "ssh-key":
+        return f"signed, key {record.key}"
+    if record.identity == "slack-gateway":
+        return f"Slack click attested by {record.gateway}, key {record.key}"
+    if record.identity == "unverified":
+        return "identity not verified"
+    return ""
+
+
+def answered_by(record: ApprovalRecord | DecisionRecord) -> str:
+    """' by bob via cli (signed, key SHA256:…)': who answered, where, and how that is known."""
+    if not record.by:
+        return ""
+    how = identity_words(record)
+    return f" by {record.by} via {record.channel}" + (f" ({how})" if how else "")
+
+
+def gate_lines(report: RunReport) -> list[str]:
+    """The open gate: the exact command to answer it (with the full plan checksum) and the quorum so far."""
+    if report.open_gate is None:
+        return []
+    command = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
+    update = "accept_data_loss" if report.open_gate == "data-loss" else "approve"
+    plan = f" --plan {report.gate_checksum}" if report.gate_checksum else ""
+    lines = [
+        "",
+        f"### Waiting for approval: gate `{report.open_gate}`",
+        f'CLI: `drflow {command} {report.workflow_id} --as <you>{plan} --reason "..."`',
+    ]
+    if report.requester is None:  # string approvers: the Web UI's Send Update passes a gate too
+        lines.append(
+            f"Web UI: More Actions → Send an Update `{update}` with "
+            '`{"approver": "<you>", "reason": "..."}`'
+        )
+    quorum = report.quorum
+    if quorum is not None and (quorum.min_approvals > 1 or quorum.groups):
+        groups = f", including one of each group: {', '.join(quorum.groups)}" if quorum.groups else ""
+        done = ", ".join(quorum.approved_by) or "nobody yet"
+        why = " (two-person rule: the request is not signed)" if quorum.two_person else ""
+        lines.append(f"Needs {quorum.min_approvals} distinct approvers{groups}{why}; approved so far: {done}")
+    return lines
+
+
 def render_report(report: FailoverReport) -> str:
     """Markdown for the UI's current details and the CLI's status view."""
     title = f"## Failover {report.service} {report.source or '?'} → {report.target}: {report.outcome.upper()}"
@@ -378,14 +423,7 @@ def render_report(report: FailoverReport) -> str:
         if step.error and step.outcome in ("failed", "skipped"):
             lines.append(f"  - error: {step.error}")
     if report.open_gate is not None:
-        lines += [
-            "",
-            f"### Waiting for approval: gate `{report.open_gate}`",
-            f'CLI: `drflow approve {report.workflow_id} --as <you> --reason "..."`',
-            "Web UI: More Actions → Send an Update `"
-            + ("accept_data_loss" if report.open_gate == "data-loss" else "approve")
-            + '` with `{"approver": "<you>", "reason": "..."}`',
-        ]
+        lines += gate_lines(report)
         if report.open_gate == "unfenced":
             lines.append(
                 "The old primary's fence is NOT confirmed: promoting now may leave two primaries that both "
@@ -400,8 +438,9 @@ def render_report(report: FailoverReport) -> str:
     if report.approvals:
         lines += ["", "### Approvals"]
         for a in report.approvals:
-            who = f" by {a.by} via {a.channel}" if a.by else ""
-            lines.append(f"- {a.gate}: {a.decision}{who} at {a.at:%H:%M:%S} UTC. {a.reason}".rstrip())
+            lines.append(
+                f"- {a.gate}: {a.decision}{answered_by(a)} at {a.at:%H:%M:%S} UTC. {a.reason}".rstrip()
+            )
     if report.data_loss is not None:
         dl = report.data_loss
         amount = (
@@ -446,18 +485,21 @@ def progress_lines(report: RunReport, plan_text: str | None = None) -> list[tupl
             lines.append((key, f"{STEP_MARK[step.outcome]} {step.name}{took}{detail}{error}"))
     if report.open_gate is not None:
         approve = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
+        plan = f" --plan {report.gate_checksum}" if report.gate_checksum else ""
         lines.append(
             (
                 f"gate {report.open_gate} {len(report.approvals)}",
                 (f"\n{plan_text}\n\n" if plan_text else "")
                 + f"waiting for approval of the {report.open_gate} gate: "
-                f'drflow {approve} {report.workflow_id} --as <approver> --reason "..."',
+                f'drflow {approve} {report.workflow_id} --as <approver>{plan} --reason "..."',
             )
         )
     for approval in report.approvals:
-        who = f" by {approval.by} via {approval.channel}" if approval.by else ""
         lines.append(
-            (f"approval {approval.gate} {approval.at}", f"  {approval.gate}: {approval.decision}{who}")
+            (
+                f"approval {approval.gate} {approval.at}",
+                f"  {approval.gate}: {approval.decision}{answered_by(approval)}",
+            )
         )
     if report.waiting_step is not None:
         lines.append(

@@ -7,6 +7,7 @@ Failover and failback start a run; the gate answers, ``decide`` and ``status`` a
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ from workflows.common import TASK_QUEUE
     "--mode", type=click.Choice(["planned", "emergency", "drill"]), default="planned", show_default=True
 )
 @click.option("--as", "requested_by", default=default_user, help="who asks [env DRFLOW_USER; your login]")
+@click.option(
+    "--key", default=None, help="private key that signs as --as [env DRFLOW_SIGNING_KEY; else ssh-agent]"
+)
 @click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
 @click.option(
     "--dry-run", is_flag=True, help="preflight and print the plan (and its checksum) only; change nothing"
@@ -54,6 +58,7 @@ def failover(
     reason: str,
     mode: str,
     requested_by: str,
+    key: str | None,
     wait: bool,
     dry_run: bool,
     as_json: bool,
@@ -73,6 +78,10 @@ def failover(
     request = FailoverRequest(
         service=service, target=target, reason=reason, requested_by=requested_by, mode=mode, dry_run=dry_run
     )
+    if not dry_run:
+        request = _signed_request(
+            request, directory, loaded.approvals, key, kind="failover", target=target, mode=mode
+        )
     settings = settings_from(options)
     if dry_run:
         return asyncio.run(run_plan(settings, "Failover", request, FailoverReport, render_report, as_json))
@@ -175,6 +184,9 @@ async def _final_report(client: Client, workflow_id: str, report_type: type[Any]
 @click.option("--home", default=None, help="the region traffic returns to (default: the runbook's primary)")
 @click.option("--prepare", is_flag=True, help="re-sync the home database as a standby first (pg_rewind)")
 @click.option("--as", "requested_by", default=default_user, help="who asks [env DRFLOW_USER; your login]")
+@click.option(
+    "--key", default=None, help="private key that signs as --as [env DRFLOW_SIGNING_KEY; else ssh-agent]"
+)
 @click.option("--wait", is_flag=True, help="follow the run step by step until it ends")
 @click.option(
     "--dry-run", is_flag=True, help="preflight and print the plan (and its checksum) only; change nothing"
@@ -184,7 +196,7 @@ async def _final_report(client: Client, workflow_id: str, report_type: type[Any]
 @click.pass_obj
 def failback(
     directory: Path, /, service: str, reason: str, home: str | None, prepare: bool, requested_by: str,
-    wait: bool, dry_run: bool, as_json: bool, **options: Any,
+    key: str | None, wait: bool, dry_run: bool, as_json: bool, **options: Any,
 ) -> int:  # fmt: skip
     """Bring SERVICE home: database back with zero loss, then traffic in canary stages (failback-SERVICE).
 
@@ -205,6 +217,10 @@ def failback(
         service=service, reason=reason, home=home, prepare=prepare, requested_by=requested_by,
         dry_run=dry_run,
     )  # fmt: skip
+    if not dry_run:
+        request = _signed_request(
+            request, directory, runbook.approvals, key, kind="failback", home=home, mode=request.mode
+        )
     settings = settings_from(options)
     if dry_run:
         return asyncio.run(run_plan(settings, "Failback", request, FailbackReport, render_failback, as_json))
@@ -233,25 +249,139 @@ def failback(
     return asyncio.run(start())
 
 
+def _signed_request(request: Any, directory: Path, approvals: Any, key: str | None, **fields: Any) -> Any:
+    """The request signed as ``--as`` when the runbook uses a people file (else it stays as it is)."""
+    from runbooks.people import people_location
+    from workers.cli.signing import find_signer, person_name, sign_request, warn_unsigned
+
+    if people_location(approvals, directory) is None:
+        return request
+    signer = find_signer(request.requested_by, key, approvals, directory)
+    if signer is None:
+        warn_unsigned("request")
+        return request
+    signed, signature = sign_request(
+        signer, workflow_id=f"{fields['kind']}-{request.service}", service=request.service,
+        reason=request.reason, **fields,
+    )  # fmt: skip
+    return request.model_copy(
+        update={"requested_by": person_name(request.requested_by), "signed": signed, "signature": signature}
+    )
+
+
 def _update_command(update: str, help_text: str) -> click.Command:
     @click.command(update.replace("_", "-"), help=help_text)
     @click.argument("workflow_id")
     @click.option("--as", "who", default=default_user, help="you [env DRFLOW_USER; your login]")
     @click.option("--reason", default="", help="kept in the audit record")
     @click.option("--gate", default=None, help="the gate you answer (default: the open one)")
-    @click.option("--plan", "plan_checksum", default=None, help="the plan checksum you reviewed")
+    @click.option(
+        "--plan", "plan_checksum", default=None,
+        help="the full checksum of the plan you reviewed (drflow status shows it; asked for on a terminal)",
+    )  # fmt: skip
+    @click.option(
+        "--key", default=None, help="private key that signs as --as [env DRFLOW_SIGNING_KEY; else ssh-agent]"
+    )
     @connection_options
+    @click.pass_obj
     def command(
-        workflow_id: str, who: str, reason: str, gate: str | None, plan_checksum: str | None, **options: Any
-    ) -> int:
-        from workflows.failover_models import ApprovalInput
-
-        answer = ApprovalInput(
-            approver=who, reason=reason, channel="cli", gate=gate, plan_checksum=plan_checksum
-        )
-        return asyncio.run(_send_update(settings_from(options), workflow_id, update, answer))
+        directory: Path, /, workflow_id: str, who: str, reason: str, gate: str | None,
+        plan_checksum: str | None, key: str | None, **options: Any,
+    ) -> int:  # fmt: skip
+        answer = _GateAnswer(update, who, reason, gate, plan_checksum, key, directory)
+        return asyncio.run(_answer(settings_from(options), workflow_id, answer))
 
     return command
+
+
+class _GateAnswer:
+    """A gate answer or a decision as typed, signed once the run's open gate or step is known."""
+
+    def __init__(
+        self, update: str, who: str, reason: str, gate: str | None, plan: str | None, key: str | None,
+        directory: Path, decision: str | None = None,
+    ) -> None:  # fmt: skip
+        self.update, self.who, self.reason, self.gate, self.plan = update, who, reason, gate, plan
+        self.key, self.directory, self.decision = key, directory, decision
+
+    def payload(self, report: Any) -> Any:
+        """The Update's input: signed when the run verifies people (its report names the requester)."""
+        from workflows.failover_models import ApprovalInput, DecisionInput
+
+        verified = getattr(report, "requester", None) is not None
+        if self.update == "decide":
+            answer: Any = DecisionInput(
+                decision=self.decision, operator=self.who, reason=self.reason, channel="cli"
+            )
+            if not verified or report.waiting_step is None:
+                return answer
+            return self._sign(answer, report, "operator", failed_step=report.waiting_step,
+                              decision=self.decision)  # fmt: skip
+        checksum = getattr(report, "gate_checksum", None)
+        plan = self.plan
+        if verified and checksum is not None:
+            plan = self._plan_for(report, checksum)
+        answer = ApprovalInput(
+            approver=self.who, reason=self.reason, channel="cli", gate=self.gate, plan_checksum=plan
+        )
+        if not verified or report.open_gate is None or plan is None:
+            return answer
+        decision = {"approve": "approve", "reject": "reject", "accept_data_loss": "accept-data-loss"}
+        return self._sign(answer, report, "approver", gate=self.gate or report.open_gate,
+                          decision=decision[self.update], plan_checksum=plan)  # fmt: skip
+
+    def _plan_for(self, report: Any, checksum: str) -> str:
+        if self.plan is not None:
+            if len(self.plan) < len(checksum) and checksum.startswith(self.plan):
+                raise Failure(f"give the whole plan checksum, not a prefix: {checksum}")
+            return self.plan
+        if self.update == "reject":  # rejecting is safe whatever the plan: no need to type it
+            return checksum
+        where = f"drflow status {report.workflow_id}"
+        if not sys.stdin.isatty():
+            raise Failure(
+                f"pass --plan {checksum}: the full checksum of the plan you {self.update.replace('_', ' ')} "
+                f"({where} shows the plan)"
+            )
+        click.echo(f"The {report.open_gate} gate shows plan {checksum} ({where} shows it in full).")
+        if not click.confirm("Is this the plan you reviewed?", default=False):
+            raise Failure("not answered: read the plan, then answer with --plan <its checksum>")
+        return checksum
+
+    def _sign(self, answer: Any, report: Any, who_field: str, **fields: Any) -> Any:
+        from workers.cli.signing import find_signer, person_name, sign_decision, warn_unsigned
+
+        approvals = _runbook_approvals(self.directory, report.service)
+        signer = find_signer(self.who, self.key, approvals, self.directory)
+        if signer is None:
+            warn_unsigned("answer")
+            return answer
+        signed, signature = sign_decision(
+            signer, workflow_id=report.workflow_id, run_id=report.run_id, **fields
+        )
+        return answer.model_copy(
+            update={who_field: person_name(self.who), "signed": signed, "signature": signature}
+        )
+
+
+def _runbook_approvals(directory: Path, service: str) -> Any:
+    """The local runbook's approvals (to pick the right agent key), when the runbooks are here."""
+    try:
+        return services_to_check(directory, service)[0].runbook.approvals
+    except Failure:
+        return None
+
+
+async def _answer(settings: TemporalSettings, workflow_id: str, answer: _GateAnswer) -> int:
+    from temporalio.client import RPCError, WorkflowQueryFailedError
+
+    client = await connect(settings)
+    view = await _view(client, workflow_id)
+    try:
+        report = await client.get_workflow_handle(workflow_id).query("status", result_type=view.report_type)
+    except (RPCError, WorkflowQueryFailedError) as err:
+        raise Failure(f"{workflow_id}: {err}") from err
+    return await _send_update(settings, workflow_id, answer.update, answer.payload(report), client)
 
 
 approve = _update_command("approve", "Approve the open gate of a run.")
@@ -266,21 +396,28 @@ accept_data_loss = _update_command(
 @click.argument("decision", type=click.Choice(["retry", "skip", "abort"]))
 @click.option("--as", "who", default=default_user, help="you [env DRFLOW_USER; your login]")
 @click.option("--reason", default="", help="kept in the audit record")
+@click.option(
+    "--key", default=None, help="private key that signs as --as [env DRFLOW_SIGNING_KEY; else ssh-agent]"
+)
 @connection_options
-def decide(workflow_id: str, decision: str, who: str, reason: str, **options: Any) -> int:
+@click.pass_obj
+def decide(
+    directory: Path, /, workflow_id: str, decision: str, who: str, reason: str, key: str | None,
+    **options: Any,
+) -> int:  # fmt: skip
     """Answer a failed step: retry it, skip it (where allowed) or abort the run."""
-    from workflows.failover_models import DecisionInput
-
-    answer = DecisionInput(decision=decision, operator=who, reason=reason, channel="cli")
-    return asyncio.run(_send_update(settings_from(options), workflow_id, "decide", answer))
+    answer = _GateAnswer("decide", who, reason, None, None, key, directory, decision=decision)
+    return asyncio.run(_answer(settings_from(options), workflow_id, answer))
 
 
-async def _send_update(settings: TemporalSettings, workflow_id: str, update: str, payload: Any) -> int:
+async def _send_update(
+    settings: TemporalSettings, workflow_id: str, update: str, payload: Any, client: Client | None = None
+) -> int:
     from temporalio.client import RPCError, WorkflowUpdateFailedError
 
     from workflows.failover_models import UpdateOutcome
 
-    client = await connect(settings)
+    client = client or await connect(settings)
     try:
         outcome = await client.get_workflow_handle(workflow_id).execute_update(
             update, payload, result_type=UpdateOutcome
