@@ -118,9 +118,9 @@ def test_the_re_sync_waits_through_a_failover_and_a_rejoin_until_the_old_writer_
     west.add_response("describe_global_clusters", global_cluster(WEST_ARN))
     east.add_response("describe_db_clusters", _cluster("available"))
 
-    prepared = AuroraProvider(STUBBED_AURORA, clients=clients, backoff=FAST, poll_seconds=0.01).prepare_standby(
-        EAST, WEST, timeout_seconds=5
-    )
+    prepared = AuroraProvider(
+        STUBBED_AURORA, clients=clients, backoff=FAST, poll_seconds=0.01
+    ).prepare_standby(EAST, WEST, timeout_seconds=5)
 
     assert not prepared.already_standby and prepared.streaming
     assert "failing-over move of the writer" in prepared.actions[0]

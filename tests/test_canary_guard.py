@@ -30,8 +30,12 @@ from workflows.failback_models import FailbackReport
 from workflows.failover_models import DecisionInput
 
 REGION_A = "127.0.1.1"
-READS = CanaryAnalysis(path="/", requests=100, duration=timedelta(seconds=1), max_p95_latency=timedelta(seconds=1))
-READS_AND_WRITES = READS.model_copy(update={"write_path": "/write", "write_method": "POST", "write_share": 0.5})
+READS = CanaryAnalysis(
+    path="/", requests=100, duration=timedelta(seconds=1), max_p95_latency=timedelta(seconds=1)
+)
+READS_AND_WRITES = READS.model_copy(
+    update={"write_path": "/write", "write_method": "POST", "write_share": 0.5}
+)
 Handle = WorkflowHandle[FailbackWorkflow, FailbackReport]
 
 
@@ -59,7 +63,9 @@ async def weights(world: SandboxWorld) -> dict[str, int]:
 
 
 async def canary(world: SandboxWorld, analysis: CanaryAnalysis, split: dict[str, int]) -> CanaryResult:
-    request = CanaryRequest(url=haproxy(world).frontend_url, analysis=analysis, expected_share=expected_share(split))
+    request = CanaryRequest(
+        url=haproxy(world).frontend_url, analysis=analysis, expected_share=expected_share(split)
+    )
     result: CanaryResult = await ActivityEnvironment().run(analyse, request)
     return result
 
@@ -100,7 +106,9 @@ async def test_reads_pass_while_a_region_refuses_every_write_and_the_write_path_
     assert not both.passed
     assert both.write_requests == 50 and both.write_errors >= 15, both
     assert set(both.write_error_kinds) == {"HTTP 503 from region-b"}, both.write_error_kinds
-    assert any(r.startswith("writes failed:") and "read-only transaction" in r for r in both.reasons), both.reasons
+    assert any(r.startswith("writes failed:") and "read-only transaction" in r for r in both.reasons), (
+        both.reasons
+    )
 
     # The same app following the primary (libpq multi-host, target_session_attrs=read-write) writes.
     world.sandbox.restart_app("region-b", follow_primary=True)
@@ -237,7 +245,11 @@ async def test_a_run_whose_dns_region_cannot_write_at_the_end_never_ends_complet
     assert report.waiting_step == "confirm region-a reaches a writable database", report.steps
     failed = next(s for s in report.steps if s.name == report.waiting_step)
     assert failed.outcome == "failed" and failed.error is not None
-    assert "DNS points at region-a" in failed.error and "region-a:" in failed.error and "region-b:" in failed.error
+    assert (
+        "DNS points at region-a" in failed.error
+        and "region-a:" in failed.error
+        and "region-b:" in failed.error
+    )
     await handle.execute_update(
         FailbackWorkflow.decide, DecisionInput(decision="abort", operator="carol", reason="DBA paged")
     )

@@ -42,7 +42,9 @@ def weighted(servers: dict[str, str]) -> DnsWeightedTraffic:
     )
 
 
-async def set_to(traffic_config: DnsWeightedTraffic, dns: DnsConfig, weights: dict[str, int]) -> SetWeightsResult:
+async def set_to(
+    traffic_config: DnsWeightedTraffic, dns: DnsConfig, weights: dict[str, int]
+) -> SetWeightsResult:
     result: SetWeightsResult = await ActivityEnvironment().run(
         set_weights, SetWeightsRequest(traffic=traffic_config, weights=weights, dns=dns)
     )
@@ -112,7 +114,9 @@ async def test_dns_weighted_without_the_dns_section_or_with_bad_percents_is_refu
     dns, _ = route53
     config = weighted({"us-east-1": EAST, "us-west-2": WEST})
     with pytest.raises(ApplicationError) as raised:
-        await ActivityEnvironment().run(set_weights, SetWeightsRequest(traffic=config, weights={"us-east-1": 100}))
+        await ActivityEnvironment().run(
+            set_weights, SetWeightsRequest(traffic=config, weights={"us-east-1": 100})
+        )
     assert raised.value.non_retryable and "carries no dns section" in raised.value.message
     with pytest.raises(ApplicationError) as raised:
         await set_to(config, dns, {"us-east-1": 60, "us-west-2": 60})

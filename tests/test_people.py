@@ -82,7 +82,9 @@ def test_key_allowed_only_for_its_person_and_not_once_revoked(keys: dict[str, Ke
     assert not people.key_allowed("alice", keys["alice-old"].fingerprint), "revoked"
     assert not people.key_allowed("alice", keys["bob"].fingerprint), "bob's key"
     assert "alice-old@test" not in people.allowed_signers()
-    assert people.allowed_signers().startswith('alice namespaces="drflow-approval,drflow-request" ssh-ed25519 ')
+    assert people.allowed_signers().startswith(
+        'alice namespaces="drflow-approval,drflow-request" ssh-ed25519 '
+    )
     assert 'gateway:slack-prod namespaces="drflow-slack-attestation" ssh-ed25519 ' in people.allowed_signers()
 
 

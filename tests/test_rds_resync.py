@@ -128,7 +128,9 @@ def test_a_planned_fence_without_a_fence_group_refuses_and_names_the_field(moto_
 
 def test_an_unfence_without_a_record_of_the_old_groups_refuses_rather_than_guess(pair: Pair) -> None:
     client("rds", pair.endpoint, EAST).modify_db_instance(
-        DBInstanceIdentifier=pair.config.instances[EAST], VpcSecurityGroupIds=[FENCE_GROUP], ApplyImmediately=True
+        DBInstanceIdentifier=pair.config.instances[EAST],
+        VpcSecurityGroupIds=[FENCE_GROUP],
+        ApplyImmediately=True,
     )
     with pytest.raises(ApplicationError) as raised:
         pair.provider().unfence(EAST)

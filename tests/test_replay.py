@@ -19,6 +19,7 @@ from temporalio.workflow import NondeterminismError
 
 from workers.audit.history import read_history_file
 from workers.worker import WORKFLOWS
+from workflows.runner import workflow_runner
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import HealthProbeRequest, probe_health
@@ -42,7 +43,9 @@ def test_every_workflow_type_has_recorded_histories() -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_current_code_reproduces_recorded_history(path: Path) -> None:
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
     await replayer.replay_workflow(history(path))
 
 

@@ -36,7 +36,9 @@ ANALYSIS = CanaryAnalysis(
 
 
 async def read(traffic: HaproxyTraffic) -> TrafficWeightsState:
-    state: TrafficWeightsState = await ActivityEnvironment().run(read_weights, ReadWeightsRequest(traffic=traffic))
+    state: TrafficWeightsState = await ActivityEnvironment().run(
+        read_weights, ReadWeightsRequest(traffic=traffic)
+    )
     return state
 
 

@@ -18,7 +18,10 @@ def test_unset_or_empty_means_the_dev_servers_ui_and_a_trailing_slash_is_dropped
 def test_slack_and_cli_links_come_from_the_same_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(UI_URL_ENV, "http://localhost:8080/")
     settings = TemporalSettings.resolve(address="temporal:7233", namespace="prod.a1b2c")
-    assert workflow_link(settings, "failover-web") == "http://localhost:8080/namespaces/prod.a1b2c/workflows/failover-web"
+    assert (
+        workflow_link(settings, "failover-web")
+        == "http://localhost:8080/namespaces/prod.a1b2c/workflows/failover-web"
+    )
     assert run_link("failover-web", "r1", "prod.a1b2c") == f"{workflow_url('prod.a1b2c', 'failover-web')}/r1"
     # ids are user-chosen: a slash in one stays one path segment
     assert workflow_url("default", "a/b", "r") == "http://localhost:8080/namespaces/default/workflows/a%2Fb/r"

@@ -34,6 +34,7 @@ from workflows.drill import DrillWorkflow
 from workflows.failback import FailbackWorkflow
 from workflows.failover import FailoverWorkflow
 from workflows.readiness import ReadinessWorkflow
+from workflows.runner import workflow_runner
 from workflows.service_lock import ServiceLockWorkflow
 
 log = logging.getLogger("drflow.worker")
@@ -172,6 +173,7 @@ def build_worker(
         activity_executor=executor
         or ThreadPoolExecutor(max_workers=16, thread_name_prefix="drflow-activity"),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        workflow_runner=workflow_runner(),
     )
 
 

@@ -377,6 +377,10 @@ class ControlledRun(Generic[R]):
                     f"an approval must carry the full checksum of the plan it approves: {checksum} "
                     "(drflow status shows the plan)"
                 )
+            if checksum.startswith(answer.plan_checksum):
+                raise ValueError(
+                    f"give the whole plan checksum, not a prefix: the current plan is {checksum}"
+                )
             raise ValueError(
                 f"the plan changed since you saw it (you sent {answer.plan_checksum}): the current plan is "
                 f"{checksum}; read it (drflow status) and answer again"

@@ -30,6 +30,7 @@ from temporalio.worker import (
 
 from runbooks.model import StrictModel
 from workers.audit.timeline import event_labels
+from workflows.runner import workflow_runner
 
 _EVENT = re.compile(r"HistoryEvent\(id: (\d+), (\w+)")
 _MACHINE = re.compile(r"Nondeterminism error: (.+?) machine does not handle this event")
@@ -150,6 +151,7 @@ async def _replay(
         data_converter=pydantic_data_converter,
         interceptors=[recorder],
         runtime=_runtime(),
+        workflow_runner=workflow_runner(),
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     return result.replay_failure, recorder
