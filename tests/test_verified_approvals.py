@@ -341,7 +341,9 @@ async def test_quorum_needs_each_group_and_any_rejection_vetoes(
             render_report(report)
         )
         veto = signed_answer(world, report, "carol", decision="reject")
-        await handle.execute_update(FailoverWorkflow.reject, veto.model_copy(update={"reason": "not during the sale"}))
+        await handle.execute_update(
+            FailoverWorkflow.reject, veto.model_copy(update={"reason": "not during the sale"})
+        )
         final: FailoverReport = await handle.result()
     assert final.outcome == "rejected"
     assert [(a.person, a.decision) for a in final.approvals] == [("bob", "approved"), ("carol", "rejected")]
