@@ -26,7 +26,7 @@ from tests.test_cli_check import drflow, target
 from workers.sandbox.named import free_port
 from workers.worker import build_worker
 from workflows.common import TASK_QUEUE
-from workflows.failover_models import FailoverReport
+from workflows.failover_models import FailoverReport, render_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -65,7 +65,7 @@ async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
 
 @pytest.fixture
 def world() -> Iterator[SandboxWorld]:
-    with sandbox_world() as built:
+    with sandbox_world(people=True) as built:  # as `make demo` runs: the demo people, signed CLI answers
         yield built
 
 
@@ -143,14 +143,19 @@ async def test_operator_starts_a_failover_in_the_web_ui_and_sees_it_completed(
     assert (gate.service, gate.target, gate.reason, gate.requested_by) == (
         world.service, "region-b", "rehearsal", "alice",
     )  # fmt: skip
-    approved = await drflow("approve", WORKFLOW_ID, "--as", "bob", "--reason", "go", "--address", target(env))
+    assert gate.gate_checksum is not None and f"--plan {gate.gate_checksum}" in render_report(gate)
+    approved = await drflow(
+        "--runbooks", str(world.runbooks), "approve", WORKFLOW_ID, "--as", "bob", "--plan", gate.gate_checksum,
+        "--reason", "go", "--address", target(env),
+    )  # fmt: skip
     assert approved.returncode == 0, approved.stderr
     handle = env.client.get_workflow_handle(WORKFLOW_ID, result_type=FailoverReport)
     report = await asyncio.wait_for(handle.result(), 60)
     assert report.outcome == "completed", report.messages
-    assert [(a.gate, a.decision, a.by, a.channel) for a in report.approvals] == [
-        ("failover", "approved", "bob", "cli")
+    assert [(a.gate, a.decision, a.by, a.channel, a.identity) for a in report.approvals] == [
+        ("failover", "approved", "bob", "cli", "ssh-key")  # signed with bob's demo key
     ]
+    assert report.requester is not None and report.requester.identity == "unverified", "started in the UI"
 
     # Back in the browser: the run's page says Completed, and User Metadata shows the current details.
     await page.reload(wait_until="domcontentloaded")

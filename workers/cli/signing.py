@@ -2,7 +2,8 @@
 
 Where the key comes from, first match wins: ``--key FILE``; ``DRFLOW_SIGNING_KEY`` (a private key path);
 the ssh-agent (``SSH_AUTH_SOCK``), using an agent key the people file lists for the person when the file
-is readable here; the sandbox's demo key ``.drflow/sandbox/keys/<person>``. Without any, the answer goes
+is readable here; the sandbox's demo key ``keys/<person>`` beside the sandbox's people file (default
+``.drflow/sandbox/keys/<person>``). Without any, the answer goes
 unsigned, with a warning: a runbook that requires verified approvers refuses it and says how to sign.
 drflow never reads a private key itself: ``ssh-keygen -Y sign`` does the signing.
 """
@@ -26,6 +27,7 @@ from workers.cli.common import Failure
 
 KEY_ENV = "DRFLOW_SIGNING_KEY"
 DEMO_KEYS = Path(".drflow/sandbox/keys")
+DEMO_MARKER = ".drflow-demo-keys"  # written by `drflow sandbox up`: these private keys are demo keys
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,20 @@ def find_signer(
             raise Failure(f"{KEY_ENV}={path}: no such file")
         return Signer(person, path)
     listed = _listed_keys(person, approvals, directory)
-    demo = DEMO_KEYS / person
+    demo = _demo_keys(approvals, directory) / person
     if os.environ.get("SSH_AUTH_SOCK") and (listed or not demo.is_file()):
         return Signer(person, None, tuple(listed))
     if demo.is_file():
         return Signer(person, demo)
     return None
+
+
+def _demo_keys(approvals: Approvals | None, directory: Path | None) -> Path:
+    """The sandbox's demo keys: beside its people file (marked by the sandbox), else the default place."""
+    location = people_location(approvals or Approvals(), directory)
+    if location is not None and (location.parent / "keys" / DEMO_MARKER).is_file():
+        return location.parent / "keys"
+    return DEMO_KEYS
 
 
 def _listed_keys(person: str, approvals: Approvals | None, directory: Path | None) -> list[str]:

@@ -21,6 +21,7 @@ PEOPLE = {  # name: (display name, Slack id, groups)
     "carol": ("Carol (DBA)", "U0SANDCAROL", ["dba"]),
 }
 GATEWAY = "sandbox-gateway"
+DEMO_MARKER = ".drflow-demo-keys"  # workers/cli/signing.py looks for it before signing with a key here
 
 
 class SandboxKeysError(RuntimeError):
@@ -41,6 +42,9 @@ def ensure_demo_people(state_dir: Path) -> DemoPeople:
     keys.mkdir(parents=True, exist_ok=True)
     os.chmod(keys, 0o700)
     lines = {name: _ensure_key(keys / name, name) for name in [*PEOPLE, GATEWAY]}
+    marker = keys / DEMO_MARKER
+    if not marker.exists():
+        marker.write_text("Demo keys of the drflow sandbox: the CLI signs with them as alice, bob, carol.\n")
     people = {
         "people": [
             {"name": name, "display_name": display, "keys": [lines[name]], "slack": [slack], "groups": groups}
