@@ -27,6 +27,7 @@ from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.support.temporal import start_dev_server
 from tests.test_canary_guard import until
+from workers.cli.signing import Signer, sign_decision, sign_request
 from workers.sandbox.named import free_port
 from workers.sandbox.processes import stop_process
 from workers.worker import build_worker
@@ -135,6 +136,51 @@ async def aborted(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
     await wait_for_decision(client, handle.id)
     await handle.execute_update(FailoverWorkflow.decide, DecisionInput(decision="abort", operator="carol"))
+    await handle.result()
+    return [handle.id]
+
+
+async def verified(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """Since ``verified-approvers``: a signed request, a quorum of two signed votes, a signed decision."""
+    world.write_runbook(
+        approvals__unsigned="refuse", approvals__quorum={"failover": {"min_approvals": 2}},
+        dns__propagation_budget="2s",
+    )  # fmt: skip
+    keys = world.sandbox.state_dir / "keys"
+    workflow_id = f"failover-{world.service}"
+    reason = "recorded"
+    text, signature = sign_request(
+        Signer("alice", keys / "alice"), kind="failover", workflow_id=workflow_id, service=world.service,
+        target="region-b", mode="planned", reason=reason,
+    )  # fmt: skip
+    request = FailoverRequest(
+        service=world.service, target="region-b", reason=reason, requested_by="alice", signed=text,
+        signature=signature,
+    )  # fmt: skip
+    handle = await client.start_workflow(FailoverWorkflow.run, request, id=workflow_id, task_queue=queue)
+    gate = await wait_for_gate(client, handle.id)
+    for person in ("bob", "carol"):
+        signed, sig = sign_decision(
+            Signer(person, keys / person), workflow_id=workflow_id, run_id=gate.run_id, gate="failover",
+            decision="approve", plan_checksum=gate.gate_checksum,
+        )  # fmt: skip
+        await handle.execute_update(
+            FailoverWorkflow.approve,
+            ApprovalInput(approver=person, channel="cli", plan_checksum=gate.gate_checksum, signed=signed,
+                          signature=sig),
+        )  # fmt: skip
+    world.sandbox._named_pair().stop_secondary()
+    waiting = await wait_for_decision(client, handle.id)
+    assert waiting.waiting_step is not None
+    signed, sig = sign_decision(
+        Signer("carol", keys / "carol"), workflow_id=workflow_id, run_id=gate.run_id,
+        failed_step=waiting.waiting_step, decision="skip",
+    )  # fmt: skip
+    await handle.execute_update(
+        FailoverWorkflow.decide,
+        DecisionInput(decision="skip", operator="carol", channel="cli", step=waiting.waiting_step,
+                      signed=signed, signature=sig),
+    )  # fmt: skip
     await handle.result()
     return [handle.id]
 
@@ -264,7 +310,10 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "dry-run": dry_runs,
     "failover-planned-writable": planned_writable,
     "failback-canary-asks": failback_canary_asks,
+    "failover-verified": verified,
 }
+# Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
+WITH_PEOPLE = frozenset({"failover-verified"})
 
 
 async def record(only: list[str]) -> None:
@@ -278,7 +327,7 @@ async def record(only: list[str]) -> None:
             if only and name not in only:
                 continue
             queue = f"record-{uuid.uuid4()}"
-            with sandbox_world() as world:
+            with sandbox_world(people=name in WITH_PEOPLE) as world:
                 async with build_worker(env.client, world.runbooks, task_queue=queue):
                     ids = await scenario(env.client, world, queue)
             for item in ids:
