@@ -317,6 +317,7 @@ def outcome_of(result: Any, objectives: Objectives) -> Outcome:
             at=_datetime(a.get("at")),
             channel=_str(a.get("channel")),
             reason=str(a.get("reason") or ""),
+            **_identity(a),
         )
         for a in _dicts(result.get("approvals"))
     ] + [
@@ -328,6 +329,7 @@ def outcome_of(result: Any, objectives: Objectives) -> Outcome:
             at=_datetime(d.get("at")),
             channel=_str(d.get("channel")),
             reason=str(d.get("reason") or ""),
+            **_identity(d),
         )
         for d in _dicts(result.get("decisions"))
     ]
@@ -348,6 +350,11 @@ def outcome_of(result: Any, objectives: Objectives) -> Outcome:
         gate_records=records,
         messages=_strs(result.get("messages")),
     )
+
+
+def _identity(record: dict[str, Any]) -> dict[str, str | None]:
+    """Who answered, proven how, as the report recorded it (absent in runs without a people file)."""
+    return {name: _str(record.get(name)) for name in ("person", "identity", "key", "gateway")}
 
 
 def _datetime(value: Any) -> datetime | None:

@@ -47,3 +47,14 @@ def format_yes(value: bool | None) -> str:
 
 def format_met(value: bool | None) -> str:
     return "not known" if value is None else ("**met**" if value else "**missed**")
+
+
+def identity_words(identity: str | None, key: str | None, gateway: str | None) -> str:
+    """How an answer was proven: the words of the timeline and of ``drflow audit verify``."""
+    if identity == "ssh-key":
+        return f"ssh-key {key or '(no key recorded)'}"
+    if identity == "slack-gateway":
+        return f"Slack click attested by gateway {gateway or '?'} {key or '(no key recorded)'}"
+    if identity == "unverified":
+        return "identity not verified"
+    return "identity not verified (no people file)"

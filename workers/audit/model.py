@@ -72,6 +72,10 @@ class UpdateRecord(StrictModel):
     status: Literal["accepted", "completed", "failed"] = "accepted"
     message: str | None = None
     args: Any = None
+    person: str | None = Field(default=None, description="the person the report recorded for this answer")
+    identity: str | None = Field(default=None, description="ssh-key, slack-gateway or unverified (report)")
+    key: str | None = Field(default=None, description="fingerprint of the signing key (report)")
+    gateway: str | None = None
 
 
 class TimerRecord(StrictModel):
@@ -259,6 +263,10 @@ class ReportGateRecord(StrictModel):
     at: datetime | None
     channel: str | None
     reason: str
+    person: str | None = None
+    identity: str | None = Field(default=None, description="ssh-key, slack-gateway or unverified")
+    key: str | None = Field(default=None, description="fingerprint of the key that signed")
+    gateway: str | None = None
 
 
 class Objectives(StrictModel):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from workers.audit.blocks import Block, Bullets, Heading, Para, Table
 from workers.audit.evidence import describe_dns
-from workers.audit.formatting import format_met, format_seconds, format_span, format_time, format_yes
+from workers.audit.formatting import (
+    format_met,
+    format_seconds,
+    format_span,
+    format_time,
+    format_yes,
+    identity_words,
+)
 from workers.audit.model import ActivityRecord, Timeline
 from workers.audit.regulations import regulatory_evidence
 
@@ -114,24 +121,31 @@ def _people(t: Timeline) -> list[Block]:
     if not decisions and not others:
         blocks.append(Para("None: no person approved, rejected or decided anything in this run."))
     else:
-        table = Table(["when (UTC)", "event", "Update", "gate / step", "by", "channel", "reason", "result"])
+        # a run with a people file says how each answer was proven (key fingerprint or not verified)
+        proven = any(u.identity for u in decisions)
+        header = ["when (UTC)", "event", "Update", "gate / step", "by", "channel", "reason", "result"]
+        table = Table([*header[:6], "identity", *header[6:]] if proven else header)
         subjects = _subjects(t)
         for u in decisions:
             gate = u.gate or subjects.get(u.update_id) or "-"
-            table.rows.append(
-                [
-                    format_time(u.accepted_at),
-                    str(u.accepted_event_id),
-                    u.name + (f" {u.decision}" if u.decision else ""),
-                    gate,
-                    u.by or "-",
-                    u.channel or "-",
-                    u.reason or "-",
-                    f"{u.status}" + (f": {u.message}" if u.message else ""),
-                ]
-            )
+            row = [
+                format_time(u.accepted_at),
+                str(u.accepted_event_id),
+                u.name + (f" {u.decision}" if u.decision else ""),
+                gate,
+                u.person or u.by or "-",
+                u.channel or "-",
+                u.reason or "-",
+                f"{u.status}" + (f": {u.message}" if u.message else ""),
+            ]
+            if proven:
+                row.insert(6, identity_words(u.identity, u.key, u.gateway))
+            table.rows.append(row)
         for g in others:
-            table.rows.append([format_time(g.at), "-", "(none)", g.subject, "-", "-", g.reason, g.decision])
+            row = [format_time(g.at), "-", "(none)", g.subject, "-", "-", g.reason, g.decision]
+            if proven:
+                row.insert(6, "-")
+            table.rows.append(row)
         blocks.append(table)
     if any(n.startswith("Updates refused") for n in t.notes):
         blocks.append(Para(next(n for n in t.notes if n.startswith("Updates refused"))))

@@ -18,9 +18,9 @@ from workers.audit.events import EventPass
 from workers.audit.evidence import as_str as _str
 from workers.audit.evidence import evidence_of, objectives_of, outcome_of
 from workers.audit.evidence import get_path as _get
-from workers.audit.formatting import format_span, step_name, timer_name
+from workers.audit.formatting import format_span, identity_words, step_name, timer_name
 from workers.audit.history import decode_payloads, event_details, event_summary, event_time
-from workers.audit.model import Entry, EventLabel, Request, Timeline
+from workers.audit.model import Entry, EventLabel, ReportGateRecord, Request, Timeline, UpdateRecord
 
 __all__ = ["EventLabel", "Timeline", "build_timeline", "event_labels"]
 
@@ -74,7 +74,9 @@ def _assemble(records: EventPass) -> Timeline:
         failure=records.failure,
         workers=sorted(records.workers.values(), key=lambda w: w.identity),
         activities=activities,
-        updates=sorted(records.updates.values(), key=lambda u: u.accepted_event_id),
+        updates=_with_identities(
+            sorted(records.updates.values(), key=lambda u: u.accepted_event_id), outcome.gate_records
+        ),
         timers=sorted(records.timers.values(), key=lambda t: t.started_event_id),
         signals=records.signals,
         children=sorted(records.children.values(), key=lambda c: c.event_id),
@@ -86,6 +88,35 @@ def _assemble(records: EventPass) -> Timeline:
         notes=notes,
     )
     return timeline.model_copy(update={"entries": _entries(timeline)})
+
+
+def _with_identities(updates: list[UpdateRecord], records: list[ReportGateRecord]) -> list[UpdateRecord]:
+    """Each answering Update with who the report says it was from, and how that was proven.
+
+    The report records answers in the order their Updates were accepted (a vote at once, a gate's last
+    answer as the gate closes); expiries and emergency skips are not Updates and are left out.
+    """
+    answered = [r for r in records if r.decision not in ("expired", "skipped-in-emergency")]
+    gates = iter(r for r in answered if r.kind == "approval")
+    steps = iter(r for r in answered if r.kind == "decision")
+    paired = []
+    for u in updates:
+        record = None
+        if u.status != "failed" and u.name in ("approve", "reject", "accept_data_loss"):
+            record = next(gates, None)
+        elif u.status != "failed" and u.name == "decide":
+            record = next(steps, None)
+        if record is not None and record.identity is not None:
+            u = u.model_copy(
+                update={
+                    "person": record.person,
+                    "identity": record.identity,
+                    "key": record.key,
+                    "gateway": record.gateway,
+                }
+            )
+        paired.append(u)
+    return paired
 
 
 def _entries(t: Timeline) -> list[Entry]:
@@ -116,6 +147,7 @@ def _entries(t: Timeline) -> list[Entry]:
         what = u.decision or u.gate or ""
         text = f"Update {u.name}{f' {what}' if what else ''}"
         text += (f" by {u.by}" if u.by else "") + (f" via {u.channel}" if u.channel else "")
+        text += f" [{identity_words(u.identity, u.key, u.gateway)}]" if u.identity else ""
         text += f" (client {u.client_identity})" if u.client_identity else ""
         text += f": {u.reason}" if u.reason else ""
         text += f" → {u.status}" + (f": {u.message}" if u.message else "")

@@ -53,21 +53,42 @@ def export(source: str, run_id: str | None, fmt: str, output: Path | None, **opt
 
 @audit.command("verify")
 @click.argument("location")
-def verify(location: str) -> int:
-    """Recompute every SHA-256 of an archive and name any file that changed or is missing.
+@click.option("--run-id", help="for a workflow id: a specific run (default: the latest)")
+@connection_options
+def verify(location: str, run_id: str | None, **options: Any) -> int:
+    """Re-verify a run's evidence: an archive's SHA-256 manifest, and every signature in its history.
 
-    LOCATION: a run folder (or its manifest.json), or s3://bucket/prefix/<workflow>/<run>.
+    LOCATION: a run folder (or its manifest.json), s3://bucket/prefix/<workflow>/<run>, a history.json
+    file, or a workflow id. Each signed request, approval, vote and decision is checked against its key,
+    its payload and the report's record; one line per record. Exit 1 when anything fails.
     """
-    from workers.audit.archive import ArchiveError
+    from workers.audit.archive import ArchiveError, is_archive, read_archived_history
     from workers.audit.archive import verify as verify_archive
+    from workers.audit.signatures import signatures_of
 
+    if is_archive(location):
+        try:
+            report = verify_archive(location)
+        except ArchiveError as err:
+            raise Failure(str(err)) from err
+        for line in report.lines():
+            click.echo(line)
+        if not report.ok:
+            click.echo("signatures not checked: the archive fails verification, its history proves nothing")
+            return EXIT_ERROR
+        try:
+            history = read_archived_history(location)
+        except ArchiveError as err:
+            raise Failure(str(err)) from err
+    else:
+        history = _load(location, run_id, options)
     try:
-        report = verify_archive(location)
-    except ArchiveError as err:
-        raise Failure(str(err)) from err
-    for line in report.lines():
+        audit_of_signatures = signatures_of(history)
+    except ValueError as err:
+        raise Failure(f"{location}: {err}") from err
+    for line in audit_of_signatures.lines():
         click.echo(line)
-    return EXIT_OK if report.ok else EXIT_ERROR
+    return EXIT_OK if audit_of_signatures.ok else EXIT_ERROR
 
 
 @audit.command("replay")
