@@ -89,9 +89,12 @@ def _confirm(title: str, text: str, confirm: str) -> dict[str, Any]:
 
 
 def button_value(facts: GateFacts) -> str:
-    """Workflow id, run id, gate and plan checksum: the gateway needs nothing else to send the Update."""
+    """Workflow id, run id, gate and the FULL plan checksum: what the gateway attests the person saw.
+
+    Buttons posted before this carry a 16-character prefix; the gateway never attests such a click.
+    """
     value = json.dumps(
-        {"w": facts.workflow_id, "r": facts.run_id, "g": facts.gate, "c": (facts.plan_checksum or "")[:16]},
+        {"w": facts.workflow_id, "r": facts.run_id, "g": facts.gate, "c": facts.plan_checksum or ""},
         separators=(",", ":"),
     )
     if len(value) > LIMITS["button_value"]:
