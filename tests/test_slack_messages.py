@@ -111,7 +111,7 @@ def test_gate_message_carries_plan_people_link_and_buttons_within_block_kit_limi
     assert "http://localhost:8233/namespaces/default/workflows/failover-checkout/0f3c5c1e-run" in text
     assert set(message.buttons()) == {"drflow_approve", "drflow_reject"}
     value = json.loads(message.buttons()["drflow_approve"]["value"])
-    assert value == {"w": "failover-checkout", "r": "0f3c5c1e-run", "g": "failover", "c": "ab" * 8}
+    assert value == {"w": "failover-checkout", "r": "0f3c5c1e-run", "g": "failover", "c": "ab" * 32}
 
 
 def test_data_loss_gate_offers_approve_with_data_loss() -> None:

@@ -490,6 +490,8 @@ class ControlledRun(Generic[R]):
             missing = quorum.missing(group_members(quorum, self._people.people))
             if missing:  # a vote: recorded now, the gate stays open
                 self._record_approval(record)
+                if self._slack is not None:
+                    self._slack.vote_recorded(record, quorum, missing)
                 self._show(self._render())
                 return UpdateOutcome(
                     accepted=True,

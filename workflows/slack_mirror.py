@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         GateFacts,
         GateMessageRequest,
         GateStatus,
+        GateVotes,
         ProgressLine,
         ProgressRequest,
         ResolveApproversRequest,
@@ -51,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from runbooks.durations import format_duration
     from runbooks.model import SLACK_USER_PATTERN, Runbook, SlackApprovals
-    from workflows.failover_models import ApprovalRecord, DecisionRecord, RunReport
+    from workflows.failover_models import ApprovalRecord, DecisionRecord, QuorumStatus, RunReport
     from workflows.slack_facts import step_line, summary_lines
 
 SLACK_PATCH = "slack-approvals"
@@ -83,10 +84,14 @@ class GateView:
     shown: str | None = None
     escalation: Escalation | None = None
     escalated: bool = False
+    votes: GateVotes | None = None
 
     @property
     def state(self) -> str:
-        return "open" if self.record is None else self.record.decision
+        """What the message shows; each vote on a quorum gate is a change of its own ("open:1")."""
+        if self.record is not None:
+            return self.record.decision
+        return "open" if self.votes is None else f"open:{len(self.votes.approved_by)}"
 
 
 @dataclass
@@ -155,8 +160,25 @@ class SlackMirror:
         view.escalation = Escalation(after=after, mention=mention)
         self._note(f"the {view.facts.gate} gate was escalated in Slack after {format_duration(after)}")
 
+    def vote_recorded(self, record: ApprovalRecord, quorum: QuorumStatus, missing: list[str]) -> None:
+        """An approval counted on a quorum gate that stays open: the message shows who and what is missing.
+
+        Called from the Update handler (which does not hold the view): the open view of that gate.
+        """
+        open_views = [v for v in self._gates if v.facts.gate == record.gate and v.record is None]
+        view = open_views[-1] if open_views else None
+        if view is None:
+            return
+        view.votes = GateVotes(
+            approved_by=list(quorum.approved_by), min_approvals=quorum.min_approvals, missing=list(missing)
+        )
+
     def gate_answered(self, view: GateView, record: ApprovalRecord) -> None:
         view.record = record
+        votes = view.votes
+        if votes is not None and record.decision != "rejected" and record.person not in votes.approved_by:
+            approved = [*votes.approved_by, record.person or record.by or "?"]
+            view.votes = votes.model_copy(update={"approved_by": approved, "missing": []})
 
     def decision_opened(self, facts: DecisionFacts, timeout: timedelta) -> DecisionView:
         # The approvers are looked up at every gate; a step failing before any gate looks them up itself.
@@ -359,6 +381,7 @@ class SlackMirror:
             status = GateStatus(
                 decision=record.decision, by=record.by, channel=record.channel, at=record.at,
                 reason=record.reason if record.decision != "expired" else "", timeout=view.timeout,
+                person=record.person,
             )  # fmt: skip
         return GateMessageRequest(
             channel=self.slack.channel,
@@ -369,6 +392,7 @@ class SlackMirror:
             status=status,
             escalation=view.escalation,
             messages=list(view.messages) if messages is None else messages,
+            votes=view.votes,
         )
 
     def _decision_message(self, view: DecisionView) -> DecisionMessageRequest:
@@ -378,6 +402,7 @@ class SlackMirror:
             status = DecisionStatus(
                 decision=record.decision, by=record.by, channel=record.channel, at=record.at,
                 reason=record.reason if record.decision != "expired" else "", timeout=view.timeout,
+                person=record.person,
             )  # fmt: skip
         return DecisionMessageRequest(
             channel=self.slack.channel,

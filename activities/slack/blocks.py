@@ -21,6 +21,7 @@ from activities.slack.models import (
     GateFacts,
     GateMessageRequest,
     GateStatus,
+    GateVotes,
     SummaryRequest,
 )
 from runbooks.durations import format_duration
@@ -89,9 +90,12 @@ def _confirm(title: str, text: str, confirm: str) -> dict[str, Any]:
 
 
 def button_value(facts: GateFacts) -> str:
-    """Workflow id, run id, gate and plan checksum: the gateway needs nothing else to send the Update."""
+    """Workflow id, run id, gate and the FULL plan checksum: what the gateway attests the person saw.
+
+    Buttons posted before this carry a 16-character prefix; the gateway never attests such a click.
+    """
     value = json.dumps(
-        {"w": facts.workflow_id, "r": facts.run_id, "g": facts.gate, "c": (facts.plan_checksum or "")[:16]},
+        {"w": facts.workflow_id, "r": facts.run_id, "g": facts.gate, "c": facts.plan_checksum or ""},
         separators=(",", ":"),
     )
     if len(value) > LIMITS["button_value"]:
@@ -168,7 +172,10 @@ def _buttons(facts: GateFacts) -> dict[str, Any]:
     return {"type": "actions", "block_id": "drflow_gate", "elements": elements}
 
 
-def who(by: str | None, channel: str | None) -> str:
+def who(by: str | None, channel: str | None, person: str | None = None) -> str:
+    """The person by name when the people file knows them; else the Slack mention or the typed name."""
+    if person is not None:
+        return f"{escape(person)} (via {'Slack' if channel == 'slack' else escape(channel or '?')})"
     if by is None:
         return "nobody"
     if channel == "slack":
@@ -176,15 +183,26 @@ def who(by: str | None, channel: str | None) -> str:
     return f"{escape(by)} (via {escape(channel or '?')})"
 
 
+def votes_text(votes: GateVotes, open_gate: bool) -> str:
+    """Quorum progress: "approved by bob (1 of 2) · still needed: one of group dba"."""
+    names = ", ".join(escape(name) for name in votes.approved_by) or "nobody"
+    count = f"({len(votes.approved_by)} of {votes.min_approvals})"
+    if not open_gate:
+        return f"Approvals: {names} {count}"
+    still = f" · still needed: {escape(', '.join(votes.missing))}" if votes.missing else ""
+    return f":ballot_box_with_check: Approved by {names} {count}{still}"
+
+
 def status_text(status: GateStatus) -> str:
     at = status.at.strftime("%H:%M:%S")
     reason = f": {escape(status.reason)}" if status.reason else ""
+    by = who(status.by, status.channel, status.person)
     if status.decision == "approved":
-        return f":white_check_mark: Approved by {who(status.by, status.channel)} at {at} UTC"
+        return f":white_check_mark: Approved by {by} at {at} UTC"
     if status.decision == "rejected":
-        return f":x: Rejected by {who(status.by, status.channel)} at {at} UTC{reason}"
+        return f":x: Rejected by {by} at {at} UTC{reason}"
     if status.decision == "data-loss-accepted":
-        return f":warning: Data loss accepted by {who(status.by, status.channel)} at {at} UTC{reason}"
+        return f":warning: Data loss accepted by {by} at {at} UTC{reason}"
     if status.decision == "expired":
         within = format_duration(status.timeout) if status.timeout is not None else "the approval timeout"
         return f":hourglass: Expired: nobody approved within {within} (at {at} UTC)"
@@ -194,7 +212,7 @@ def status_text(status: GateStatus) -> str:
 def decision_status_text(status: DecisionStatus) -> str:
     at = status.at.strftime("%H:%M:%S")
     reason = f": {escape(status.reason)}" if status.reason and status.channel != "slack" else ""
-    by = who(status.by, status.channel)
+    by = who(status.by, status.channel, status.person)
     if status.decision == "retry":
         return f":repeat: Retried by {by} at {at} UTC{reason}"
     if status.decision == "skip":
@@ -322,7 +340,7 @@ def gate_blocks(request: GateMessageRequest, link: str) -> list[dict[str, Any]]:
         else escape(facts.requested_by or "unknown (separation of duties cannot be checked)")
     )
     blocks.append(_section(f"*Gate:* `{facts.gate}`\n*Requested by* {asker}\n*Why:* {escape(facts.reason)}"))
-    room = LIMITS["blocks"] - len(blocks) - 3  # context, actions or status, and one spare
+    room = LIMITS["blocks"] - len(blocks) - 4  # context, votes, actions or status, and one spare
     for fact in facts.facts[:room]:
         if fact.code:
             blocks.append(_code_section(fact.label, fact.text))
@@ -354,9 +372,13 @@ def gate_blocks(request: GateMessageRequest, link: str) -> list[dict[str, Any]]:
                     '"how it was stopped"` or the Web UI\'s approve Update.'
                 )
             )
+        if request.votes is not None:
+            blocks.append(_section(votes_text(request.votes, open_gate=True)))
         blocks.append(_buttons(facts))
     else:
         blocks.append(_section(status_text(request.status)))
+        if request.votes is not None:
+            blocks.append(_section(votes_text(request.votes, open_gate=False)))
     return blocks
 
 
@@ -368,7 +390,10 @@ def gate_text(request: GateMessageRequest) -> str:
     prefix = ""
     if request.escalation is not None:
         prefix = " ".join(request.escalation.mention) + " still waiting: "
-    return clip(f"{prefix}{facts.title}: approval needed at the {facts.gate} gate", LIMITS["message_text"])
+    votes = f" ({votes_text(request.votes, open_gate=True)})" if request.votes is not None else ""
+    return clip(
+        f"{prefix}{facts.title}: approval needed at the {facts.gate} gate{votes}", LIMITS["message_text"]
+    )
 
 
 def summary_blocks(request: SummaryRequest, link: str) -> list[dict[str, Any]]:

@@ -7,12 +7,12 @@ the replay of every run that used it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from runbooks.durations import Duration
-from runbooks.model import Gate, StrictModel
+from runbooks.model import Gate, StrictModel, drop_unset
 
 Decision = Literal["approved", "rejected", "data-loss-accepted", "skipped-in-emergency", "expired"]
 StepDecision = Literal["retry", "skip", "abort", "expired"]
@@ -57,6 +57,19 @@ class GateStatus(StrictModel):
     at: datetime
     reason: str = ""
     timeout: Duration | None = None
+    person: str | None = Field(default=None, description="the person of the people file who answered")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "person")
+
+
+class GateVotes(StrictModel):
+    """A quorum gate's approvals so far (people, in order) and, while it is open, what is still needed."""
+
+    approved_by: list[str]
+    min_approvals: int
+    missing: list[str] = Field(default_factory=list)
 
 
 class Escalation(StrictModel):
@@ -71,6 +84,12 @@ class GateMessageRequest(StrictModel):
     status: GateStatus | None = None
     escalation: Escalation | None = None
     messages: list[str] = Field(default_factory=list, description="ts of the messages to edit in place")
+    votes: GateVotes | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Without votes, the same payload as before quorum (an older worker reads it)."""
+        return drop_unset(handler(self), "votes")
 
 
 class DecisionFacts(StrictModel):
@@ -94,6 +113,11 @@ class DecisionStatus(StrictModel):
     at: datetime
     reason: str = ""
     timeout: Duration | None = None
+    person: str | None = Field(default=None, description="the person of the people file who decided")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "person")
 
 
 class DecisionMessageRequest(StrictModel):

@@ -64,6 +64,8 @@ def gateway(mode: str, host: str, port: int, idle_without_slack: bool, **options
 
     Secrets only from the environment or files: SLACK_SIGNING_SECRET (HTTP), SLACK_APP_TOKEN (Socket Mode),
     SLACK_BOT_TOKEN (optional: ephemeral refusals without a response_url), or *_FILE naming a file.
+    DRFLOW_GATEWAY_KEY (env:NAME or file:PATH to its ed25519 private key) and DRFLOW_GATEWAY_NAME (its name
+    in the people file) make it attest every click, so runbooks with a people file can verify who answered.
     Slack's Request URL is http(s)://<host>:<port>/slack/actions; health: /healthz.
     """
     try:

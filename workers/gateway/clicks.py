@@ -10,6 +10,8 @@ from typing import Any
 from activities.slack.blocks import ACTION_UPDATES, DECISION_ACTIONS
 from workflows.failover_models import ApprovalInput, DecisionInput
 
+Answer = ApprovalInput | DecisionInput
+
 
 @dataclass(frozen=True)
 class Click:
@@ -45,7 +47,7 @@ class Click:
         """What the click answers, for logs and refusals: the gate or the failed step."""
         return f"step {self.step!r}" if self.update == "decide" else f"gate {self.gate}"
 
-    def answer(self) -> ApprovalInput | DecisionInput:
+    def answer(self) -> Answer:
         name = f"@{self.user_name}" if self.user_name else self.user_id
         if self.update == "decide":
             return DecisionInput(
