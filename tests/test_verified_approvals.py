@@ -22,13 +22,19 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.approvals.signatures import DecisionPayload, utc_stamp
 from activities.dns.reader import DnsQuery, read_dns_record
-from tests.support.failover import StatelessService, stateless_service, wait_for_gate
+from tests.support.failover import StatelessService, stateless_service, wait_for_decision, wait_for_gate
 from tests.support.sshkeys import SSH_KEYGEN, Key, keygen_sign, make_key
 from workers.cli.signing import Signer, sign_decision, sign_request
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
-from workflows.failover_models import ApprovalInput, FailoverReport, FailoverRequest, render_report
+from workflows.failover_models import (
+    ApprovalInput,
+    DecisionInput,
+    FailoverReport,
+    FailoverRequest,
+    render_report,
+)
 
 DRFLOW = str(Path(sys.executable).parent / "drflow")
 PEOPLE = ("alice", "bob", "carol", "dave", "mallory", "bob-old")
@@ -393,3 +399,63 @@ async def test_unsigned_answers_under_record_are_people_too_and_reported_unverif
     [approval] = final.approvals
     assert (approval.person, approval.identity, approval.signed) == ("dave", "unverified", None)
     assert "approved by dave via ui (identity not verified)" in render_report(final)
+
+
+async def test_a_failed_step_is_decided_only_by_a_signed_approver_bound_to_that_step(
+    dev_env: WorkflowEnvironment, tmp_path: Path, dns_world: NamedPair, keys: dict[str, Key], task_queue: str
+) -> None:
+    (tmp_path / "people.yaml").write_text(people_yaml(keys))
+    with stateless_service(tmp_path, dns_world) as service:
+        world = await world_for(dev_env, service, keys, task_queue)
+        async with build_worker(dev_env.client, service.runbooks, task_queue=task_queue):
+            handle = await world.start("alice")
+            report = await wait_for_gate(dev_env.client, handle.id)
+            await handle.execute_update(FailoverWorkflow.approve, signed_answer(world, report, "bob"))
+            service.region_b.behaviour.status = 500  # health as users see it fails after the cutover
+            waiting = await wait_for_decision(dev_env.client, handle.id, timeout=120)
+            step = waiting.waiting_step
+            assert step == "validate health", waiting.steps
+
+            def decision(person: str, **changes: Any) -> DecisionInput:
+                fields: dict[str, Any] = {
+                    "workflow_id": waiting.workflow_id, "run_id": waiting.run_id, "failed_step": step,
+                    "decision": "abort",
+                }  # fmt: skip
+                fields.update(changes)
+                text, signature = sign_decision(world.signer(person), **fields)
+                return DecisionInput(
+                    decision="abort",
+                    operator=person,
+                    channel="cli",
+                    step=step,
+                    signed=text,
+                    signature=signature,
+                )
+
+            cases = {
+                "unsigned": (
+                    DecisionInput(decision="abort", operator="carol", channel="ui"),
+                    "requires verified approvers",
+                ),
+                "another step": (
+                    decision("carol", failed_step="verify propagation"),
+                    "signed for failed_step",
+                ),
+                "another decision": (decision("carol", decision="retry"), "signed for decision 'retry'"),
+                "not an approver": (decision("dave"), "dave is not an approver"),
+            }
+            for case, (answer, expected) in cases.items():
+                message = await refused(handle, "decide", answer)
+                assert expected in message, (case, message)
+            still: FailoverReport = await handle.query(FailoverWorkflow.status)
+            assert still.waiting_step == step and still.decisions == []
+            service.region_b.behaviour.status = 200
+            await handle.execute_update(
+                FailoverWorkflow.decide,
+                decision("carol", decision="retry").model_copy(update={"decision": "retry"}),
+            )
+            final: FailoverReport = await handle.result()
+    assert final.outcome == "completed", final.messages
+    [record] = final.decisions
+    assert (record.decision, record.person, record.identity) == ("retry", "carol", "ssh-key")
+    assert record.key == keys["carol"].fingerprint
