@@ -18,6 +18,11 @@ secret, and POSTs it to the gateway's Request URL. Figures (ms):
   event's time in the history (same host clock; the server stamps events in milliseconds).
 - bare Update: the same gates approved with ``execute_update`` straight from the client, for reference.
 
+With ``--signed`` the same workflow verifies who answers, as a run with a people file does: the gateway
+attests each click with its Ed25519 key and the Update validator verifies the attestation (and the
+handler again); the bare leg becomes the CLI's path: ``ssh-keygen -Y sign`` of the decision, then the
+Update, whose validator verifies the SSH signature. Keys are made with the real ``ssh-keygen``.
+
 Figures are printed; nothing is asserted. Target (from the issue): p99 ≤ 50 ms.
 """
 
@@ -25,17 +30,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -43,19 +52,24 @@ if str(REPO) not in sys.path:
 
 import httpx
 from pydantic import Field
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.approvals.attestations import GatewaySigner
+from activities.runbook import LoadedPeople, LoadPeopleRequest
 from activities.slack.activities import SLACK_ACTIVITIES
 from runbooks.model import Runbook, StrictModel
+from runbooks.people import PeopleSnapshot, parse_people
 from tests.support.slack.standin import Message, SlackStandIn, signed, slack_standin
 from tests.support.slack.workspace import BOT_TOKEN, SIGNING_SECRET
 from tests.support.temporal import start_dev_server
+from workers.cli.signing import Signer, sign_decision
 from workers.gateway import GatewayConfig
 from workers.gateway.server import running_gateway
 from workflows.failover_models import ApprovalInput, RunReport
 from workflows.run_control import ControlledRun
+from workflows.runner import workflow_runner
 
 RUNBOOK = {
     "service": "bench",
@@ -79,6 +93,7 @@ RUNBOOK = {
 class BenchInput(StrictModel):
     runbook: Runbook
     gates: int = Field(ge=1)
+    people: PeopleSnapshot | None = Field(default=None, description="set: answers must be signed")
 
 
 @workflow.defn(name="ApprovalBench", sandboxed=False)
@@ -96,6 +111,7 @@ class ApprovalBench(ControlledRun[RunReport]):
         )  # fmt: skip
         self._init_control(report, "alice")
         self._runbook = request.runbook
+        self._people = request.people
 
     def _render(self) -> str:
         return f"gate {len(self._report.approvals) + 1}"
@@ -146,14 +162,66 @@ async def accepted_times(client: Client, workflow_id: str) -> list[datetime]:
     ]
 
 
-async def clicks_through_gateway(
-    client: Client, slack: SlackStandIn, task_queue: str, count: int, think: float
-) -> None:
-    config = GatewayConfig(mode="http", port=0, signing_secret=SIGNING_SECRET, api_url=slack.api_url)
+@dataclass(frozen=True)
+class Signing:
+    """The people file of the signed mode: bob's SSH key and the gateway's key, made by ssh-keygen."""
+
+    people: PeopleSnapshot
+    bob_key: Path
+    gateway: GatewaySigner
+
+    @classmethod
+    def make(cls, folder: Path) -> Signing:
+        for name in ("bob", "gateway"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        bob = (folder / "bob.pub").read_text().strip()
+        gateway = (folder / "gateway.pub").read_text().strip()
+        text = (
+            f"people:\n  - name: bob\n    keys: [{bob}]\n    slack: [U02BOB]\n"
+            f"gateways:\n  - name: bench\n    key: {gateway}\n"
+        )
+        people = PeopleSnapshot(
+            people=parse_people(text.encode(), "people.yaml"), source="people.yaml",
+            sha256=hashlib.sha256(text.encode()).hexdigest(),
+        )  # fmt: skip
+        signer = GatewaySigner("bench", (folder / "gateway").read_text())
+        return cls(people, folder / "bob", signer)
+
+
+def people_activity(signing: Signing | None) -> Any:
+    """``load_people`` as a worker serves it: a gate reloads the file (here: the benchmark's) as it opens."""
+
+    @activity.defn(name="load_people")
+    def load_people(_: LoadPeopleRequest) -> LoadedPeople:
+        return LoadedPeople(snapshot=signing.people if signing else None)
+
+    return load_people
+
+
+def bench_runbook(signing: Signing | None) -> Runbook:
     runbook = Runbook.model_validate(RUNBOOK)
+    if signing is None:
+        return runbook
+    assert runbook.approvals.slack is not None
+    slack = runbook.approvals.slack.model_copy(update={"identities": {}})
+    return runbook.model_copy(update={"approvals": runbook.approvals.model_copy(update={"slack": slack})})
+
+
+async def clicks_through_gateway(
+    client: Client, slack: SlackStandIn, task_queue: str, count: int, think: float, signing: Signing | None
+) -> None:
+    config = GatewayConfig(
+        mode="http", port=0, signing_secret=SIGNING_SECRET, api_url=slack.api_url,
+        signer=signing.gateway if signing else None,
+    )  # fmt: skip
+    runbook = bench_runbook(signing)
     async with running_gateway(client, config) as gateway, httpx.AsyncClient(trust_env=False) as http:
         handle = await client.start_workflow(
-            ApprovalBench.run, BenchInput(runbook=runbook, gates=count),
+            ApprovalBench.run,
+            BenchInput(runbook=runbook, gates=count, people=signing.people if signing else None),
             id=f"approval-bench-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
         )  # fmt: skip
         seen: set[str] = set()
@@ -174,28 +242,47 @@ async def clicks_through_gateway(
     if approved != count or len(accepted) != count or slack.ephemerals:
         raise SystemExit(f"expected {count} approvals, got {approved} ({len(slack.ephemerals)} refusals)")
     to_accepted = [(a - s).total_seconds() * 1000 for s, a in zip(sent_at, accepted, strict=True)]
-    print(describe("click -> HTTP 200", round_trips))
-    print(describe("click -> UpdateAccepted", to_accepted))
+    attested = " (attested)" if signing else ""
+    print(describe(f"click -> HTTP 200{attested}", round_trips))
+    print(describe(f"click -> UpdateAccepted{attested}", to_accepted))
 
 
 async def bare_updates(
-    client: Client, slack: SlackStandIn, task_queue: str, count: int, think: float
+    client: Client, slack: SlackStandIn, task_queue: str, count: int, think: float, signing: Signing | None
 ) -> None:
-    runbook = Runbook.model_validate(RUNBOOK)
+    runbook = bench_runbook(signing)
     handle = await client.start_workflow(
-        ApprovalBench.run, BenchInput(runbook=runbook, gates=count),
+        ApprovalBench.run,
+        BenchInput(runbook=runbook, gates=count, people=signing.people if signing else None),
         id=f"approval-bench-bare-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
     )  # fmt: skip
     seen: set[str] = set()
     round_trips: list[float] = []
-    for _ in range(count):
+    signing_ms: list[float] = []
+    for n in range(count):
         await next_gate(slack, handle.id, seen)
         await asyncio.sleep(think)
         started = time.perf_counter()
-        await handle.execute_update(ApprovalBench.approve, ApprovalInput(approver="U02BOB", channel="api"))
+        if signing is None:
+            answer = ApprovalInput(approver="U02BOB", channel="api")
+        else:
+            signed_text, signature = sign_decision(
+                Signer("bob", signing.bob_key), workflow_id=handle.id, run_id=handle.result_run_id or "",
+                gate="failover", decision="approve", plan_checksum=f"{n:064x}",
+            )  # fmt: skip
+            signing_ms.append((time.perf_counter() - started) * 1000)
+            answer = ApprovalInput(
+                approver="bob", channel="cli", plan_checksum=f"{n:064x}", signed=signed_text,
+                signature=signature,
+            )  # fmt: skip
+        await handle.execute_update(ApprovalBench.approve, answer)
         round_trips.append((time.perf_counter() - started) * 1000)
     await handle.result()
-    print(describe("bare execute_update", round_trips))
+    if signing is None:
+        print(describe("bare execute_update", round_trips))
+        return
+    print(describe("ssh-keygen -Y sign", signing_ms))
+    print(describe("sign + execute_update", round_trips))
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -209,9 +296,14 @@ async def main(argv: Sequence[str] | None = None) -> int:
         help="seconds between the message appearing and the click (a person takes longer; the workflow is "
         "then idle, as it is when a real click arrives)",
     )  # fmt: skip
+    parser.add_argument(
+        "--signed", action="store_true",
+        help="verified approvers: attested clicks and SSH-signed Updates, verified by the validator",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp, slack_standin() as slack:
+        signing = Signing.make(Path(tmp)) if args.signed else None
         slack.world.usergroups = {"S0ONCALL": ["U03CAROL"]}
         slack.world.users = {"U02BOB": "Bob"}
         os.environ["SLACK_API_URL"] = slack.api_url
@@ -221,17 +313,19 @@ async def main(argv: Sequence[str] | None = None) -> int:
         task_queue = f"approval-bench-{uuid.uuid4().hex[:6]}"
         try:
             worker = Worker(
-                env.client, task_queue=task_queue, workflows=[ApprovalBench], activities=SLACK_ACTIVITIES,
+                env.client, task_queue=task_queue, workflows=[ApprovalBench],
+                activities=[*SLACK_ACTIVITIES, people_activity(signing)],
                 activity_executor=ThreadPoolExecutor(max_workers=8),
-                graceful_shutdown_timeout=timedelta(seconds=5),
+                graceful_shutdown_timeout=timedelta(seconds=5), workflow_runner=workflow_runner(),
             )  # fmt: skip
             async with worker:
                 print(
                     f"{args.clicks} approvals, dev server {'SQLite file' if args.db_file else 'in memory'}, "
                     f"one worker, gateway in HTTP mode, all on loopback"
+                    + (", answers signed and verified" if signing else "")
                 )
-                await clicks_through_gateway(env.client, slack, task_queue, args.clicks, args.think)
-                await bare_updates(env.client, slack, task_queue, args.clicks, args.think)
+                await clicks_through_gateway(env.client, slack, task_queue, args.clicks, args.think, signing)
+                await bare_updates(env.client, slack, task_queue, args.clicks, args.think, signing)
         finally:
             await env.shutdown()
     return 0
