@@ -26,7 +26,8 @@ from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
 from activities.slack.activities import SLACK_ACTIVITIES
 from activities.traffic.activities import TRAFFIC_ACTIVITIES
-from runbooks.loader import RUNBOOKS_ENV, load_directory
+from runbooks.loader import RUNBOOKS_ENV, LoadedRunbook, load_directory
+from runbooks.people import PeopleFileError, people_for
 from workers.audit.archive import ArchiveConfig, ArchiveError, HistoryArchiver
 from workflows.archive import ArchiveRunWorkflow
 from workflows.common import TASK_QUEUE
@@ -83,6 +84,28 @@ def check_runbooks(directory: Path) -> None:
         return
     log.info("serving %d runbook(s) from %s: %s", len(loaded), where,
              ", ".join(sorted(item.runbook.service for item in loaded)))  # fmt: skip
+    _log_people(loaded, directory)
+
+
+def _log_people(loaded: list[LoadedRunbook], directory: Path) -> None:
+    """Say at start what a run would only find at its first step: approvals the people file cannot back."""
+    unverified: list[str] = []
+    for item in loaded:
+        service = item.runbook.service
+        try:
+            snapshot = people_for(service, item.runbook.approvals, directory)
+        except PeopleFileError as err:
+            log.warning(
+                "runs of %s will be refused until its approvals match the people file: %s", service, err
+            )
+            continue
+        if snapshot is None:
+            unverified.append(service)
+    if unverified:
+        log.warning(
+            "no people file for %s: approvers are unverified strings (docs/approvals.md)",
+            ", ".join(unverified),
+        )
 
 
 def _unwritable(folder: Path) -> str | None:
