@@ -386,6 +386,11 @@ async def test_unsigned_answers_under_record_are_people_too_and_reported_unverif
                 "bob is unavailable in this drill's scenario",
             ),
             "excluded, through Slack": (ui("U0BOB", "slack"), "bob is unavailable in this drill's scenario"),
+            "excluded, in the UI": (ui("Bob"), "bob is unavailable in this drill's scenario"),
+            "excluded, signed": (
+                signed_answer(world, report, "bob"),
+                "bob is unavailable in this drill's scenario",
+            ),
             "not in the file": (ui("mallory"), "'mallory' is not a person of the people file"),
         }
         for case, (answer, expected) in cases.items():
