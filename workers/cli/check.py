@@ -52,7 +52,7 @@ def check(
     """
     if bool(service) == all_services:
         raise click.UsageError("name one SERVICE or pass --all")
-    targets = services_to_check(directory, service)
+    targets = services_to_check(directory, service, people=False)
     settings = settings_from(options)
     reports = asyncio.run(_run_checks(settings, targets, timeout, archive))
     if as_json:

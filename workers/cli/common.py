@@ -91,8 +91,13 @@ def default_user() -> str:
     return os.environ.get("DRFLOW_USER") or getpass.getuser()
 
 
-def services_to_check(directory: Path, service: str | None) -> list[LoadedRunbook]:
-    """The runbook of SERVICE, or every runbook (None); a Failure naming what is wrong otherwise."""
+def services_to_check(directory: Path, service: str | None, *, people: bool = True) -> list[LoadedRunbook]:
+    """The runbook of SERVICE, or every runbook (None); a Failure naming what is wrong otherwise.
+
+    ``people=False`` (``drflow check``): the people file is not looked at here; like a secret that does not
+    resolve yet, it is the run's to report. A command that starts a run refuses approvals the people file
+    cannot back, as the run would.
+    """
     loaded, problems = load_directory(directory)
     if service is None:
         if problems:
@@ -100,11 +105,13 @@ def services_to_check(directory: Path, service: str | None) -> list[LoadedRunboo
         if not loaded:
             raise Failure(f"no runbooks in {directory}")
         for item in loaded:
-            _check_people(item, directory)
+            if people:
+                _check_people(item, directory)
         return loaded
     for item in loaded:
         if item.runbook.service == service:
-            _check_people(item, directory)
+            if people:
+                _check_people(item, directory)
             return [item]
     broken = [p for p in problems if Path(p.file).stem == service]
     if broken:
