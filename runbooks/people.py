@@ -293,6 +293,14 @@ def people_for(
     """The people file a service's approvals use, checked against them; None when they use none."""
     location = people_location(approvals, directory)
     if location is None:
+        needs = [f"approvals.{name}" for name in ("quorum", "unsigned", "unverified_requester")
+                 if getattr(approvals, name)]  # fmt: skip
+        if needs:
+            where = people_path(directory)
+            raise PeopleFileError(
+                [Problem(str(where), None, f"{service}: approvals",
+                         f"{', '.join(needs)} need a people file, and there is none ({where})")]
+            )  # fmt: skip
         return None
     try:
         raw = location.read_bytes()

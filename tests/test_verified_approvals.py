@@ -464,3 +464,18 @@ async def test_a_failed_step_is_decided_only_by_a_signed_approver_bound_to_that_
     [record] = final.decisions
     assert (record.decision, record.person, record.identity) == ("retry", "carol", "ssh-key")
     assert record.key == keys["carol"].fingerprint
+
+
+async def test_people_rules_without_a_people_file_refuse_the_run_before_anything_changes(
+    dev_env: WorkflowEnvironment, tmp_path: Path, dns_world: NamedPair, keys: dict[str, Key], task_queue: str
+) -> None:
+    with stateless_service(tmp_path, dns_world) as service:  # no people.yaml beside the runbook
+        set_approvals(service, "  quorum:\n    failover: {min_approvals: 2}\n")
+        world = await world_for(dev_env, service, keys, task_queue)
+        async with build_worker(dev_env.client, service.runbooks, task_queue=task_queue):
+            handle = await world.start("alice", signed=False)
+            final: FailoverReport = await handle.result()
+    assert final.outcome == "refused" and final.plan is None and final.dns_change is None
+    assert any("approvals.quorum need a people file, and there is none" in m for m in final.messages), (
+        final.messages
+    )
