@@ -15,31 +15,13 @@ from typing import Literal
 
 from activities.approvals.attestations import ExpectedClick, is_attestation, verify_attestation
 from activities.approvals.requests import ExpectedRequest, verify_request
-from activities.approvals.signatures import (
-    Expected,
-    GateDecision,
-    SignatureRefused,
-    StepDecision,
-    verify_decision,
-)
+from activities.approvals.signatures import Binding, Expected, SignatureRefused, verify_decision
 from runbooks.model import SLACK_USER_PATTERN, Approvals, Gate, Quorum
 from runbooks.people import People, PeopleSnapshot, UnknownApproverError
 from workflows.failover_models import Channel, Identity, QuorumStatus, RequesterRecord
 
 UNSIGNED_DEFAULT: Literal["refuse"] = "refuse"
 UNVERIFIED_REQUESTER_DEFAULT: Literal["two-person"] = "two-person"
-
-
-@dataclass(frozen=True)
-class Bound:
-    """What an answer must be bound to: this run, what is open, the answer, the plan shown."""
-
-    workflow_id: str
-    run_id: str
-    decision: GateDecision | StepDecision
-    gate: Gate | None = None
-    failed_step: str | None = None
-    plan_checksum: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +67,7 @@ def identify(
     channel: Channel,
     signed: str | None,
     signature: str | None,
-    bound: Bound,
+    bound: Binding,
     now: datetime,
     update: str,
 ) -> Answerer:
@@ -100,11 +82,7 @@ def identify(
                     raise ValueError("a Slack gateway attestation arrives only with channel slack")
                 click = verify_attestation(
                     signed, signature, people=people, now=now,
-                    expected=ExpectedClick(
-                        workflow_id=bound.workflow_id, run_id=bound.run_id, gate=bound.gate,
-                        failed_step=bound.failed_step, decision=bound.decision,
-                        plan_checksum=bound.plan_checksum, slack_user=claim,
-                    ),
+                    expected=ExpectedClick(**bound.model_dump(), slack_user=claim),
                 )  # fmt: skip
                 return Answerer(
                     person=click.person, identity="slack-gateway", channel="slack",
@@ -114,11 +92,7 @@ def identify(
                 raise ValueError("channel slack needs the gateway's attestation, not a person's signature")
             verified = verify_decision(
                 signed, signature, people=people, now=now,
-                expected=Expected(
-                    workflow_id=bound.workflow_id, run_id=bound.run_id, gate=bound.gate,
-                    failed_step=bound.failed_step, decision=bound.decision,
-                    plan_checksum=bound.plan_checksum, person=claim.strip().casefold(),
-                ),
+                expected=Expected(**bound.model_dump(), person=claim.strip().casefold()),
             )  # fmt: skip
         except SignatureRefused as err:
             raise ValueError(f"refused ({err.code}): {err}") from None

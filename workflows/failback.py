@@ -24,7 +24,6 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approvals.requests import ExpectedRequest
     from activities.database import activities as database
     from activities.database.results import PrepareStandbyResult, ReplicationStatus
     from activities.dns.plan import DnsChangePlan
@@ -104,19 +103,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
                 raise Ended(
                     "refused", f"another run holds the lock of {request.service}: {holder.workflow_id}"
                 )
-            await self._admit_requester(
-                ExpectedRequest(
-                    kind="failback",
-                    workflow_id=workflow.info().workflow_id,
-                    service=request.service,
-                    home=request.home,
-                    mode=request.mode,
-                    reason=request.reason,
-                    person=(request.requested_by or "").casefold(),
-                ),
-                request.signed,
-                request.signature,
-            )
+            await self._admit_requester(request, home=request.home, mode=request.mode)
             plan = await self._preflight(runbook, home)
             await self._gate("failback", plan.checksum, always=True)
             workflow.upsert_search_attributes([STEP_ATTR.value_set("executing")])

@@ -14,7 +14,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approvals.requests import ExpectedRequest
     from activities.cloud.preflight import PreflightReport
     from activities.database import activities as database
     from activities.database.activities import DatabasePreflightRequest, db_preflight
@@ -99,19 +98,7 @@ class FailoverWorkflow(Moves[FailoverReport]):
                 raise Ended(
                     "refused", f"another run holds the lock of {request.service}: {holder.workflow_id}"
                 )
-            await self._admit_requester(
-                ExpectedRequest(
-                    kind="failover",
-                    workflow_id=workflow.info().workflow_id,
-                    service=request.service,
-                    target=request.target,
-                    mode=request.mode,
-                    reason=request.reason,
-                    person=(request.requested_by or "").casefold(),
-                ),
-                request.signed,
-                request.signature,
-            )
+            await self._admit_requester(request, target=request.target, mode=request.mode)
             plan = await self._preflight(loaded)
             await self._gate("failover", plan.checksum)
             workflow.upsert_search_attributes([STEP_ATTR.value_set("executing")])

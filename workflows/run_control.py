@@ -19,7 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.approvals.requests import ExpectedRequest
-    from activities.approvals.signatures import GateDecision
+    from activities.approvals.signatures import Binding, GateDecision
     from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from activities.search_attributes import STEP_ATTR
     from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
@@ -29,7 +29,6 @@ with workflow.unsafe.imports_passed_through():
     from runbooks.people import PeopleSnapshot
     from workflows.approval_rules import (
         Answerer,
-        Bound,
         check_may_answer,
         group_members,
         identify,
@@ -122,13 +121,20 @@ class ControlledRun(Generic[R]):
         self._update(lock_holder=result.holder)
         return result.holder
 
-    async def _admit_requester(
-        self, expected: ExpectedRequest, signed: str | None, signature: str | None
-    ) -> None:
+    async def _admit_requester(self, request: Any, **where: str | None) -> None:
         """Load the people file and verify who asked; under a strict runbook an unverified request either
-        raises every gate to two people or is refused here, before anything changes."""
+        raises every gate to two people or is refused here, before anything changes.
+
+        ``request`` is the run's input (service, reason, requested_by, signed, signature); ``where`` what
+        else the signed request binds (target or home, and the mode).
+        """
         if not workflow.patched(PEOPLE_PATCH):
             return
+        expected = ExpectedRequest(
+            kind=self.kind, workflow_id=workflow.info().workflow_id, service=request.service,
+            reason=request.reason, person=(request.requested_by or "").casefold(), **where,
+        )  # fmt: skip
+        signed, signature = request.signed, request.signature
         await self._load_people(first=True)
         snapshot = self._people
         if snapshot is None:
@@ -390,7 +396,7 @@ class ControlledRun(Generic[R]):
         answerer = identify(
             snapshot=snapshot, approvals=runbook.approvals, claim=answer.approver, channel=answer.channel,
             signed=answer.signed, signature=answer.signature, now=workflow.now(), update=update,
-            bound=Bound(
+            bound=Binding(
                 workflow_id=info.workflow_id, run_id=info.run_id, decision=decision,
                 gate=gate, plan_checksum=checksum,
             ),
@@ -532,7 +538,7 @@ class ControlledRun(Generic[R]):
             snapshot=snapshot, approvals=self._require_runbook().approvals, claim=decision.operator,
             channel=decision.channel, signed=decision.signed, signature=decision.signature,
             now=workflow.now(), update="decide",
-            bound=Bound(
+            bound=Binding(
                 workflow_id=info.workflow_id, run_id=info.run_id, decision=decision.decision,
                 failed_step=step,
             ),

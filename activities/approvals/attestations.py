@@ -31,16 +31,15 @@ from activities.approvals.signatures import (
     MAX_AHEAD,
     SSHSIG_VERSION,
     STAMP_FORMAT,
+    Binding,
     GateDecision,
     StepDecision,
     UnknownSigner,
     canonical_json,
-    check_signature,
     check_window,
     compare,
-    parse_armored,
-    parse_canonical,
     signed_data,
+    signed_payload,
     ssh_string,
     utc_stamp,
 )
@@ -80,13 +79,9 @@ class AttestationPayload(StrictModel):
         return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
 
 
-class ExpectedClick(StrictModel):
-    workflow_id: str
-    run_id: str
-    gate: Gate | None = None
-    failed_step: str | None = None
-    decision: GateDecision | StepDecision
-    plan_checksum: str | None
+class ExpectedClick(Binding):
+    """A click: the binding and the Slack user who clicked, as Slack told the gateway."""
+
     slack_user: str
 
 
@@ -166,10 +161,9 @@ def verify_attestation(
     max_ahead: timedelta = MAX_AHEAD,
 ) -> VerifiedClick:
     """Signature by a trusted gateway key, then the click's binding, age, and its one person."""
-    sig = parse_armored(armored)
-    raw = message.encode() if isinstance(message, str) else message
-    check_signature(sig, raw, ATTESTATION_NAMESPACE)
-    payload = parse_canonical(AttestationPayload, raw, "Slack attestation")
+    sig, payload = signed_payload(
+        AttestationPayload, message, armored, ATTESTATION_NAMESPACE, "Slack attestation", now
+    )
     gateway = people.gateway_for(sig.fingerprint)
     if gateway is None:
         raise UnknownSigner(

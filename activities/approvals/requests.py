@@ -16,19 +16,15 @@ from activities.approvals.signatures import (
     MAX_AGE,
     MAX_AHEAD,
     STAMP_FORMAT,
-    KeyNotListed,
-    KeyRevoked,
-    UnknownSigner,
     VerifiedDecision,
     canonical_json,
-    check_signature,
     check_window,
     compare,
-    parse_armored,
-    parse_canonical,
+    signed_payload,
+    signing_person,
 )
 from runbooks.model import Name, StrictModel
-from runbooks.people import People, UnknownApproverError
+from runbooks.people import People
 
 REQUEST_NAMESPACE: Final = "drflow-request"
 RequestKind = Literal["failover", "failback"]
@@ -79,18 +75,8 @@ def verify_request(
     max_ahead: timedelta = MAX_AHEAD,
 ) -> VerifiedDecision:
     """As ``verify_decision``: signature, the person's listed and unrevoked key, the binding, the age."""
-    sig = parse_armored(armored)
-    raw = message.encode() if isinstance(message, str) else message
-    check_signature(sig, raw, REQUEST_NAMESPACE)
-    payload = parse_canonical(RequestPayload, raw, "request")
-    try:
-        person = people.person(payload.person)
-    except UnknownApproverError as err:
-        raise UnknownSigner(f"{payload.person!r} is not in the people file") from err
-    if sig.fingerprint in person.revoked_keys:
-        raise KeyRevoked(f"key {sig.fingerprint} of {person.name!r} is revoked")
-    if not people.key_allowed(person.name, sig.fingerprint):
-        raise KeyNotListed(f"key {sig.fingerprint} is not one of {person.name!r}'s keys in the people file")
+    sig, payload = signed_payload(RequestPayload, message, armored, REQUEST_NAMESPACE, "request", now)
+    person = signing_person(people, payload.person, sig.fingerprint)
     compare(payload, expected, REQUEST_FIELDS)
     check_window(payload.signed_time(), payload.signed_at, now, max_age, max_ahead)
     return VerifiedDecision(person=person.name, fingerprint=sig.fingerprint, signed_at=payload.signed_at)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import Field, ValidationError, model_validator
 
 from runbooks.model import Gate, Name, StrictModel
-from runbooks.people import People, UnknownApproverError, fingerprint_of_blob
+from runbooks.people import People, Person, UnknownApproverError, fingerprint_of_blob
 
 NAMESPACE: Final = "drflow-approval"
 PAYLOAD_VERSION: Final = 1
@@ -156,15 +156,20 @@ def utc_stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(STAMP_FORMAT)
 
 
-class Expected(StrictModel):
-    """What the verifier knows independently of the signature: the run, what is open, who claims to answer."""
+class Binding(StrictModel):
+    """What an answer is bound to, known independently of its signature: the run, what is open, the answer."""
 
     workflow_id: str
     run_id: str
     gate: Gate | None = None
     failed_step: str | None = None
     decision: GateDecision | StepDecision
-    plan_checksum: str | None
+    plan_checksum: str | None = None
+
+
+class Expected(Binding):
+    """A person's decision: the binding and who claims to answer."""
+
     person: str
 
 
@@ -352,24 +357,38 @@ def verify_decision(
     Order: the framing and the signature first (so nothing unauthenticated is interpreted), then whether the
     key is this person's, then whether the decision is for what is open now, then its age.
     """
+    sig, payload = signed_payload(DecisionPayload, message, armored, NAMESPACE, "decision", now)
+    person = signing_person(people, payload.person, sig.fingerprint)
+    compare(payload, expected, ("person", *BOUND_FIELDS))
+    check_window(payload.signed_time(), payload.signed_at, now, max_age, max_ahead)
+    return VerifiedDecision(
+        person=person.name, fingerprint=sig.fingerprint, signed_at=payload.signed_at, payload=payload
+    )
+
+
+def signed_payload(
+    kind: type[P], message: bytes | str, armored: str, namespace: str, what: str, now: datetime
+) -> tuple[SshSignature, P]:
+    """The framing and the signature first, so nothing unauthenticated is interpreted; then the payload."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime (the workflow's workflow.now())")
     sig = parse_armored(armored)
     raw = message.encode() if isinstance(message, str) else message
-    check_signature(sig, raw)
-    payload = parse_payload(raw)
+    check_signature(sig, raw, namespace)
+    return sig, parse_canonical(kind, raw, what)
+
+
+def signing_person(people: People, name: str, key: str) -> Person:
+    """The person a signature claims, when the key is listed for them and not revoked."""
     try:
-        person = people.person(payload.person)
+        person = people.person(name)
     except UnknownApproverError as err:
-        raise UnknownSigner(f"{payload.person!r} is not in the people file") from err
-    key = sig.fingerprint
+        raise UnknownSigner(f"{name!r} is not in the people file") from err
     if key in person.revoked_keys:
         raise KeyRevoked(f"key {key} of {person.name!r} is revoked")
     if not people.key_allowed(person.name, key):
         raise KeyNotListed(f"key {key} is not one of {person.name!r}'s keys in the people file")
-    compare(payload, expected, ("person", *BOUND_FIELDS))
-    check_window(payload.signed_time(), payload.signed_at, now, max_age, max_ahead)
-    return VerifiedDecision(person=person.name, fingerprint=key, signed_at=payload.signed_at, payload=payload)
+    return person
 
 
 BOUND_FIELDS = ("workflow_id", "run_id", "gate", "failed_step", "decision", "plan_checksum")

@@ -107,20 +107,24 @@ def warn_unsigned(what: str) -> None:
 
 def sign_decision(signer: Signer, **fields: object) -> tuple[str, str]:
     """The canonical decision text and its armored signature."""
-    try:
-        payload = DecisionPayload(person=signer.person, signed_at=utc_stamp(datetime.now(UTC)), **fields)
-    except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        raise Failure(f"cannot sign this answer: {first['loc']}: {first['msg']}") from err
-    message = payload.canonical()
-    return message.decode(), signer.sign(message, NAMESPACE)
+    return _signed(signer, DecisionPayload, NAMESPACE, "answer", fields)
 
 
 def sign_request(signer: Signer, **fields: object) -> tuple[str, str]:
+    """The canonical request text (``drflow failover|failback --as``) and its armored signature."""
+    return _signed(signer, RequestPayload, REQUEST_NAMESPACE, "request", fields)
+
+
+def _signed(
+    signer: Signer, kind: type[DecisionPayload | RequestPayload], namespace: str, what: str,
+    fields: dict[str, object],
+) -> tuple[str, str]:  # fmt: skip
     try:
-        payload = RequestPayload(person=signer.person, signed_at=utc_stamp(datetime.now(UTC)), **fields)
+        payload = kind.model_validate(
+            {**fields, "person": signer.person, "signed_at": utc_stamp(datetime.now(UTC))}
+        )
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
-        raise Failure(f"cannot sign this request: {first['loc']}: {first['msg']}") from err
+        raise Failure(f"cannot sign this {what}: {first['loc']}: {first['msg']}") from err
     message = payload.canonical()
-    return message.decode(), signer.sign(message, REQUEST_NAMESPACE)
+    return message.decode(), signer.sign(message, namespace)
