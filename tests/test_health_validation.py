@@ -36,7 +36,7 @@ from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, FailoverReport, FailoverRequest
-from workflows.run_control import HEARTBEAT
+from workflows.run_state import HEARTBEAT
 
 LONG_INTERVAL = HealthSettings(timeout="5s", interval="25s", consecutive_successes=2)
 

@@ -15,7 +15,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
 from workflows.failover_models import FailoverReport
-from workflows.run_control import HEARTBEAT
+from workflows.run_state import HEARTBEAT
 
 from .records import Hop
 
