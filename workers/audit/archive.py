@@ -564,6 +564,7 @@ def archive_history(
     config: ArchiveConfig,
     client: Any = None,
     signer: Ed25519Signer | None = None,
+    trust: People | None = None,
 ) -> ArchiveResult:
     """Write the run's archive, or check the one already there (a retry never overwrites evidence).
 
@@ -583,7 +584,7 @@ def archive_history(
     store = run_store(config, timeline.workflow_id, timeline.run_id, client)
     existing = store.read(MANIFEST)
     if existing is not None:
-        report = verify_store(store)
+        report = verify_store(store, trust)
         if not report.ok:
             raise ArchiveError(
                 f"an archive of this run already exists at {store.location} and fails verification: "
@@ -770,7 +771,9 @@ def verify_store(store: _Store, trust: People | None = None) -> VerifyReport:
     ]
     unlisted = [name for name in store.names() if name not in listed and name not in META_FILES]
     checks += [
-        FileCheck(name=name, status="extra", detail="in the folder, not in the manifest") for name in unlisted
+        FileCheck(name=name, status="extra", detail="in the folder, not in the manifest")
+        for name in unlisted
+        if name not in required  # a required file left out is already named as not in the manifest
     ]
     problems = []
     if not manifest.files:
