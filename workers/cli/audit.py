@@ -25,7 +25,14 @@ audit: click.Group = click.Group(
 @audit.command("export")
 @click.argument("source")
 @click.option("--run-id", help="a specific run of the workflow id (default: the latest)")
-@click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "json", "html", "ndjson"]),
+    default="md",
+    show_default=True,
+    help="ndjson: one SIEM event per line (docs/audit-event.schema.json)",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="a file, not stdout")
 @connection_options
 def export(source: str, run_id: str | None, fmt: str, output: Path | None, **options: Any) -> int:
