@@ -78,7 +78,24 @@ class ObjectLock(StrictModel):
     retain_until: datetime
 
 
+class ChainPosition(StrictModel):
+    """An archive's place in its store's chain: the manifest before it, by SHA-256 (none for the first)."""
+
+    sequence: int = Field(ge=1)
+    previous_manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    previous: str | None = Field(default=None, description="the previous archive, <workflow>/<run>")
+
+
+class SignedBy(StrictModel):
+    """The key the worker signed this manifest with (``manifest.sig``), as the worker named it."""
+
+    name: str
+    fingerprint: str
+
+
 class Manifest(StrictModel):
+    """What an archive holds. ``chain`` and ``signed_by`` are absent from archives written before them."""
+
     format: str = MANIFEST_FORMAT
     workflow_id: str
     run_id: str
@@ -90,6 +107,8 @@ class Manifest(StrictModel):
     archived_at: datetime
     files: list[ArchivedFile]
     object_lock: ObjectLock | None = None
+    chain: ChainPosition | None = None
+    signed_by: SignedBy | None = None
 
 
 class ArchiveResult(StrictModel):

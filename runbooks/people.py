@@ -84,6 +84,7 @@ def _public_key_line(value: str) -> str:
 
 
 def _ed25519_line(value: str) -> str:
+    """Gateways and archive keys sign in-process with Ed25519 only (``attestations.Ed25519Signer``)."""
     line = _public_key_line(value)
     if not line.startswith("ssh-ed25519 "):
         raise ValueError("a gateway key is an ssh-ed25519 public key")
@@ -125,9 +126,20 @@ class Gateway(StrictModel):
     key: Ed25519KeyLine
 
 
+class ArchiveKey(StrictModel):
+    """A worker key whose signature on an archive's manifest ``drflow audit verify`` trusts."""
+
+    name: Name
+    key: Ed25519KeyLine
+
+
 class People(StrictModel):
     people: list[Person] = Field(description="everyone who may approve or decide")
     gateways: list[Gateway] = Field(default_factory=list, description="trusted Slack gateways")
+    archive_keys: list[ArchiveKey] = Field(
+        default_factory=list,
+        description="worker keys trusted to sign archive manifests; when set, unsigned archives fail verify",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> People:
@@ -168,6 +180,9 @@ class People(StrictModel):
     def gateway_for(self, key_fingerprint: str) -> Gateway | None:
         return next((g for g in self.gateways if fingerprint(g.key) == key_fingerprint), None)
 
+    def archive_key_for(self, key_fingerprint: str) -> ArchiveKey | None:
+        return next((k for k in self.archive_keys if fingerprint(k.key) == key_fingerprint), None)
+
     def allowed_signers(self) -> str:
         """The file ``ssh-keygen -Y verify -f`` reads, so anyone can check a decision without drflow."""
         lines = [
@@ -177,6 +192,7 @@ class People(StrictModel):
             if fingerprint(line) not in p.revoked_keys
         ]
         lines += [f'gateway:{g.name} namespaces="drflow-slack-attestation" {g.key}' for g in self.gateways]
+        lines += [f'archive:{k.name} namespaces="drflow-archive" {k.key}' for k in self.archive_keys]
         return "".join(f"{line}\n" for line in lines)
 
     def identify(self, claim: str) -> Person | None:
@@ -246,6 +262,17 @@ def people_problems(people: People) -> list[RuleProblem]:
             message = f"key {fp} is also listed for {key_owner[fp]!r}: a gateway has its own key"
             problems.append((("gateways", i, "key"), message))
         key_owner.setdefault(fp, f"gateway {gateway.name}")
+    archive_names: set[str] = set()
+    for i, archive_key in enumerate(people.archive_keys):
+        if archive_key.name in archive_names:
+            message = f"archive key {archive_key.name!r} is listed twice"
+            problems.append((("archive_keys", i, "name"), message))
+        archive_names.add(archive_key.name)
+        fp = fingerprint(archive_key.key)
+        if fp in key_owner:
+            message = f"key {fp} is also listed for {key_owner[fp]!r}: an archive key is the worker's own"
+            problems.append((("archive_keys", i, "key"), message))
+        key_owner.setdefault(fp, f"archive key {archive_key.name}")
     return problems
 
 
@@ -357,6 +384,7 @@ def people_schema() -> dict[str, Any]:
 
 __all__ = [
     "PEOPLE_FILE",
+    "ArchiveKey",
     "Gateway",
     "People",
     "PeopleFileError",

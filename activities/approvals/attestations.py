@@ -44,7 +44,7 @@ from activities.approvals.signatures import (
     utc_stamp,
 )
 from runbooks.model import Gate, Name, StrictModel
-from runbooks.people import People, Person
+from runbooks.people import People, Person, fingerprint_of_blob
 
 ATTESTATION_NAMESPACE: Final = "drflow-slack-attestation"
 
@@ -93,37 +93,55 @@ class VerifiedClick(StrictModel):
     signed_at: str
 
 
-class GatewaySigner:
-    """The gateway's Ed25519 key, from the OpenSSH private key text its secret reference resolves to."""
+class Ed25519Signer:
+    """An Ed25519 key held in-process (OpenSSH private key text from a secret reference) signing SSHSIG.
 
-    def __init__(self, name: str, private_key_text: str) -> None:
+    Shared by the Slack gateway (attestations) and the worker (archive manifests): one signing path, each
+    use under its own namespace, so a signature made for one use never verifies for another.
+    """
+
+    def __init__(self, name: str, private_key_text: str, namespace: str, what: str = "the key") -> None:
         try:
             key = load_ssh_private_key(private_key_text.encode(), password=None)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"the gateway key is not an unencrypted OpenSSH private key: {err}") from err
+            raise ValueError(f"{what} is not an unencrypted OpenSSH private key: {err}") from err
         if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ValueError("the gateway key must be ed25519 (ssh-keygen -t ed25519)")
+            raise ValueError(f"{what} must be ed25519 (ssh-keygen -t ed25519)")
         self.name = name
+        self.namespace = namespace
         self._key = key
         line = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
         self.public_key_line = line
         self._public_blob = base64.b64decode(line.split()[1])
 
-    def sign(self, payload: AttestationPayload) -> str:
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of_blob(self._public_blob)
+
+    def sign_bytes(self, message: bytes) -> str:
         """An armored SSHSIG signature, the same bytes layout ``ssh-keygen -Y sign`` writes."""
-        message = payload.canonical()
-        signature = self._key.sign(signed_data(ATTESTATION_NAMESPACE, "sha512", message))
+        signature = self._key.sign(signed_data(self.namespace, "sha512", message))
         blob = (
             MAGIC
             + SSHSIG_VERSION.to_bytes(4, "big")
             + ssh_string(self._public_blob)
-            + ssh_string(ATTESTATION_NAMESPACE.encode())
+            + ssh_string(self.namespace.encode())
             + ssh_string(b"")
             + ssh_string(b"sha512")
             + ssh_string(ssh_string(b"ssh-ed25519") + ssh_string(signature))
         )
         body = "\n".join(textwrap.wrap(base64.b64encode(blob).decode(), 70))
         return f"{ARMOR_BEGIN}\n{body}\n{ARMOR_END}\n"
+
+
+class GatewaySigner(Ed25519Signer):
+    """The gateway's Ed25519 key, from the OpenSSH private key text its secret reference resolves to."""
+
+    def __init__(self, name: str, private_key_text: str) -> None:
+        super().__init__(name, private_key_text, ATTESTATION_NAMESPACE, "the gateway key")
+
+    def sign(self, payload: AttestationPayload) -> str:
+        return self.sign_bytes(payload.canonical())
 
     def attest(
         self,

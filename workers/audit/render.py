@@ -51,4 +51,11 @@ def render_json(timeline: Timeline) -> str:
     return json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
 
 
-RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}
+def render_ndjson(timeline: Timeline) -> str:
+    """One SIEM event per line (``workers.audit.siem``); imported late, siem builds on this module."""
+    from workers.audit.siem import render_ndjson as ndjson
+
+    return ndjson(timeline)
+
+
+RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html, "ndjson": render_ndjson}

@@ -25,7 +25,14 @@ audit: click.Group = click.Group(
 @audit.command("export")
 @click.argument("source")
 @click.option("--run-id", help="a specific run of the workflow id (default: the latest)")
-@click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "json", "html", "ndjson"]),
+    default="md",
+    show_default=True,
+    help="ndjson: one SIEM event per line (docs/audit-event.schema.json)",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="a file, not stdout")
 @connection_options
 def export(source: str, run_id: str | None, fmt: str, output: Path | None, **options: Any) -> int:
@@ -52,23 +59,45 @@ def export(source: str, run_id: str | None, fmt: str, output: Path | None, **opt
 
 
 @audit.command("verify")
-@click.argument("location")
+@click.argument("location", required=False)
 @click.option("--run-id", help="for a workflow id: a specific run (default: the latest)")
+@click.option("--store", help="walk the chain of a whole archive store: a directory or s3://bucket/prefix")
+@click.option(
+    "--people",
+    "people_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="the people file whose archive_keys are trusted [default: people.yaml of the runbooks directory]",
+)
 @connection_options
-def verify(location: str, run_id: str | None, **options: Any) -> int:
-    """Re-verify a run's evidence: an archive's SHA-256 manifest, and every signature in its history.
+def verify(
+    location: str | None, run_id: str | None, store: str | None, people_file: Path | None, **options: Any
+) -> int:
+    """Re-verify a run's evidence: an archive's files, signed manifest and chain, and every signature in
+    its history.
 
     LOCATION: a run folder (or its manifest.json), s3://bucket/prefix/<workflow>/<run>, a history.json
     file, or a workflow id. Each signed request, approval, vote and decision is checked against its key,
-    its payload and the report's record; one line per record. Exit 1 when anything fails.
+    its payload and the report's record; one line per record. With --store, every archive of the store
+    and the chain linking them, ending with the chain head to note down. Exit 1 when anything fails.
     """
-    from workers.audit.archive import ArchiveError, is_archive, read_archived_history
+    from workers.audit.archive import ArchiveError, is_archive, read_archived_history, verify_chain
     from workers.audit.archive import verify as verify_archive
-    from workers.audit.signatures import signatures_of
 
+    if (location is None) == (store is None):
+        raise click.UsageError("give either LOCATION or --store")
+    trust = _trust(people_file)
+    if store is not None:
+        try:
+            chain = verify_chain(store, trust=trust)
+        except ArchiveError as err:
+            raise Failure(str(err)) from err
+        for line in chain.lines():
+            click.echo(line)
+        return EXIT_OK if chain.ok else EXIT_ERROR
+    assert location is not None
     if is_archive(location):
         try:
-            report = verify_archive(location)
+            report = verify_archive(location, trust=trust)
         except ArchiveError as err:
             raise Failure(str(err)) from err
         for line in report.lines():
@@ -77,11 +106,18 @@ def verify(location: str, run_id: str | None, **options: Any) -> int:
             click.echo("signatures not checked: the archive fails verification, its history proves nothing")
             return EXIT_ERROR
         try:
-            history = read_archived_history(location)
+            history = read_archived_history(location, trust=trust)
         except ArchiveError as err:
             raise Failure(str(err)) from err
     else:
         history = _load(location, run_id, options)
+    return _check_signatures(location, history)
+
+
+def _check_signatures(location: str, history: WorkflowHistory) -> int:
+    """Item 4: every signed request, approval and decision in the history, re-verified offline."""
+    from workers.audit.signatures import signatures_of
+
     try:
         audit_of_signatures = signatures_of(history)
     except ValueError as err:
@@ -89,6 +125,19 @@ def verify(location: str, run_id: str | None, **options: Any) -> int:
     for line in audit_of_signatures.lines():
         click.echo(line)
     return EXIT_OK if audit_of_signatures.ok else EXIT_ERROR
+
+
+def _trust(people_file: Path | None) -> Any:
+    """The people file whose ``archive_keys`` verify trusts: named, or the runbooks directory's if any."""
+    from runbooks.people import PeopleFileError, load_people_file, people_path
+
+    path = people_file or people_path()
+    if people_file is None and not path.is_file():
+        return None
+    try:
+        return load_people_file(path)
+    except PeopleFileError as err:
+        raise Failure(str(err)) from err
 
 
 @audit.command("replay")
@@ -130,7 +179,7 @@ def archive(workflow_id: str, run_id: str | None, kind: str, location: str | Non
         config = ArchiveConfig.from_env()
         if location:
             config = config.model_copy(update={"location": location})
-        result = archive_history(history, kind, config)
+        result = archive_history(history, kind, config, signer=config.signer())
     except ArchiveError as err:
         raise Failure(str(err)) from err
     state = "already archived, verified" if result.already_archived else "archived"
@@ -152,8 +201,8 @@ def _load(
     path = Path(source)
     if from_files and (source.startswith("s3://") or path.exists()):
         try:
-            if is_archive(source):
-                return read_archived_history(source)
+            if is_archive(source):  # archive_keys of the runbooks directory's people file, if any
+                return read_archived_history(source, trust=_trust(None))
         except ArchiveError as err:
             raise Failure(str(err)) from err
         if path.is_dir():
