@@ -6,7 +6,7 @@ Run by hand from the repository root (never from the tests):
 
 It starts a fresh Temporal dev server (in memory, or ``--db-file`` for SQLite), the Slack stand-in of the
 tests (``tests/support/slack/``), an in-process worker and the real gateway in HTTP mode, all on
-loopback. One workflow runs the real approval gates of ``workflows/approval_gates.py`` (``ApprovalGates._gate``,
+loopback. One workflow runs the real approval gates (``ApprovalGates._gate`` in workflows/approval_gates.py,
 with its Slack mirror: approvers looked up, the gate message posted, then updated) ``--clicks`` times in a
 row. For each gate the benchmark waits until the stand-in holds the gate message, builds the
 ``block_actions`` payload Slack would send for a click on its Approve button, signs it with the signing
