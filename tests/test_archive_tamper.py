@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,7 +88,9 @@ def people_file(tmp_path: Path, people: People) -> Path:
 
 def archive_all(root: Path, keys: dict[str, Any], names: list[str] = RUNS) -> list[Path]:
     config = ArchiveConfig(location=str(root))
-    return [Path(archive_history(history(n), "failover", config, signer=keys["signer"]).location) for n in names]
+    return [
+        Path(archive_history(history(n), "failover", config, signer=keys["signer"]).location) for n in names
+    ]
 
 
 # ------------------------------------------------------------------------------------- one archive
@@ -134,7 +137,9 @@ def tamper_resigned_by_an_untrusted_key(folder: Path, keys: dict[str, Any]) -> N
         m["signed_by"] = {"name": "prod-worker", "fingerprint": keys["rogue"].fingerprint}
 
     rewrite_manifest(folder, fix)
-    writable(folder / "manifest.sig").write_text(keys["rogue"].sign_bytes((folder / "manifest.json").read_bytes()))
+    writable(folder / "manifest.sig").write_text(
+        keys["rogue"].sign_bytes((folder / "manifest.json").read_bytes())
+    )
 
 
 TAMPERS = {
@@ -146,7 +151,12 @@ TAMPERS = {
     "extra file": (tamper_extra_file, ["EXTRA notes.txt"]),
     "empty manifest": (
         tamper_empty_manifest,
-        ["manifest.json lists no files", "UNLISTED history.json", "UNLISTED report.md", "UNLISTED report.json"],
+        [
+            "manifest.json lists no files",
+            "UNLISTED history.json",
+            "UNLISTED report.md",
+            "UNLISTED report.json",
+        ],
     ),
     "re-signed with an untrusted key": (
         tamper_resigned_by_an_untrusted_key,
@@ -181,13 +191,17 @@ def test_every_tamper_case_fails_verify_with_the_file_named(
         archive_history(history(RUNS[0]), "failover", config, trust=keys["people"])
 
 
-def test_an_unsigned_archive_fails_where_archive_keys_are_trusted(tmp_path: Path, keys: dict[str, Any]) -> None:
+def test_an_unsigned_archive_fails_where_archive_keys_are_trusted(
+    tmp_path: Path, keys: dict[str, Any]
+) -> None:
     result = archive_history(history(RUNS[0]), "failover", ArchiveConfig(location=str(tmp_path)))
     assert verify(result.location).ok  # no trust list: signed or not, said so
     assert "the archive is not signed" in "\n".join(verify(result.location).lines())
     report = verify(result.location, trust=keys["people"])
     assert not report.ok
-    assert "manifest.sig: the archive is not signed, and archive_keys are trusted" in "\n".join(report.lines())
+    assert "manifest.sig: the archive is not signed, and archive_keys are trusted" in "\n".join(
+        report.lines()
+    )
 
 
 def test_an_archive_from_before_the_chain_still_verifies_as_not_chained(tmp_path: Path) -> None:
@@ -218,17 +232,25 @@ def test_verify_store_walks_the_chain_and_prints_its_head(tmp_path: Path, keys: 
     assert last["chain"]["previous"] == f"{folders[-2].parent.name}/{folders[-2].name}"
     cli = drflow("audit", "verify", "--store", str(tmp_path / "store"))
     assert cli.returncode == 0, cli.stdout + cli.stderr
-    assert f"chain head: sequence 4, {folders[-1].parent.name}/{folders[-1].name}, manifest sha256 " in cli.stdout
+    assert (
+        f"chain head: sequence 4, {folders[-1].parent.name}/{folders[-1].name}, manifest sha256 "
+        in cli.stdout
+    )
 
 
-def test_an_archive_deleted_from_the_middle_of_the_chain_is_named(tmp_path: Path, keys: dict[str, Any]) -> None:
+def test_an_archive_deleted_from_the_middle_of_the_chain_is_named(
+    tmp_path: Path, keys: dict[str, Any]
+) -> None:
     store = tmp_path / "store"
     folders = archive_all(store, keys)
     middle = folders[1]
     writable(middle)
     shutil.rmtree(middle)
     text = "\n".join(verify_chain(str(store)).lines())
-    assert f"{middle.parent.name}/{middle.name}/manifest.json missing: archive 2 of the chain was deleted" in text
+    assert (
+        f"{middle.parent.name}/{middle.name}/manifest.json missing: archive 2 of the chain was deleted"
+        in text
+    )
     # and with its link deleted too: the hole in the sequence, and the next link's previous digest
     writable(store / CHAIN_DIR)
     (store / CHAIN_DIR / link_name(2)).unlink()
@@ -306,26 +328,31 @@ def test_a_writer_with_a_stale_head_is_refused_and_takes_the_next_place(
 
 def test_on_s3_the_chain_uses_conditional_writes(s3: tuple[Any, str], keys: dict[str, Any]) -> None:  # noqa: F811
     client, endpoint = s3
-    config = ArchiveConfig(location=f"s3://{BUCKET}/audit")
+    # moto keeps its buckets in the process: a prefix of its own keeps the other S3 tests' archives apart.
+    base = f"audit-chain-{uuid.uuid4().hex[:8]}"
+    location = f"s3://{BUCKET}/{base}"
+    config = ArchiveConfig(location=location)
     root = archive_module.root_store(config, client)
     chain = archive_module._child(root, CHAIN_DIR)
     assert chain.create("probe.json", b"{}", "application/json")
     assert not chain.create("probe.json", b"{}", "application/json")  # If-None-Match: * refused
-    client.delete_object(Bucket=BUCKET, Key=f"audit/{CHAIN_DIR}/probe.json")
+    client.delete_object(Bucket=BUCKET, Key=f"{base}/{CHAIN_DIR}/probe.json")
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(
-            pool.map(lambda n: archive_history(history(n), "failover", config, client, keys["signer"]), RUNS[:3])
+            pool.map(
+                lambda n: archive_history(history(n), "failover", config, client, keys["signer"]), RUNS[:3]
+            )
         )
     assert sorted(r.manifest.chain.sequence for r in results if r.manifest.chain) == [1, 2, 3]
-    report = verify_chain(f"s3://{BUCKET}/audit", client, keys["people"])
+    report = verify_chain(location, client, keys["people"])
     assert report.ok, report.lines()
     # a whole archive deleted from the middle of the chain on S3
     middle = next(r for r in results if r.manifest.chain and r.manifest.chain.sequence == 2)
     prefix = middle.location.removeprefix(f"s3://{BUCKET}/")
     for name in ("manifest.json", "manifest.sig", "history.json", "report.md", "report.json"):
         client.delete_object(Bucket=BUCKET, Key=f"{prefix}/{name}")
-    client.delete_object(Bucket=BUCKET, Key=f"audit/{CHAIN_DIR}/{link_name(2)}")
-    cli = drflow("audit", "verify", "--store", f"s3://{BUCKET}/audit", env={"AWS_ENDPOINT_URL_S3": endpoint})
+    client.delete_object(Bucket=BUCKET, Key=f"{base}/{CHAIN_DIR}/{link_name(2)}")
+    cli = drflow("audit", "verify", "--store", location, env={"AWS_ENDPOINT_URL_S3": endpoint})
     assert cli.returncode == 1 and f"{CHAIN_DIR}/0000000002.json missing" in cli.stdout, cli.stdout
 
 
@@ -333,7 +360,9 @@ def test_on_s3_the_chain_uses_conditional_writes(s3: tuple[Any, str], keys: dict
 def test_the_worker_key_comes_from_a_secret_reference(tmp_path: Path, keys: dict[str, Any]) -> None:
     key_file = tmp_path / "archive-key"
     key_file.write_text(keys["private"])
-    config = ArchiveConfig.from_env({"DRFLOW_ARCHIVE_KEY": f"file:{key_file}", "DRFLOW_ARCHIVE_KEY_NAME": "prod-worker"})
+    config = ArchiveConfig.from_env(
+        {"DRFLOW_ARCHIVE_KEY": f"file:{key_file}", "DRFLOW_ARCHIVE_KEY_NAME": "prod-worker"}
+    )
     signer = config.signer()
     assert signer is not None and signer.name == "prod-worker" and signer.public_key_line == keys["public"]
     with pytest.raises(ArchiveError, match="DRFLOW_ARCHIVE_KEY") as refused:
