@@ -105,20 +105,26 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         route = self.path.split("?", 1)[0].rstrip("/")
         if route not in ("/decode", "/encode"):
+            self.close_connection = True
             self._send(404, {"error": "POST /decode or /encode"})
             return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length <= 0 or length > MAX_BODY:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            self._send(400, {"error": f"a JSON body of 1 to {MAX_BODY} bytes is required"})
+            return
+        body = self.rfile.read(length)  # read even when refused: the connection stays usable (keep-alive)
         expected = self.server.config.auth
         given = self.headers.get("Authorization") or ""
         if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
             log.warning("refused %s from %s: missing or wrong Authorization", route, self.client_address[0])
             self._send(401, {"error": "missing or wrong Authorization header"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_BODY:
-            self._send(400, {"error": f"a JSON body of 1 to {MAX_BODY} bytes is required"})
-            return
         try:
-            payloads = json_format.Parse(self.rfile.read(length), Payloads())
+            payloads = json_format.Parse(body, Payloads())
         except json_format.ParseError as err:
             self._send(400, {"error": f"not Temporal payloads JSON: {err}"})
             return
