@@ -27,6 +27,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.codec import CodecError, decode_history
 from activities.errors import ArchiveRefused, ErrorType
 from activities.search_attributes import KIND_ATTR, SERVICE_ATTR
 from runbooks.model import StrictModel
@@ -206,7 +207,11 @@ class ArchiveActivities:
             activity.heartbeat(f"waiting for {request.workflow_id} to close")
             await asyncio.sleep(poll)
             poll = min(poll * 2, MAX_POLL.total_seconds())
-        history = await handle.fetch_history()
+        try:  # archives keep decoded payloads (docs/codec.md): evidence must outlive the codec's keys
+            codec = self._client.data_converter.payload_codec
+            history = await decode_history(await handle.fetch_history(), codec)
+        except CodecError as err:
+            raise ApplicationError(str(err), type=ErrorType.ARCHIVE_REFUSED) from err
         writing = asyncio.create_task(asyncio.to_thread(self._writer.write, history, request.kind))
         while not writing.done():  # a long history to a slow bucket: keep telling Temporal we are alive
             activity.heartbeat(f"writing the archive of {request.workflow_id}")

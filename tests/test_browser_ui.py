@@ -2,6 +2,7 @@
 
 The UI's Start Workflow form is the surface the input model is designed for: one JSON payload typed by a
 person. The test types it like a person would, approves with the CLI, and reads the outcome back in the UI.
+A second test points the UI at ``drflow``'s codec server and sees an encrypted run's input decoded.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import wait_for_gate
@@ -167,3 +170,41 @@ async def test_operator_starts_a_failover_in_the_web_ui_and_sees_it_completed(
     ).to_be_visible()
     await expect(details.get_by_text("requested by alice")).to_be_visible()
     await page.screenshot(path=tmp_path / "2-completed.png", full_page=True)
+
+
+async def test_the_web_ui_with_the_codec_server_shows_a_decoded_input(
+    tmp_path: Path, browser: BrowserContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temporal stores ciphertext; the UI, pointed at ``drflow``'s codec server, shows the person the input."""
+    from activities.codec import CodecKeys, EncryptionCodec, converter_for, encrypted_key_ids
+    from workers.codec_server import CodecServer, CodecServerConfig
+
+    monkeypatch.setenv("DRFLOW_TEST_UI_CODEC_KEY", os.urandom(32).hex())
+    codec = EncryptionCodec(CodecKeys.parse("ui=env:DRFLOW_TEST_UI_CODEC_KEY"))
+    ui_port = free_port()
+    ui = f"http://127.0.0.1:{ui_port}"
+    server = CodecServer(("127.0.0.1", free_port()), codec, CodecServerConfig.of([ui]))
+    server.start()
+    env = await start_dev_server(
+        ui=True, ui_port=ui_port, data_converter=converter_for(codec),
+        dev_server_extra_args=["--ui-codec-endpoint", server.url],
+    )  # fmt: skip
+    workflow_id = "codec-ui-input"
+    try:
+        handle = await env.client.start_workflow(
+            "Failover", {"service": "payments", "target": "region-b", "reason": "codec 10.9.8.7"},
+            id=workflow_id, task_queue="no-worker-polls-this",
+        )  # fmt: skip
+        plain = await Client.connect(env.client.service_client.config.target_host)  # no codec
+        raw = await plain.get_workflow_handle(workflow_id).fetch_history()
+        assert encrypted_key_ids(raw) == {"ui"} and "10.9.8.7" not in raw.to_json()
+        page = browser.pages[0] if browser.pages else await browser.new_page()
+        await page.goto(f"{ui}/namespaces/default/workflows/{workflow_id}", wait_until="domcontentloaded")
+        await expect(page.get_by_role("heading", name=workflow_id)).to_be_visible()
+        await expect(page.get_by_text("codec 10.9.8.7").first).to_be_visible()
+        await page.screenshot(path=tmp_path / "decoded-input.png", full_page=True)
+        await handle.terminate("test done")
+    finally:
+        await env.shutdown()
+        server.shutdown()
+        server.server_close()

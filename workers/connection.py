@@ -1,6 +1,8 @@
 """How drflow reaches Temporal: flags first, then the standard TEMPORAL_* environment, then local defaults.
 
 Works unchanged against the local dev server, a self-hosted cluster with mTLS, and Temporal Cloud (API key).
+Every Client drflow builds gets its data converter here, so the payload codec (``DRFLOW_CODEC_KEYS``, see
+``activities.codec``) is on for the worker, the CLI and the gateway alike, or for none of them.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
+
+from activities.codec import CodecError, EncryptionCodec, converter_from_env
 
 DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_NAMESPACE = "default"
@@ -30,6 +34,7 @@ class TemporalSettings:
     tls_ca: Path | None = None
     tls: bool = False
     api_key: str | None = field(default=None, repr=False)  # never printed, never logged
+    data_converter: DataConverter = field(default_factory=converter_from_env, repr=False, compare=False)
 
     @classmethod
     def resolve(
@@ -50,7 +55,12 @@ class TemporalSettings:
             raise ConnectionSettingsError(
                 "a TLS client certificate and its key go together: set both or neither"
             )
+        try:
+            converter = converter_from_env(env)
+        except CodecError as err:
+            raise ConnectionSettingsError(str(err)) from err
         settings = cls(
+            data_converter=converter,
             address=address or env.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS,
             namespace=namespace or env.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE,
             tls_cert=Path(cert) if cert else None,
@@ -79,9 +89,13 @@ class TemporalSettings:
             namespace=self.namespace,
             tls=self.tls_config(),
             api_key=self.api_key,
-            data_converter=pydantic_data_converter,
+            data_converter=self.data_converter,
         )
 
     def describe(self) -> str:
         auth = "API key" if self.api_key else "mTLS" if self.tls_cert else "TLS" if self.tls else "plaintext"
-        return f"{self.address} namespace {self.namespace} ({auth})"
+        codec = self.data_converter.payload_codec
+        encrypted = ""
+        if isinstance(codec, EncryptionCodec):
+            encrypted = f", payloads encrypted with key id {codec.key_id}"
+        return f"{self.address} namespace {self.namespace} ({auth}{encrypted})"

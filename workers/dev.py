@@ -23,8 +23,8 @@ from pathlib import Path
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.codec import CodecError, converter_from_env
 from activities.search_attributes import SEARCH_ATTRIBUTES
 from workers.sandbox.host import SandboxError
 from workers.sandbox.world import Sandbox
@@ -143,6 +143,10 @@ class DevServer:
     async def wait_until_serving(self) -> Client:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         last_error: Exception | None = None
+        try:
+            converter = converter_from_env()
+        except CodecError as err:
+            raise DevStackError(str(err)) from err
         while time.monotonic() < deadline:
             code = self.exited()
             if code is not None:
@@ -151,7 +155,7 @@ class DevServer:
                 return await Client.connect(
                     self.config.address,
                     namespace=self.config.namespace,
-                    data_converter=pydantic_data_converter,
+                    data_converter=converter,
                 )
             except RuntimeError as err:
                 last_error = err

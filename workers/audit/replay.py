@@ -17,7 +17,6 @@ from typing import Any
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import (
     Interceptor,
@@ -28,6 +27,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from activities.codec import converter_from_env
 from runbooks.model import StrictModel
 from workers.audit.timeline import event_labels
 from workflows.runner import workflow_runner
@@ -148,7 +148,7 @@ async def _replay(
     recorder = _Recorder()
     replayer = Replayer(
         workflows=list(workflows),
-        data_converter=pydantic_data_converter,
+        data_converter=converter_from_env(),  # an encrypted history replays with the same keys
         interceptors=[recorder],
         runtime=_runtime(),
         workflow_runner=workflow_runner(),

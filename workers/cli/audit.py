@@ -195,6 +195,7 @@ def _load(
     from_files: bool = True,
     workflow_id: str | None = None,
 ) -> WorkflowHistory:
+    from activities.codec import codec_from_env, decode_history
     from workers.audit.archive import ArchiveError, is_archive, read_archived_history
     from workers.audit.history import read_history_file
 
@@ -207,16 +208,22 @@ def _load(
             raise Failure(str(err)) from err
         if path.is_dir():
             raise Failure(f"{source} is a directory without manifest.json: not a drflow archive")
-        try:
-            return read_history_file(path, workflow_id)
-        except ValueError as err:
+        try:  # a `temporal workflow show` of an encrypted run: decoded with DRFLOW_CODEC_KEYS
+            return asyncio.run(decode_history(read_history_file(path, workflow_id), codec_from_env()))
+        except ValueError as err:  # CodecError is a ValueError
             raise Failure(str(err)) from err
     return asyncio.run(_fetch(source, run_id, options))
 
 
 async def _fetch(workflow_id: str, run_id: str | None, options: dict[str, Any]) -> WorkflowHistory:
     client = await connect(settings_from(options))
+    from activities.codec import CodecError, decode_history
+
     try:
-        return await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     except RPCError as err:
         raise Failure(f"{workflow_id}: {err.message} (not a file either)") from err
+    try:  # Temporal hands back what it stores: with the codec on, ciphertext
+        return await decode_history(history, client.data_converter.payload_codec)
+    except CodecError as err:
+        raise Failure(f"{workflow_id}: {err}") from err

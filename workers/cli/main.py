@@ -15,6 +15,7 @@ import click
 from runbooks.loader import runbooks_dir
 from workers.cli.audit import audit
 from workers.cli.check import check
+from workers.cli.codec import codec_server
 from workers.cli.common import EXIT_OK
 from workers.cli.dev import dev
 from workers.cli.drill import drill
@@ -54,6 +55,7 @@ for command in (
     dev,
     sandbox,
     gateway,
+    codec_server,
     audit,
     drill,
 ):
