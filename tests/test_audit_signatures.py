@@ -158,6 +158,11 @@ def test_an_archive_keeps_the_signatures_verifiable(run: Run, tmp_path: Path) ->
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert cli.stdout.startswith(f"OK: {result.location}")
     assert "signatures OK:" in cli.stdout and "3 verified" in cli.stdout
+    # The whole store: the chain, then the signed answers inside each archive, with their keys.
+    store = drflow("audit", "verify", "--store", str(tmp_path))
+    assert store.returncode == 0, store.stdout + store.stderr
+    assert "chain OK:" in store.stdout and "signatures OK:" in store.stdout
+    assert f"ssh-key {run.keys['carol'].fingerprint}" in store.stdout
 
 
 def _approval(person: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
