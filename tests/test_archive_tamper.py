@@ -371,3 +371,16 @@ def test_the_worker_key_comes_from_a_secret_reference(tmp_path: Path, keys: dict
     os.environ.pop("DRFLOW_NO_SUCH_KEY", None)
     with pytest.raises(ArchiveError, match="not set"):
         ArchiveConfig.from_env({"DRFLOW_ARCHIVE_KEY": "env:DRFLOW_NO_SUCH_KEY"}).signer()
+
+
+def test_a_signing_worker_does_not_accept_an_archive_signed_by_another_key_on_retry(
+    tmp_path: Path, keys: dict[str, Any]
+) -> None:
+    """The retry path: the run folder already holds an archive, re-signed by someone else's key."""
+    config = ArchiveConfig(location=str(tmp_path / "store"))
+    first = archive_history(history(RUNS[0]), "failover", config, signer=keys["rogue"])
+    with pytest.raises(ArchiveError, match="not by this worker's key prod-worker") as refused:
+        archive_history(history(RUNS[0]), "failover", config, signer=keys["signer"])
+    assert first.location in str(refused.value)
+    again = archive_history(history(RUNS[0]), "failover", config, signer=keys["rogue"])
+    assert again.already_archived

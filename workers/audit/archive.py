@@ -591,6 +591,21 @@ def archive_history(
                 + "; ".join(report.lines()[1:])
             )
         manifest = Manifest.model_validate_json(existing)
+        if signer is not None and (
+            manifest.signed_by is None or manifest.signed_by.fingerprint != signer.fingerprint
+        ):
+            # Without a trust list the check above cannot tell a re-signed manifest; a signing worker knows
+            # its own key, and what it archived carries it.
+            who = (
+                "nobody"
+                if manifest.signed_by is None
+                else f"{manifest.signed_by.name} ({manifest.signed_by.fingerprint})"
+            )
+            raise ArchiveError(
+                f"an archive of this run already exists at {store.location}, signed by {who}, not by this "
+                f"worker's key {signer.name} ({signer.fingerprint}): check it with "
+                "`drflow audit verify --people` (after a key rotation it may be the old key's)"
+            )
         return ArchiveResult(
             location=store.location, manifest_sha256=_sha(existing), manifest=manifest, already_archived=True
         )
