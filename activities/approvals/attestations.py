@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import textwrap
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_ssh_private_key,
 )
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from activities.approvals.signatures import (
     ARMOR_BEGIN,
@@ -30,12 +30,11 @@ from activities.approvals.signatures import (
     MAX_AGE,
     MAX_AHEAD,
     SSHSIG_VERSION,
-    STAMP_FORMAT,
+    AnswerPayload,
     Binding,
     GateDecision,
     StepDecision,
     UnknownSigner,
-    canonical_json,
     check_window,
     compare,
     signed_data,
@@ -49,34 +48,13 @@ from runbooks.people import People, Person, fingerprint_of_blob
 ATTESTATION_NAMESPACE: Final = "drflow-slack-attestation"
 
 
-class AttestationPayload(StrictModel):
+class AttestationPayload(AnswerPayload):
     """What the gateway signs for one click."""
 
     version: Literal[1] = 1
     namespace: Literal["drflow-slack-attestation"] = ATTESTATION_NAMESPACE
     gateway: Name = Field(description="the gateway's name in the people file")
-    workflow_id: str = Field(min_length=1)
-    run_id: str = Field(min_length=1)
-    gate: Gate | None = None
-    failed_step: str | None = Field(default=None, min_length=1)
-    decision: GateDecision | StepDecision
-    plan_checksum: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     slack_user: str = Field(pattern=r"^[UW][A-Z0-9]+$")
-    signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-    @model_validator(mode="after")
-    def _gate_or_step(self) -> AttestationPayload:
-        if (self.gate is None) == (self.failed_step is None):
-            raise ValueError("an attestation answers exactly one of gate or failed_step")
-        if self.gate is not None and self.plan_checksum is None:
-            raise ValueError("a gate's answer binds the full plan checksum")
-        return self
-
-    def canonical(self) -> bytes:
-        return canonical_json(self)
-
-    def signed_time(self) -> datetime:
-        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
 
 
 class ExpectedClick(Binding):

@@ -7,7 +7,7 @@ Its own namespace keeps a request signature from ever counting as an approval.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from pydantic import Field
@@ -15,9 +15,8 @@ from pydantic import Field
 from activities.approvals.signatures import (
     MAX_AGE,
     MAX_AHEAD,
-    STAMP_FORMAT,
+    SignedPayload,
     VerifiedDecision,
-    canonical_json,
     check_window,
     compare,
     signed_payload,
@@ -30,7 +29,7 @@ REQUEST_NAMESPACE: Final = "drflow-request"
 RequestKind = Literal["failover", "failback"]
 
 
-class RequestPayload(StrictModel):
+class RequestPayload(SignedPayload):
     version: Literal[1] = 1
     namespace: Literal["drflow-request"] = REQUEST_NAMESPACE
     kind: RequestKind
@@ -41,13 +40,6 @@ class RequestPayload(StrictModel):
     mode: str | None = Field(default=None, description="failover: planned, emergency or drill")
     reason: str = Field(min_length=1)
     person: Name
-    signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-    def canonical(self) -> bytes:
-        return canonical_json(self)
-
-    def signed_time(self) -> datetime:
-        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
 
 
 class ExpectedRequest(StrictModel):

@@ -104,11 +104,25 @@ class OutsideWindow(SignatureRefused):
 # --- the payload
 
 
-class DecisionPayload(StrictModel):
-    """What a person signs. Versioned; ``namespace`` repeats the SSHSIG one so the text alone says its use."""
+SIGNED_AT_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 
-    version: Literal[1] = PAYLOAD_VERSION
-    namespace: Literal["drflow-approval"] = NAMESPACE
+
+class SignedPayload(StrictModel):
+    """What every signed payload shares: one canonical text, and the moment it was signed."""
+
+    signed_at: str = Field(pattern=SIGNED_AT_PATTERN, description="ISO 8601 UTC, seconds")
+
+    def canonical(self) -> bytes:
+        """The exact bytes signed: JSON, sorted keys, no spaces, ASCII, unset fields left out."""
+        return canonical_json(self)
+
+    def signed_time(self) -> datetime:
+        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+class AnswerPayload(SignedPayload):
+    """An answer to one gate or one failed step: a person's decision, or a gateway's attested click."""
+
     workflow_id: str = Field(min_length=1)
     run_id: str = Field(min_length=1)
     gate: Gate | None = Field(
@@ -121,14 +135,11 @@ class DecisionPayload(StrictModel):
     plan_checksum: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
-        description="the full plan checksum the person saw; required for a gate, and for a failed step once "
-        "the run has a plan",
+        description="the full plan checksum the person saw; required for a gate, absent for a failed step",
     )
-    person: Name
-    signed_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", description="ISO 8601 UTC, seconds")
 
     @model_validator(mode="after")
-    def _gate_or_step(self) -> DecisionPayload:
+    def _gate_or_step(self) -> AnswerPayload:
         if (self.gate is None) == (self.failed_step is None):
             raise ValueError("a decision answers exactly one of gate or failed_step")
         if self.gate is not None and self.decision not in ("approve", "reject", "accept-data-loss"):
@@ -141,12 +152,13 @@ class DecisionPayload(StrictModel):
             raise ValueError("a gate's answer binds the full plan checksum")
         return self
 
-    def canonical(self) -> bytes:
-        """The exact bytes signed: JSON, sorted keys, no spaces, ASCII, unset fields left out."""
-        return canonical_json(self)
 
-    def signed_time(self) -> datetime:
-        return datetime.strptime(self.signed_at, STAMP_FORMAT).replace(tzinfo=UTC)
+class DecisionPayload(AnswerPayload):
+    """What a person signs. Versioned; ``namespace`` repeats the SSHSIG one so the text alone says its use."""
+
+    version: Literal[1] = PAYLOAD_VERSION
+    namespace: Literal["drflow-approval"] = NAMESPACE
+    person: Name
 
 
 def utc_stamp(moment: datetime) -> str:
