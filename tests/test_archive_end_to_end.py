@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.failover import stateless_service, wait_for_gate
+from tests.support.failover import stateless_service, wait_for_archive, wait_for_gate
 from tests.support.sshkeys import make_key
 from tests.test_cli_check import drflow, target
 from workers.sandbox.named import NamedPair
@@ -41,11 +40,7 @@ async def test_a_finished_failover_is_archived_and_the_archive_verifies(
             report = await handle.result()
             assert report.outcome == "completed"
             run_dir = archive / handle.id / report.run_id
-            async with asyncio.timeout(60):
-                while True:  # the archive waits for the run to close, then writes
-                    if (run_dir / "manifest.json").exists():
-                        break
-                    await asyncio.sleep(0.2)
+            await wait_for_archive(run_dir)
     verified = await drflow("audit", "verify", str(run_dir))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     exported = await drflow("audit", "export", str(run_dir), "--address", target(dev_env))
@@ -84,11 +79,7 @@ async def test_a_worker_with_an_archive_key_signs_what_it_archives(
             await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
             report = await handle.result()
             run_dir = archive / handle.id / report.run_id
-            async with asyncio.timeout(60):
-                while True:  # the archive waits for the run to close, then writes
-                    if (run_dir / "manifest.json").exists():
-                        break
-                    await asyncio.sleep(0.2)
+            await wait_for_archive(run_dir)
     verified = await drflow("audit", "verify", str(run_dir), "--people", str(people))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "prod-worker" in verified.stdout and key.fingerprint in verified.stdout, verified.stdout

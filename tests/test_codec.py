@@ -35,7 +35,7 @@ from activities.codec import (
     decode_history,
     encrypted_key_ids,
 )
-from tests.support.failover import stateless_service, wait_for_gate
+from tests.support.failover import stateless_service, wait_for_archive, wait_for_gate
 from tests.support.temporal import venv_binary
 from tests.test_cli_check import drflow, target
 from workers.cli.main import cli
@@ -115,11 +115,7 @@ async def test_a_failover_with_the_codec_stores_only_ciphertext_and_drflow_reads
             report = await handle.result()
             assert report.outcome == "completed", report.messages
             run_dir = archive / handle.id / report.run_id
-            async with asyncio.timeout(60):
-                while True:  # the archive waits for the run to close, then writes
-                    if (run_dir / "manifest.json").exists():
-                        break
-                    await asyncio.sleep(0.2)
+            await wait_for_archive(run_dir)
 
     secrets = [service.region_a.host, service.region_b.host, service.record, REASON]
     # Without the codec (a plain client, as anyone with access to the namespace): ciphertext only.

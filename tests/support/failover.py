@@ -144,3 +144,12 @@ async def wait_for_decision(client: Client, workflow_id: str, timeout: float = 6
             if report.outcome != "running":
                 raise AssertionError(f"the run ended as {report.outcome} without waiting for a decision")
             await asyncio.sleep(0.1)
+
+
+async def wait_for_archive(run_dir: Path, timeout: float = 60) -> Path:
+    """The archive waits for the run to close, then writes its manifest last: wait for that."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if (run_dir / "manifest.json").exists():
+                return run_dir
+            await asyncio.sleep(0.2)
