@@ -479,3 +479,27 @@ async def test_people_rules_without_a_people_file_refuse_the_run_before_anything
     assert any("approvals.quorum need a people file, and there is none" in m for m in final.messages), (
         final.messages
     )
+
+
+def test_without_plan_the_cli_asks_on_a_terminal_and_refuses_in_a_script(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 3 a.m. path: `drflow approve RUN --as bob` shows the open gate's checksum and asks."""
+    from workers.cli.common import Failure
+    from workers.cli.failover import _GateAnswer
+
+    checksum = "ab" * 32
+    report = type("Report", (), {"open_gate": "failover", "workflow_id": "failover-x"})()
+    answer = _GateAnswer("approve", "bob", "go", None, None, None, Path("."))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    with pytest.raises(Failure, match=f"pass --plan {checksum}"):
+        answer._plan_for(report, checksum)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("click.confirm", lambda *_, **__: True)
+    assert answer._plan_for(report, checksum) == checksum
+    assert f"The failover gate shows plan {checksum}" in capsys.readouterr().out
+    monkeypatch.setattr("click.confirm", lambda *_, **__: False)
+    with pytest.raises(Failure, match="not answered"):
+        answer._plan_for(report, checksum)
+    rejecting = _GateAnswer("reject", "bob", "no", None, None, None, Path("."))
+    assert rejecting._plan_for(report, checksum) == checksum, "rejecting needs no typed checksum"
