@@ -126,3 +126,16 @@ async def start_with_cli(client: Client, workflow_type: str, workflow_id: str, q
     ]  # fmt: skip
     done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+async def test_input_that_is_not_json_is_refused_before_a_run_starts(dev_env: WorkflowEnvironment) -> None:
+    """What the payload converter could not even parse never reaches a worker: the CLI refuses it."""
+    client = dev_env.client
+    command = [
+        venv_binary("temporal"), "workflow", "start", "--address", client.service_client.config.target_host,
+        "--type", "Failover", "--task-queue", "nowhere", "--workflow-id", f"bad-json-{uuid.uuid4()}",
+        "--input", "{mode: yolo}",
+    ]  # fmt: skip
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0, done.stdout
+    assert "json" in done.stderr.lower(), done.stderr
