@@ -9,6 +9,7 @@ loop of "Failed decoding arguments"). A valid input still runs the workflow.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import uuid
@@ -19,13 +20,20 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
 
 from activities.errors import ErrorType
 from tests.support.temporal import venv_binary
-from workers.worker import build_worker
+from workers.audit.history import read_history_file
+from workers.worker import WORKFLOWS, build_worker
+from workflows.runner import workflow_runner
+
+HISTORIES = Path(__file__).parent / "histories"
 
 # (workflow type, invalid input, what the failure message must say)
 BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
@@ -139,3 +147,20 @@ async def test_input_that_is_not_json_is_refused_before_a_run_starts(dev_env: Wo
     done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0, done.stdout
     assert "json" in done.stderr.lower(), done.stderr
+
+
+async def test_a_run_past_its_first_task_is_never_failed_by_its_input() -> None:
+    """Only a new run fails on bad input. A run already under way whose recorded input a newer model refuses
+    (a deploy that narrowed a request) replays its first task into a failure the history contradicts: a
+    nondeterminism error, so its task fails and waits for a fixed worker, as before, and nothing is undone.
+    The stored history is copied in memory with its input edited; the file is not touched."""
+    recorded = read_history_file(HISTORIES / "failover-planned.json")
+    edited = recorded.to_json_dict()
+    start = edited["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
+    request = json.loads(base64.b64decode(start["data"]))
+    start["data"] = base64.b64encode(json.dumps({**request, "mode": "yolo"}).encode()).decode()
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
+    with pytest.raises(NondeterminismError):
+        await replayer.replay_workflow(WorkflowHistory.from_json(recorded.workflow_id, edited))
