@@ -30,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.codec import CodecError, decode_history
 from activities.errors import ArchiveRefused, ErrorType
 from activities.search_attributes import KIND_ATTR, SERVICE_ATTR
+from activities.start_input import StartInput
 from runbooks.model import StrictModel
 
 ARCHIVE_ENV = "DRFLOW_ARCHIVE"
@@ -44,7 +45,7 @@ def archive_workflow_id(workflow_id: str, run_id: str) -> str:
     return f"archive-{workflow_id}-{run_id}"
 
 
-class ArchiveRequest(StrictModel):
+class ArchiveRequest(StartInput):
     workflow_id: str
     run_id: str
     kind: str

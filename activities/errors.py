@@ -32,6 +32,9 @@ class ErrorType:
     """No runbook names the service: a typo, or the runbooks directory is not the one the worker reads."""
     INVALID_RUNBOOK = "InvalidRunbook"
     """The service's runbook does not validate; the message names file, line and field."""
+    INVALID_INPUT = "InvalidInput"
+    """A workflow's start input does not validate (a typo in the Web UI or ``temporal workflow start``): the
+    run fails at once; the message names each field path and what it allows (``activities.start_input``)."""
     INVALID_FAILOVER_REQUEST = "InvalidFailoverRequest"
     """A failover's input does not fit its runbook (unknown region, source equals target, ...)."""
     INVALID_FAILBACK_REQUEST = "InvalidFailbackRequest"

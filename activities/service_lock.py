@@ -11,6 +11,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.search_attributes import run_attributes
+from activities.start_input import StartInput
 from runbooks.model import StrictModel
 
 
@@ -28,7 +29,7 @@ class LockHolder(StrictModel):
         return (self.workflow_id, self.run_id) == (other.workflow_id, other.run_id)
 
 
-class LockRequest(StrictModel):
+class LockRequest(StartInput):
     service: str
 
 

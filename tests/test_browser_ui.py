@@ -208,3 +208,35 @@ async def test_the_web_ui_with_the_codec_server_shows_a_decoded_input(
         await env.shutdown()
         server.shutdown()
         server.server_close()
+
+
+async def test_a_typo_in_the_start_form_fails_the_run_at_once_and_says_why(
+    ui_env: tuple[WorkflowEnvironment, str], browser: BrowserContext, tmp_path: Path
+) -> None:
+    """``"mode": "yolo"`` typed into the form: the run page says Failed and shows pydantic's message."""
+    env, ui = ui_env
+    workflow_id = "failover-typo-ui"
+    queue = "drflow-typo-ui"
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    request = {"service": "app", "target": "region-b", "reason": "rehearsal", "mode": "yolo"}
+    async with build_worker(env.client, tmp_path, task_queue=queue):
+        await page.goto(f"{ui}/namespaces/default/workflows", wait_until="domcontentloaded")
+        await page.get_by_role("link", name="Start Workflow").click()
+        await page.get_by_label("Workflow ID").fill(workflow_id)
+        await page.get_by_label("Task Queue").fill(queue)
+        await page.get_by_label("Workflow Type").fill("Failover")
+        data = page.get_by_role("textbox", name="Data")
+        await data.click()
+        await data.fill(json.dumps(request))
+        await data.blur()
+        await expect(data).to_contain_text('"mode": "yolo"')
+        start = page.get_by_role("button", name="Start Workflow", exact=True)
+        await expect(start).to_be_enabled()
+        await start.click()
+        await page.get_by_role("link", name="Workflow started successfully").click()
+        await expect(page.get_by_role("heading", name=workflow_id)).to_be_visible()
+        await expect(page.get_by_test_id("execution-status")).to_have_text("Failed")
+        await page.screenshot(path=tmp_path / "typo-failed.png", full_page=True)
+        await expect(
+            page.get_by_text("mode: Input should be 'planned', 'emergency' or 'drill'").first
+        ).to_be_visible()

@@ -7,12 +7,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from activities.start_input import StartInput
 from runbooks.model import Runbook, StrictModel
 from workflows.failback_models import FailbackReport
 from workflows.failover_models import FailoverReport, FailoverRequest, answered_by
 
 
-class DrillRequest(StrictModel):
+class DrillRequest(StartInput):
     service: str = Field(min_length=1)
     target: str | None = Field(default=None, description="region to fail over to; default the first standby")
     reason: str = "scheduled DR drill"

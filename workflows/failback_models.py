@@ -9,6 +9,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from activities.database.results import PrepareStandbyResult
 from activities.dns.plan import DnsChangePlan
+from activities.start_input import StartInput
 from activities.traffic.activities import SetWeightsResult
 from activities.traffic.analysis import CanaryResult
 from runbooks.durations import format_duration
@@ -16,7 +17,7 @@ from runbooks.model import StrictModel, drop_unset
 from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport, answered_by, gate_lines
 
 
-class FailbackRequest(StrictModel):
+class FailbackRequest(StartInput):
     service: str = Field(min_length=1)
     reason: str = Field(min_length=1)
     requested_by: str | None = None

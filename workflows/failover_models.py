@@ -27,6 +27,7 @@ from activities.dns.propagation import PropagationResult
 from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult, HealthValidationResult
 from activities.service_lock import LockHolder
+from activities.start_input import StartInput
 from runbooks.durations import format_duration
 from runbooks.model import Gate, StrictModel, drop_unset
 
@@ -58,7 +59,7 @@ def _signature_field() -> Any:
     )
 
 
-class FailoverRequest(StrictModel):
+class FailoverRequest(StartInput):
     service: str = Field(min_length=1)
     target: str = Field(min_length=1, description="the region to fail over to")
     reason: str = Field(min_length=1, description="why: shown to approvers and kept in the report")

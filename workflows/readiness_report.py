@@ -14,6 +14,7 @@ from pydantic import Field
 from activities.database.results import ReplicationStatus
 from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult
+from activities.start_input import StartInput
 from runbooks.durations import Duration, format_duration
 from runbooks.loader import LoadedRunbook
 from runbooks.model import StrictModel, budget_overrun
@@ -21,7 +22,7 @@ from runbooks.model import StrictModel, budget_overrun
 Verdict = Literal["ready", "degraded", "not-ready"]
 
 
-class ReadinessRequest(StrictModel):
+class ReadinessRequest(StartInput):
     service: str
     archive: bool = Field(default=False, description="keep this check's evidence in the audit archive")
 
