@@ -433,13 +433,58 @@ async def _send_update(
 
 
 @click.command()
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="the live report as JSON")
 @click.option("--follow", is_flag=True, help="keep printing until the run ends")
+@click.option("--service", default=None, help="without WORKFLOW_ID: only this service's waiting runs")
 @connection_options
-def status(workflow_id: str, as_json: bool, follow: bool, **options: Any) -> int:
-    """Print a run's live report (the workflow's status query)."""
+def status(
+    workflow_id: str | None, as_json: bool, follow: bool, service: str | None, **options: Any
+) -> int:
+    """Print a run's live report (the workflow's status query).
+
+    Without WORKFLOW_ID: every run, across services, that waits for a person (an open gate or a failed
+    step), oldest first, each with the command that answers it.
+    """
+    if workflow_id is None:
+        if as_json or follow:
+            raise click.UsageError("--json and --follow need a WORKFLOW_ID")
+        return asyncio.run(_waiting(settings_from(options), service))
+    if service is not None:
+        raise click.UsageError("--service lists waiting runs: leave out WORKFLOW_ID")
     return asyncio.run(_status(settings_from(options), workflow_id, as_json, follow))
+
+
+async def _waiting(settings: TemporalSettings, service: str | None) -> int:
+    """The operator's first look in an incident: what waits for me, since when, and what do I type."""
+    from datetime import UTC, datetime
+
+    from temporalio.service import RPCError
+
+    from workers.run_views import waiting_runs
+
+    client = await connect(settings)
+    try:
+        runs = await waiting_runs(client, service)
+    except RPCError as err:
+        raise Failure(f"cannot list runs: {err.message}") from err
+    if not runs:
+        click.echo("nothing waits for a person" + (f" on {service}" if service else ""))
+        return EXIT_OK
+    now = datetime.now(UTC)
+    click.echo("1 run waits for a person:" if len(runs) == 1 else f"{len(runs)} runs wait for a person:")
+    for run in runs:
+        minutes = max(0, int((now - run.since).total_seconds() // 60))
+        click.echo()
+        click.echo(
+            f"{run.workflow_id}  {run.kind} of {run.service}  waits for {run.waits_for}  "
+            f"since {run.since:%Y-%m-%d %H:%M:%S} UTC ({minutes}m ago)"
+        )
+        if run.command is None:
+            click.echo("  no worker answers its status query: start one (drflow worker), then answer it")
+        else:
+            click.echo(f"  {run.command}")
+    return EXIT_OK
 
 
 async def _status(settings: TemporalSettings, workflow_id: str, as_json: bool, follow: bool) -> int:
