@@ -84,3 +84,26 @@ async def test_status_without_id_lists_an_open_gate_and_a_failed_step_with_the_c
     assert report.waiting_since is None
     after = await drflow("status", "--service", service, "--address", target(dev_env))
     assert after.stdout == f"nothing waits for a person on {service}\n", after.stderr
+
+
+async def test_a_gate_whose_worker_is_gone_is_still_listed_with_a_note_to_start_one(
+    dev_env: WorkflowEnvironment, tmp_path: Path, dns_world: NamedPair, task_queue: str
+) -> None:
+    runbooks = tmp_path / "runbooks"
+    runbooks.mkdir()
+    with stateless_service(runbooks, dns_world) as served:
+        async with build_worker(dev_env.client, runbooks, task_queue=task_queue):
+            handle = await dev_env.client.start_workflow(
+                FailoverWorkflow.run,
+                FailoverRequest(service=served.service, target="region-b", reason="drill", requested_by="al"),
+                id=f"failover-{served.service}",
+                task_queue=task_queue,
+            )
+            await wait_for_gate(dev_env.client, handle.id)
+            await step_attribute(handle, "awaiting-approval")
+        # the worker stopped (as after a crash): nobody answers the status query, the run still waits
+        listed = await drflow("status", "--service", served.service, "--address", target(dev_env))
+        assert listed.returncode == 0, listed.stderr
+        assert f"{handle.id}  failover of {served.service}  waits for a gate  since " in listed.stdout
+        assert "no worker answers its status query: start one (drflow worker)" in listed.stdout
+        await handle.terminate("test over")

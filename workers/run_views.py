@@ -81,7 +81,7 @@ def view_for(workflow_type: str) -> RunView:
 # status query, not DrflowStep, has the last word: a run of an older release kept "awaiting-approval" after
 # its promote gate and never said "awaiting-decision".
 WAITING_QUERY = "ExecutionStatus = 'Running' AND DrflowKind IN ('failover', 'failback')"
-WAITING_STEPS = ("awaiting-approval", "awaiting-decision")
+WAITING_STEPS = {"awaiting-approval": "a gate", "awaiting-decision": "a decision"}
 QUERY_TIMEOUT = timedelta(seconds=10)
 
 
@@ -123,9 +123,9 @@ async def _waiting(client: Client, execution: WorkflowExecution) -> WaitingRun |
         )
     except (RPCError, WorkflowQueryFailedError):  # no worker answers: trust the attribute, say so
         step = attributes.get(STEP_ATTR)
-        if step not in WAITING_STEPS:
+        if step is None or step not in WAITING_STEPS:
             return None
-        return WaitingRun(execution.id, service, kind, step, execution.start_time, None)
+        return WaitingRun(execution.id, service, kind, WAITING_STEPS[step], execution.start_time, None)
     command = answer_command(report)
     if command is None:
         return None
