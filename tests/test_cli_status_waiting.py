@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.search_attributes import STEP_ATTR
 from tests.support.failover import StatelessService, stateless_service, wait_for_decision, wait_for_gate
 from tests.test_cli_check import drflow, target
+from tests.test_cli_runbooks import DRFLOW
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
@@ -84,6 +88,33 @@ async def test_status_without_id_lists_an_open_gate_and_a_failed_step_with_the_c
     assert report.waiting_since is None
     after = await drflow("status", "--service", service, "--address", target(dev_env))
     assert after.stdout == f"nothing waits for a person on {service}\n", after.stderr
+
+    # The live view: plain lines through a pipe (CI logs), the same lines coloured by rich on a terminal.
+    piped = await drflow("status", handle.id, "--follow", "--address", target(dev_env))
+    assert piped.returncode == 1, "an aborted run exits 1"
+    assert "\x1b[" not in piped.stdout and f"✗ {waiting.waiting_step}" in piped.stdout, piped.stdout
+    code, on_tty = await asyncio.to_thread(
+        drflow_on_tty, "status", handle.id, "--follow", "--address", target(dev_env)
+    )
+    assert code == 1 and "\x1b[" in on_tty and f"{waiting.waiting_step}" in on_tty, on_tty
+
+
+def drflow_on_tty(*args: str) -> tuple[int, str]:
+    """The installed command with its stdout on a pseudo-terminal, as a person at a terminal runs it."""
+    main, child = pty.openpty()
+    process = subprocess.Popen([*DRFLOW, *args], stdout=child, stderr=subprocess.DEVNULL)
+    os.close(child)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    return process.wait(60), b"".join(chunks).decode()
 
 
 async def test_a_gate_whose_worker_is_gone_is_still_listed_with_a_note_to_start_one(

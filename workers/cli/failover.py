@@ -129,31 +129,86 @@ async def _follow(client: Client, workflow_id: str) -> int:
     handle = client.get_workflow_handle(workflow_id)
     view = await _view(client, workflow_id)
     printed: set[str] = set()
-    while True:
-        description = await handle.describe()
-        if description.status != WorkflowExecutionStatus.RUNNING:
-            break
-        try:
-            report = await handle.query("status", result_type=view.report_type)
-        except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
-            await asyncio.sleep(0.5)
-            continue
-        for key, line in view.progress(report):
+    out = _LiveLines(workflow_id)
+    try:
+        while True:
+            description = await handle.describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                break
+            try:
+                report = await handle.query("status", result_type=view.report_type)
+            except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
+                await asyncio.sleep(0.5)
+                continue
+            for key, line in view.progress(report):
+                if key not in printed:
+                    printed.add(key)
+                    out.line(line)
+            out.progress(report)
+            await asyncio.sleep(0.3)
+        report = await _final_report(client, workflow_id, view.report_type)
+        if report is None:
+            raise Failure(
+                f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
+            )
+        for key, line in view.progress(report):  # what happened after the last look
             if key not in printed:
-                printed.add(key)
-                click.echo(line)
-        await asyncio.sleep(0.3)
-    report = await _final_report(client, workflow_id, view.report_type)
-    if report is None:
-        raise Failure(
-            f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
-        )
-    for key, line in view.progress(report):  # what happened after the last look
-        if key not in printed:
-            click.echo(line)
+                out.line(line)
+    finally:
+        out.close()
     click.echo()
     click.echo(view.render(report))
     return EXIT_OK if report.outcome in ("completed", "no-op", "passed") else EXIT_ERROR
+
+
+class _LiveLines:
+    """Where the live view prints: the plain lines as ever off a TTY (CI logs, tests parse them); on a TTY,
+    the same lines coloured by ``rich`` under a spinner that says what the run is doing and for how long.
+    """
+
+    STYLES = {"✓": "green", "✗": "bold red", "↷": "yellow", "…": "dim"}
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.console: Any = None
+        self.spinner: Any = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            self.console = Console(highlight=False)
+            self.spinner = self.console.status(f"following {workflow_id}")
+            self.spinner.start()
+
+    def line(self, text: str) -> None:
+        if self.console is None:
+            click.echo(text)
+            return
+        from rich.text import Text
+
+        mark = text.lstrip()[:1]
+        style = "bold yellow" if "waiting for" in text else self.STYLES.get(mark, "")
+        self.console.print(Text(text, style=style))
+
+    def progress(self, report: Any) -> None:
+        """The spinner's text: the running step, the open gate or the waiting step, and the run's age."""
+        if self.spinner is None:
+            return
+        from datetime import UTC, datetime
+
+        running = [s.name for s in getattr(report, "steps", []) if s.outcome == "running"]
+        gate, step = getattr(report, "open_gate", None), getattr(report, "waiting_step", None)
+        doing = (
+            f"waiting for approval of the {gate} gate" if gate else
+            f"{step} failed: waiting for a decision" if step else
+            running[-1] if running else "between steps"
+        )  # fmt: skip
+        started = getattr(report, "started_at", None)
+        age = "" if started is None else f" · {int((datetime.now(UTC) - started).total_seconds())}s"
+        self.spinner.update(f"{self.workflow_id}: {doing}{age}")
+
+    def close(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
 
 
 async def _view(client: Client, workflow_id: str) -> Any:
