@@ -20,7 +20,10 @@ from workers.sandbox.named import free_ports
 from workflows.readiness_report import ReadinessReport, ReadinessRequest
 
 
-async def start_dev(state_dir: Path, runbooks: Path, port: int, ui_port: int) -> asyncio.subprocess.Process:
+async def start_dev(
+    state_dir: Path, runbooks: Path, port: int, ui_port: int, *extra: str, banner: list[str] | None = None
+) -> asyncio.subprocess.Process:
+    """``banner``, when given, receives the lines ``drflow dev`` printed before it serves."""
     process = await asyncio.create_subprocess_exec(
         *DRFLOW,
         "--runbooks",
@@ -32,17 +35,18 @@ async def start_dev(state_dir: Path, runbooks: Path, port: int, ui_port: int) ->
         str(ui_port),
         "--state-dir",
         str(state_dir),
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    banner: list[str] = []
-    while not banner or "Ctrl-C stops everything" not in banner[-1]:
+    lines: list[str] = [] if banner is None else banner
+    while not lines or "Ctrl-C stops everything" not in lines[-1]:
         line = await asyncio.wait_for(process.stdout.readline(), 90)
         assert line, (
-            f"drflow dev exited early: {banner} {(await process.stderr.read()).decode() if process.stderr else ''}"
+            f"drflow dev exited early: {lines} {(await process.stderr.read()).decode() if process.stderr else ''}"
         )
-        banner.append(line.decode().rstrip())
+        lines.append(line.decode().rstrip())
     return process
 
 
@@ -131,3 +135,50 @@ async def test_dev_stack_refuses_a_taken_port_in_one_line(tmp_path: Path) -> Non
         "(another `drflow dev` or `temporal server start-dev`?) or choose another with --port/--ui-port"
     ]
     assert not (tmp_path / "temporal.db").exists()
+
+
+async def test_dev_stack_without_its_worker_leaves_runs_to_a_separate_drflow_worker_that_may_crash(
+    tmp_path: Path,
+    world: World,  # noqa: F811
+) -> None:
+    world.write_runbook("web")
+    port, ui_port = free_ports(2)
+    state_dir = tmp_path / "state"
+    banner: list[str] = []
+    process = await start_dev(state_dir, world.runbooks, port, ui_port, "--no-worker", banner=banner)
+    workers: list[asyncio.subprocess.Process] = []
+
+    async def start_worker() -> asyncio.subprocess.Process:
+        started = await asyncio.create_subprocess_exec(
+            *DRFLOW, "--runbooks", str(world.runbooks), "worker", "--address", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        workers.append(started)
+        return started
+
+    try:
+        assert any(f"--no-worker): run `drflow worker --address 127.0.0.1:{port}`" in line for line in banner)
+        client = await Client.connect(f"127.0.0.1:{port}", data_converter=pydantic_data_converter)
+        handle = await client.start_workflow(
+            "Readiness", ReadinessRequest(service="web"), id="readiness-web-no-worker", task_queue="drflow",
+            result_type=ReadinessReport,
+        )  # fmt: skip
+        await asyncio.sleep(2)
+        described = await handle.describe()
+        assert described.status is not None and described.status.name == "RUNNING", "no worker ran it"
+        worker = await start_worker()
+        report = await asyncio.wait_for(handle.result(), 90)
+        assert report.verdict == "ready", report.reasons
+        # A worker crash (SIGKILL, no drain) leaves the stack serving: the next worker carries on.
+        worker.kill()
+        await worker.wait()
+        described = await handle.describe()
+        assert described.status is not None and described.status.name == "COMPLETED"
+    finally:
+        for started in workers:
+            if started.returncode is None:
+                started.send_signal(signal.SIGINT)
+                await asyncio.wait_for(started.wait(), 60)
+        code, out = await stop_dev(process)
+    assert code == 0 and out.rstrip().endswith("drflow dev: stopped")
+    assert leftover_processes(state_dir) == ""

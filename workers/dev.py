@@ -49,6 +49,8 @@ class DevConfig:
     namespace: str = "default"
     runbooks_dir: Path = Path("runbooks")
     sandbox: bool = False
+    # False: no in-process worker, so ``drflow worker`` can run (and be killed) on its own.
+    worker: bool = True
 
     @property
     def sandbox_dir(self) -> Path:
@@ -206,11 +208,14 @@ async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], 
         server.start()
         client = await server.wait_until_serving()
         await register_search_attributes(client, config.namespace)
-        worker = build_worker(client, config.runbooks_dir)
+        worker = build_worker(client, config.runbooks_dir) if config.worker else None
         if announce is not None:
             announce(config, server)
         watchdog = asyncio.create_task(_watch(server, stop))
-        await run_until_signalled(worker, stop)
+        if worker is not None:
+            await run_until_signalled(worker, stop)
+        else:
+            await _until_signalled(stop)
         watchdog.cancel()
         if server.exited() is not None:
             raise DevStackError(f"the Temporal dev server stopped unexpectedly:\n{server.log_tail()}")
@@ -218,6 +223,18 @@ async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], 
         server.stop()
         if sandbox is not None:
             await asyncio.to_thread(sandbox.down)
+
+
+async def _until_signalled(stop: asyncio.Event) -> None:
+    """The stack without a worker: serve until SIGINT/SIGTERM or the server's exit."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _watch(server: DevServer, stop: asyncio.Event) -> None:
@@ -230,7 +247,12 @@ def describe(config: DevConfig, server: DevServer) -> list[str]:
     lines = [
         f"drflow dev: Temporal dev server on {config.address}, history in {config.state_dir / 'temporal.db'}",
         f"  Web UI      {config.ui_url}",
-        f"  worker      task queue {TASK_QUEUE}, runbooks from {config.runbooks_dir}",
+        (
+            f"  worker      task queue {TASK_QUEUE}, runbooks from {config.runbooks_dir}"
+            if config.worker
+            else f"  worker      none (--no-worker): run `drflow worker --address {config.address}`; "
+            "kill it mid-run to rehearse a worker crash, start it again to see the run resume"
+        ),
         f"  server log  {server.log_path}",
     ]
     if config.sandbox:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
+from temporalio.service import RPCError
+
+from activities.search_attributes import KIND_ATTR, SERVICE_ATTR, STEP_ATTR
 from workflows.drill_models import DrillReport, render_drill
 from workflows.failback_models import FailbackReport, render_failback
-from workflows.failover_models import FailoverReport, progress_lines, render_plan, render_report
+from workflows.failover_models import (
+    FailoverReport,
+    RunReport,
+    answer_command,
+    progress_lines,
+    render_plan,
+    render_report,
+)
 
 
 @dataclass(frozen=True)
@@ -62,3 +75,62 @@ def view_for(workflow_type: str) -> RunView:
     except KeyError:
         known = ", ".join(VIEWS)
         raise ValueError(f"{workflow_type} runs have no live report here (known: {known})") from None
+
+
+# Every running failover or failback, the kinds with gates and decisions (a drill's children included); the
+# status query, not DrflowStep, has the last word: a run of an older release kept "awaiting-approval" after
+# its promote gate and never said "awaiting-decision".
+WAITING_QUERY = "ExecutionStatus = 'Running' AND DrflowKind IN ('failover', 'failback')"
+WAITING_STEPS = {"awaiting-approval": "a gate", "awaiting-decision": "a decision"}
+QUERY_TIMEOUT = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class WaitingRun:
+    """A run that waits for a person: what for, since when, and the command that answers it.
+
+    ``command`` is None when no worker answered the status query: the run still waits (DrflowStep says
+    so), but only a running worker can take the answer.
+    """
+
+    workflow_id: str
+    service: str
+    kind: str
+    waits_for: str
+    since: datetime
+    command: str | None
+
+
+async def waiting_runs(client: Client, service: str | None = None) -> list[WaitingRun]:
+    """The runs at an open gate or a failed step, oldest wait first: found by visibility, then queried."""
+    executions = [
+        e
+        async for e in client.list_workflows(WAITING_QUERY)
+        if e.workflow_type in ("Failover", "Failback")
+        and (service is None or e.typed_search_attributes.get(SERVICE_ATTR) == service)
+    ]
+    found = await asyncio.gather(*(_waiting(client, e) for e in executions))
+    return sorted((run for run in found if run is not None), key=lambda run: run.since)
+
+
+async def _waiting(client: Client, execution: WorkflowExecution) -> WaitingRun | None:
+    attributes = execution.typed_search_attributes
+    service = attributes.get(SERVICE_ATTR) or "?"
+    kind = attributes.get(KIND_ATTR) or execution.workflow_type.lower()
+    try:
+        report: RunReport = await client.get_workflow_handle(execution.id).query(
+            "status", result_type=VIEWS[execution.workflow_type].report_type, rpc_timeout=QUERY_TIMEOUT
+        )
+    except (RPCError, WorkflowQueryFailedError):  # no worker answers: trust the attribute, say so
+        step = attributes.get(STEP_ATTR)
+        if step is None or step not in WAITING_STEPS:
+            return None
+        return WaitingRun(execution.id, service, kind, WAITING_STEPS[step], execution.start_time, None)
+    command = answer_command(report)
+    if command is None:
+        return None
+    waits_for = (
+        f"gate {report.open_gate}" if report.open_gate is not None else f"decision on {report.waiting_step}"
+    )
+    since = report.waiting_since or execution.start_time
+    return WaitingRun(execution.id, report.service, kind, waits_for, since, command)

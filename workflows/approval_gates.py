@@ -19,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.approvals.requests import ExpectedRequest
     from activities.approvals.signatures import Binding, GateDecision
     from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
-    from activities.search_attributes import STEP_ATTR
     from runbooks.model import SLACK_USER_PATTERN, Gate
     from workflows.approval_rules import (
         Answerer,
@@ -145,8 +144,8 @@ class ApprovalGates(RunState[R]):
         self._gate_checksum = checksum
         if self._people is not None:
             self._update(quorum=open_quorum(gate, approvals, self._two_person), gate_checksum=checksum)
-        self._update(open_gate=gate)
-        workflow.upsert_search_attributes([STEP_ATTR.value_set("awaiting-approval")])
+        self._update(open_gate=gate, waiting_since=opened)
+        previous = self._tag_waiting("awaiting-approval")
         self._show(self._render())
         slack = self._slack_mirror()
         view = (
@@ -171,8 +170,10 @@ class ApprovalGates(RunState[R]):
         self._record_approval(answer)
         if slack is not None and view is not None:
             slack.gate_answered(view, answer)
+        self._untag_waiting(previous)
         self._update(
             open_gate=None,
+            waiting_since=None,
             quorum=None,
             gate_checksum=None,
             approval_wait_seconds=self._report.approval_wait_seconds

@@ -272,10 +272,13 @@ class RunReport(StrictModel):
     gate_checksum: str | None = Field(
         default=None, description="the full checksum of the plan the open gate shows: what an answer signs"
     )
+    waiting_since: datetime | None = Field(
+        default=None, description="when the open gate opened or the waiting step failed (drflow status)"
+    )
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return drop_unset(handler(self), "requester", "quorum", "gate_checksum")
+        return drop_unset(handler(self), "requester", "quorum", "gate_checksum", "waiting_since")
 
 
 class MoveReport(RunReport):
@@ -381,18 +384,23 @@ def answered_by(record: ApprovalRecord | DecisionRecord) -> str:
     return f" by {record.by} via {record.channel}" + (f" ({how})" if how else "")
 
 
+def answer_command(report: RunReport) -> str | None:
+    """The exact command that answers what the run waits for (open gate or failed step), if anything."""
+    if report.open_gate is not None:
+        command = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
+        plan = f" --plan {report.gate_checksum}" if report.gate_checksum else ""
+        return f'drflow {command} {report.workflow_id} --as <you>{plan} --reason "..."'
+    if report.waiting_step is not None:
+        return f'drflow decide {report.workflow_id} retry|skip|abort --as <you> --reason "..."'
+    return None
+
+
 def gate_lines(report: RunReport) -> list[str]:
     """The open gate: the exact command to answer it (with the full plan checksum) and the quorum so far."""
     if report.open_gate is None:
         return []
-    command = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
     update = "accept_data_loss" if report.open_gate == "data-loss" else "approve"
-    plan = f" --plan {report.gate_checksum}" if report.gate_checksum else ""
-    lines = [
-        "",
-        f"### Waiting for approval: gate `{report.open_gate}`",
-        f'CLI: `drflow {command} {report.workflow_id} --as <you>{plan} --reason "..."`',
-    ]
+    lines = ["", f"### Waiting for approval: gate `{report.open_gate}`", f"CLI: `{answer_command(report)}`"]
     if report.requester is None:  # string approvers: the Web UI's Send Update passes a gate too
         lines.append(
             f"Web UI: More Actions → Send an Update `{update}` with "
@@ -434,7 +442,7 @@ def render_report(report: FailoverReport) -> str:
         lines += [
             "",
             f"### Step `{report.waiting_step}` failed: waiting for an operator decision",
-            f'CLI: `drflow decide {report.workflow_id} retry|skip|abort --as <you> --reason "..."`',
+            f"CLI: `{answer_command(report)}`",
         ]
     if report.approvals:
         lines += ["", "### Approvals"]

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         UpdateOutcome,
     )
-    from workflows.run_state import FORWARD_PATCH, Ended, failure_message
+    from workflows.run_state import FORWARD_PATCH, WAIT_ATTR_PATCH, Ended, failure_message
     from workflows.slack_facts import decision_facts
 
 
@@ -141,7 +141,8 @@ class ControlledRun(ApprovalGates[R]):
         await self._load_people()
         self._decision = None
         self._skippable = self._is_skippable(step)
-        self._update(waiting_step=step)
+        self._update(waiting_step=step, waiting_since=workflow.now())
+        previous = self._tag_waiting("awaiting-decision") if workflow.patched(WAIT_ATTR_PATCH) else None
         self._show(self._render())
         slack = self._slack_for_decisions()
         view = (
@@ -176,7 +177,8 @@ class ControlledRun(ApprovalGates[R]):
         assert record is not None
         if slack is not None and view is not None:
             slack.decision_made(view, record)
-        self._update(waiting_step=None, decisions=[*self._report.decisions, record])
+        self._untag_waiting(previous)
+        self._update(waiting_step=None, waiting_since=None, decisions=[*self._report.decisions, record])
         return "abort" if record.decision == "expired" else record.decision
 
     def _is_skippable(self, step: str) -> bool:

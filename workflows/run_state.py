@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.search_attributes import STEP_ATTR
     from activities.slack.models import GateFacts
     from runbooks.model import Gate, Runbook
     from runbooks.people import PeopleSnapshot
@@ -38,6 +39,9 @@ HEARTBEAT = timedelta(seconds=10)
 FORWARD_PATCH = "forward-after-promotion"
 # The people file: verified approvers, signed requests, quorum (docs/approvals.md).
 PEOPLE_PATCH = "verified-approvers"
+# DrflowStep says "awaiting-decision" while a failed step waits, and gets its value back once a gate or a
+# decision is answered (before it, the attribute kept "awaiting-approval" after the promote gate).
+WAIT_ATTR_PATCH = "step-attr-while-waiting"
 
 
 class Ended(Exception):
@@ -163,6 +167,17 @@ class RunState(Generic[R]):
         )
         self._update(steps=steps)
         self._show(self._render())
+
+    def _tag_waiting(self, waiting: str) -> str | None:
+        """Set DrflowStep to what the run waits for; returns the value to put back once answered."""
+        previous = workflow.info().typed_search_attributes.get(STEP_ATTR)
+        workflow.upsert_search_attributes([STEP_ATTR.value_set(waiting)])
+        return previous
+
+    def _untag_waiting(self, previous: str | None) -> None:
+        """Give DrflowStep its value from before the wait, so a visibility query no longer lists the run."""
+        if previous is not None and workflow.patched(WAIT_ATTR_PATCH):
+            workflow.upsert_search_attributes([STEP_ATTR.value_set(previous)])
 
     def _show(self, markdown: str) -> None:
         workflow.set_current_details(markdown)

@@ -17,15 +17,24 @@ from workers.cli.common import EXIT_OK, Failure, configure_logging
 @click.option("--ui-port", default=8233, show_default=True, help="Temporal Web UI port")
 @click.option("--state-dir", default=".drflow", show_default=True, type=click.Path(file_okay=False))
 @click.option("--sandbox", is_flag=True, help="also run the local two-region sandbox (runbooks/sandbox.yaml)")
+@click.option(
+    "--no-worker", "no_worker", is_flag=True,
+    help="no in-process worker: run `drflow worker` yourself (and kill it to rehearse a worker crash)",
+)  # fmt: skip
 @click.pass_obj
-def dev(directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bool) -> int:
-    """Run the embedded stack: Temporal dev server (SQLite under --state-dir), Web UI, a drflow worker."""
+def dev(directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bool, no_worker: bool) -> int:
+    """Run the embedded stack: Temporal dev server (SQLite under --state-dir), Web UI, a drflow worker.
+
+    With --no-worker the worker is yours to start and stop, so a crash can be rehearsed: the run waits,
+    then resumes where it was on the next worker.
+    """
     from workers.dev import DevConfig, DevStackError, describe, run_dev
 
     configure_logging(logging.WARNING)
     config = DevConfig(
-        state_dir=Path(state_dir), port=port, ui_port=ui_port, runbooks_dir=directory, sandbox=sandbox
-    )
+        state_dir=Path(state_dir), port=port, ui_port=ui_port, runbooks_dir=directory, sandbox=sandbox,
+        worker=not no_worker,
+    )  # fmt: skip
     if sandbox and Path(state_dir) != Path(".drflow"):
         raise Failure(
             "--sandbox keeps its servers in .drflow/sandbox, where runbooks/sandbox.yaml points: "

@@ -129,31 +129,86 @@ async def _follow(client: Client, workflow_id: str) -> int:
     handle = client.get_workflow_handle(workflow_id)
     view = await _view(client, workflow_id)
     printed: set[str] = set()
-    while True:
-        description = await handle.describe()
-        if description.status != WorkflowExecutionStatus.RUNNING:
-            break
-        try:
-            report = await handle.query("status", result_type=view.report_type)
-        except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
-            await asyncio.sleep(0.5)
-            continue
-        for key, line in view.progress(report):
+    out = _LiveLines(workflow_id)
+    try:
+        while True:
+            description = await handle.describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                break
+            try:
+                report = await handle.query("status", result_type=view.report_type)
+            except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
+                await asyncio.sleep(0.5)
+                continue
+            for key, line in view.progress(report):
+                if key not in printed:
+                    printed.add(key)
+                    out.line(line)
+            out.progress(report)
+            await asyncio.sleep(0.3)
+        report = await _final_report(client, workflow_id, view.report_type)
+        if report is None:
+            raise Failure(
+                f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
+            )
+        for key, line in view.progress(report):  # what happened after the last look
             if key not in printed:
-                printed.add(key)
-                click.echo(line)
-        await asyncio.sleep(0.3)
-    report = await _final_report(client, workflow_id, view.report_type)
-    if report is None:
-        raise Failure(
-            f"{workflow_id} ended as {description.status.name.lower() if description.status else '?'}"
-        )
-    for key, line in view.progress(report):  # what happened after the last look
-        if key not in printed:
-            click.echo(line)
+                out.line(line)
+    finally:
+        out.close()
     click.echo()
     click.echo(view.render(report))
     return EXIT_OK if report.outcome in ("completed", "no-op", "passed") else EXIT_ERROR
+
+
+class _LiveLines:
+    """Where the live view prints: the plain lines as ever off a TTY (CI logs, tests parse them); on a TTY,
+    the same lines coloured by ``rich`` under a spinner that says what the run is doing and for how long.
+    """
+
+    STYLES = {"✓": "green", "✗": "bold red", "↷": "yellow", "…": "dim"}
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.console: Any = None
+        self.spinner: Any = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            self.console = Console(highlight=False)
+            self.spinner = self.console.status(f"following {workflow_id}")
+            self.spinner.start()
+
+    def line(self, text: str) -> None:
+        if self.console is None:
+            click.echo(text)
+            return
+        from rich.text import Text
+
+        mark = text.lstrip()[:1]
+        style = "bold yellow" if "waiting for" in text else self.STYLES.get(mark, "")
+        self.console.print(Text(text, style=style))
+
+    def progress(self, report: Any) -> None:
+        """The spinner's text: the running step, the open gate or the waiting step, and the run's age."""
+        if self.spinner is None:
+            return
+        from datetime import UTC, datetime
+
+        running = [s.name for s in getattr(report, "steps", []) if s.outcome == "running"]
+        gate, step = getattr(report, "open_gate", None), getattr(report, "waiting_step", None)
+        doing = (
+            f"waiting for approval of the {gate} gate" if gate else
+            f"{step} failed: waiting for a decision" if step else
+            running[-1] if running else "between steps"
+        )  # fmt: skip
+        started = getattr(report, "started_at", None)
+        age = "" if started is None else f" · {int((datetime.now(UTC) - started).total_seconds())}s"
+        self.spinner.update(f"{self.workflow_id}: {doing}{age}")
+
+    def close(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
 
 
 async def _view(client: Client, workflow_id: str) -> Any:
@@ -433,13 +488,58 @@ async def _send_update(
 
 
 @click.command()
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="the live report as JSON")
 @click.option("--follow", is_flag=True, help="keep printing until the run ends")
+@click.option("--service", default=None, help="without WORKFLOW_ID: only this service's waiting runs")
 @connection_options
-def status(workflow_id: str, as_json: bool, follow: bool, **options: Any) -> int:
-    """Print a run's live report (the workflow's status query)."""
+def status(
+    workflow_id: str | None, as_json: bool, follow: bool, service: str | None, **options: Any
+) -> int:
+    """Print a run's live report (the workflow's status query).
+
+    Without WORKFLOW_ID: every run, across services, that waits for a person (an open gate or a failed
+    step), oldest first, each with the command that answers it.
+    """
+    if workflow_id is None:
+        if as_json or follow:
+            raise click.UsageError("--json and --follow need a WORKFLOW_ID")
+        return asyncio.run(_waiting(settings_from(options), service))
+    if service is not None:
+        raise click.UsageError("--service lists waiting runs: leave out WORKFLOW_ID")
     return asyncio.run(_status(settings_from(options), workflow_id, as_json, follow))
+
+
+async def _waiting(settings: TemporalSettings, service: str | None) -> int:
+    """The operator's first look in an incident: what waits for me, since when, and what do I type."""
+    from datetime import UTC, datetime
+
+    from temporalio.service import RPCError
+
+    from workers.run_views import waiting_runs
+
+    client = await connect(settings)
+    try:
+        runs = await waiting_runs(client, service)
+    except RPCError as err:
+        raise Failure(f"cannot list runs: {err.message}") from err
+    if not runs:
+        click.echo("nothing waits for a person" + (f" on {service}" if service else ""))
+        return EXIT_OK
+    now = datetime.now(UTC)
+    click.echo("1 run waits for a person:" if len(runs) == 1 else f"{len(runs)} runs wait for a person:")
+    for run in runs:
+        minutes = max(0, int((now - run.since).total_seconds() // 60))
+        click.echo()
+        click.echo(
+            f"{run.workflow_id}  {run.kind} of {run.service}  waits for {run.waits_for}  "
+            f"since {run.since:%Y-%m-%d %H:%M:%S} UTC ({minutes}m ago)"
+        )
+        if run.command is None:
+            click.echo("  no worker answers its status query: start one (drflow worker), then answer it")
+        else:
+            click.echo(f"  {run.command}")
+    return EXIT_OK
 
 
 async def _status(settings: TemporalSettings, workflow_id: str, as_json: bool, follow: bool) -> int:
