@@ -311,6 +311,8 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failover-planned-writable": planned_writable,
     "failback-canary-asks": failback_canary_asks,
     "failover-verified": verified,
+    # Since ``step-attr-while-waiting``: DrflowStep says awaiting-approval / -decision, then goes back.
+    "failover-aborted-waiting-attrs": aborted,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
 WITH_PEOPLE = frozenset({"failover-verified"})
