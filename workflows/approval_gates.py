@@ -17,7 +17,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.approvals.requests import ExpectedRequest
-    from activities.approvals.signatures import Binding, GateDecision
+    from activities.approvals.signatures import SIGNED_ANSWER, UPDATE_OF_RECORD, Binding, GateDecision
     from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from runbooks.model import SLACK_USER_PATTERN, Gate
     from workflows.approval_rules import (
@@ -43,9 +43,6 @@ with workflow.unsafe.imports_passed_through():
 
 R = TypeVar("R", bound=RunReport)
 PEOPLE_FRESH = timedelta(minutes=1)  # a gate reloads the people file unless the run loaded it this recently
-GATE_DECISIONS: dict[str, GateDecision] = {
-    "approve": "approve", "reject": "reject", "accept_data_loss": "accept-data-loss"
-}  # fmt: skip
 
 
 class ApprovalGates(RunState[R]):
@@ -290,7 +287,7 @@ class ApprovalGates(RunState[R]):
                 f"the plan changed since you saw it (you sent {answer.plan_checksum}): the current plan is "
                 f"{checksum}; read it (drflow status) and answer again"
             )
-        decision: GateDecision = GATE_DECISIONS[update]
+        decision: GateDecision = SIGNED_ANSWER[update]
         info = workflow.info()
         answerer = identify(
             snapshot=snapshot, approvals=runbook.approvals, claim=answer.approver, channel=answer.channel,
@@ -380,8 +377,8 @@ class ApprovalGates(RunState[R]):
                 reason=answer.reason, plan_checksum=self._gate_checksum,
             )  # fmt: skip
             return UpdateOutcome(accepted=True, message=f"{gate} gate {decision} by {answer.approver}")
-        update = {"approved": "approve", "rejected": "reject", "data-loss-accepted": "accept_data_loss"}
-        answerer = self._verified_answerer(answer, update[decision], gate)  # the validator's verdict, again
+        # the validator's verdict, reached again from the same history
+        answerer = self._verified_answerer(answer, UPDATE_OF_RECORD[decision], gate)
         record = ApprovalRecord(
             gate=gate, decision=decision, by=answerer.person, at=workflow.now(), channel=answerer.channel,
             reason=answer.reason, plan_checksum=self._gate_checksum,

@@ -50,6 +50,16 @@ RSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 
 GateDecision = Literal["approve", "reject", "accept-data-loss"]
 StepDecision = Literal["retry", "skip", "abort"]
+# The gate Updates and the answer each one signs; the decision a gate record keeps and its Update. One table
+# each for the workflow, the CLI, the gateway and the audit.
+SIGNED_ANSWER: Final[dict[str, GateDecision]] = {
+    "approve": "approve", "reject": "reject", "accept_data_loss": "accept-data-loss"
+}  # fmt: skip
+UPDATE_OF_RECORD: Final = {
+    "approved": "approve",
+    "rejected": "reject",
+    "data-loss-accepted": "accept_data_loss",
+}
 
 
 # --- refusals: one class each, so validators and tests can tell them apart

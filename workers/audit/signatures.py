@@ -26,6 +26,8 @@ from activities.approvals.attestations import ATTESTATION_NAMESPACE, Attestation
 from activities.approvals.requests import REQUEST_NAMESPACE, RequestPayload
 from activities.approvals.signatures import (
     NAMESPACE,
+    SIGNED_ANSWER,
+    UPDATE_OF_RECORD,
     DecisionPayload,
     SignatureRefused,
     check_signature,
@@ -40,11 +42,6 @@ from workers.audit.history import decode_payloads
 from workers.audit.model import UpdateRecord
 
 GATE_UPDATES: Final = ("approve", "reject", "accept_data_loss")
-# what a gate record's decision is in the signed payload, and which Update delivers it
-SIGNED_DECISION: Final = {
-    "approved": "approve", "rejected": "reject", "data-loss-accepted": "accept-data-loss"
-}  # fmt: skip
-UPDATE_OF: Final = {"approved": "approve", "rejected": "reject", "data-loss-accepted": "accept_data_loss"}
 NOT_ANSWERS: Final = ("expired", "skipped-in-emergency")  # gate records no person sent
 PROVEN: Final = ("ssh-key", "slack-gateway")
 
@@ -309,12 +306,13 @@ def check_signatures(
         gate, decision = str(record.get("gate")), str(record.get("decision"))
         update = gate_updates[index] if index < len(gate_updates) else None
         check = _record_check("approval", record, gate, decision)
+        signed_answer = SIGNED_ANSWER.get(UPDATE_OF_RECORD.get(decision, ""), decision)
         binding = {
-            **base, "gate": gate, "failed_step": None, "decision": SIGNED_DECISION.get(decision, decision),
+            **base, "gate": gate, "failed_step": None, "decision": signed_answer,
             "plan_checksum": record.get("plan_checksum"),
         }  # fmt: skip
         check = _check_answer(check, record, update, binding)
-        if update is not None and UPDATE_OF.get(decision) != update.name:
+        if update is not None and UPDATE_OF_RECORD.get(decision) != update.name:
             check = check.model_copy(
                 update={
                     "status": "failed",

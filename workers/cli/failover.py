@@ -361,6 +361,7 @@ class _GateAnswer:
 
     def payload(self, report: Any) -> Any:
         """The Update's input: signed when the run verifies people (its report names the requester)."""
+        from activities.approvals.signatures import SIGNED_ANSWER
         from workflows.failover_models import ApprovalInput, DecisionInput
 
         verified = getattr(report, "requester", None) is not None
@@ -381,9 +382,8 @@ class _GateAnswer:
         )
         if not verified or report.open_gate is None or plan is None:
             return answer
-        decision = {"approve": "approve", "reject": "reject", "accept_data_loss": "accept-data-loss"}
         return self._sign(answer, report, "approver", gate=self.gate or report.open_gate,
-                          decision=decision[self.update], plan_checksum=plan)  # fmt: skip
+                          decision=SIGNED_ANSWER[self.update], plan_checksum=plan)  # fmt: skip
 
     def _plan_for(self, report: Any, checksum: str) -> str:
         if self.plan is not None:
@@ -493,9 +493,7 @@ async def _send_update(
 @click.option("--follow", is_flag=True, help="keep printing until the run ends")
 @click.option("--service", default=None, help="without WORKFLOW_ID: only this service's waiting runs")
 @connection_options
-def status(
-    workflow_id: str | None, as_json: bool, follow: bool, service: str | None, **options: Any
-) -> int:
+def status(workflow_id: str | None, as_json: bool, follow: bool, service: str | None, **options: Any) -> int:
     """Print a run's live report (the workflow's status query).
 
     Without WORKFLOW_ID: every run, across services, that waits for a person (an open gate or a failed

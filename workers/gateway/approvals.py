@@ -36,7 +36,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.approvals.signatures import GateDecision
+from activities.approvals.signatures import SIGNED_ANSWER
 from workers.gateway.clicks import Answer, Click, ClickOutcome, NotOurs, parse_click
 from workers.gateway.config import GatewayConfig
 from workers.gateway.verification import RequestVerifier
@@ -48,9 +48,6 @@ ACTIONS_PATH = "/slack/actions"
 UPDATE_TIMEOUT = 30.0
 LOOKUP_TIMEOUT = 5.0
 FULL_CHECKSUM = re.compile(r"[0-9a-f]{64}")
-GATE_DECISIONS: dict[str, GateDecision] = {
-    "approve": "approve", "reject": "reject", "accept_data_loss": "accept-data-loss"
-}  # fmt: skip
 UNATTESTED = (
     "this message's buttons come from an older drflow and do not name the full plan (or the run) you saw, "
     "so the gateway could not vouch for your click: answer with `drflow {command} --as <you>`"
@@ -147,7 +144,7 @@ class ApprovalGateway:
             else:
                 signed, signature = signer.attest(
                     workflow_id=click.workflow_id, run_id=run_id, slack_user=click.user_id,
-                    now=datetime.now(UTC), decision=GATE_DECISIONS[click.update], gate=answer.gate,
+                    now=datetime.now(UTC), decision=SIGNED_ANSWER[click.update], gate=answer.gate,
                     plan_checksum=checksum,
                 )  # fmt: skip
         except ValidationError as err:
