@@ -18,7 +18,7 @@ from activities.approvals.requests import ExpectedRequest, verify_request
 from activities.approvals.signatures import Binding, Expected, SignatureRefused, verify_decision
 from runbooks.model import SLACK_USER_PATTERN, Approvals, Gate, Quorum
 from runbooks.people import People, PeopleSnapshot, UnknownApproverError
-from workflows.failover_models import Channel, Identity, QuorumStatus, RequesterRecord
+from workflows.failover_models import Channel, Identity, QuorumStatus, RequesterRecord, cli_command
 
 UNSIGNED_DEFAULT: Literal["refuse"] = "refuse"
 UNVERIFIED_REQUESTER_DEFAULT: Literal["two-person"] = "two-person"
@@ -49,14 +49,6 @@ class Answerer:
 
 def unsigned_policy(approvals: Approvals) -> Literal["refuse", "record"]:
     return approvals.unsigned or UNSIGNED_DEFAULT
-
-
-def how_to_answer(workflow_id: str, update: str, checksum: str | None) -> str:
-    command = {"accept_data_loss": "accept-data-loss"}.get(update, update)
-    plan = f" --plan {checksum}" if checksum else ""
-    reason = ' --reason "..."' if update != "decide" else ""
-    step = " <retry|skip|abort>" if update == "decide" else ""
-    return f"drflow {command} {workflow_id}{step} --as <you>{plan}{reason} (signs with your SSH key)"
 
 
 def identify(
@@ -101,7 +93,8 @@ def identify(
         raise ValueError(
             "this runbook requires verified approvers, and this answer is not signed (the Web UI's Send "
             "Update and a raw temporal call cannot prove who sent them): answer with "
-            f"{how_to_answer(bound.workflow_id, update, bound.plan_checksum)}, or with the Slack buttons"
+            f"{cli_command(bound.workflow_id, update, bound.plan_checksum)} (signs with your SSH key), or "
+            "with the Slack buttons"
         )
     person = people.identify(claim)
     if person is None:

@@ -14,7 +14,14 @@ from activities.traffic.activities import SetWeightsResult
 from activities.traffic.analysis import CanaryResult
 from runbooks.durations import format_duration
 from runbooks.model import StrictModel, drop_unset
-from workflows.failover_models import STEP_MARK, DatabasePlan, MoveReport, answered_by, gate_lines
+from workflows.failover_models import (
+    STEP_MARK,
+    DatabasePlan,
+    MoveReport,
+    answered_by,
+    cli_command,
+    gate_lines,
+)
 
 
 class FailbackRequest(StartInput):
@@ -119,7 +126,7 @@ def render_failback(report: FailbackReport) -> str:
         lines += [
             "",
             f"### Step `{report.waiting_step}` failed: waiting for an operator decision",
-            f'CLI: `drflow decide {report.workflow_id} retry|skip|abort --as <you> --reason "..."`',
+            f"CLI: `{cli_command(report.workflow_id, 'decide')}`",
         ]
     if report.approvals:
         lines += ["", "### Approvals"]

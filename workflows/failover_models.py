@@ -384,14 +384,22 @@ def answered_by(record: ApprovalRecord | DecisionRecord) -> str:
     return f" by {record.by} via {record.channel}" + (f" ({how})" if how else "")
 
 
+def cli_command(workflow_id: str, update: str, checksum: str | None = None) -> str:
+    """The command that sends this Update (``approve``, ``accept_data_loss``, ``decide``...): one spelling
+    for every view and every refusal that tells a person what to type."""
+    if update == "decide":
+        return f'drflow decide {workflow_id} retry|skip|abort --as <you> --reason "..."'
+    plan = f" --plan {checksum}" if checksum else ""
+    return f'drflow {update.replace("_", "-")} {workflow_id} --as <you>{plan} --reason "..."'
+
+
 def answer_command(report: RunReport) -> str | None:
     """The exact command that answers what the run waits for (open gate or failed step), if anything."""
     if report.open_gate is not None:
-        command = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
-        plan = f" --plan {report.gate_checksum}" if report.gate_checksum else ""
-        return f'drflow {command} {report.workflow_id} --as <you>{plan} --reason "..."'
+        update = "accept_data_loss" if report.open_gate == "data-loss" else "approve"
+        return cli_command(report.workflow_id, update, report.gate_checksum)
     if report.waiting_step is not None:
-        return f'drflow decide {report.workflow_id} retry|skip|abort --as <you> --reason "..."'
+        return cli_command(report.workflow_id, "decide")
     return None
 
 
@@ -493,14 +501,11 @@ def progress_lines(report: RunReport, plan_text: str | None = None) -> list[tupl
             key = f"end {step.name} {step.attempts} {step.outcome}"
             lines.append((key, f"{STEP_MARK[step.outcome]} {step.name}{took}{detail}{error}"))
     if report.open_gate is not None:
-        approve = "accept-data-loss" if report.open_gate == "data-loss" else "approve"
-        plan = f" --plan {report.gate_checksum}" if report.gate_checksum else ""
         lines.append(
             (
                 f"gate {report.open_gate} {len(report.approvals)}",
                 (f"\n{plan_text}\n\n" if plan_text else "")
-                + f"waiting for approval of the {report.open_gate} gate: "
-                f'drflow {approve} {report.workflow_id} --as <approver>{plan} --reason "..."',
+                + f"waiting for approval of the {report.open_gate} gate: {answer_command(report)}",
             )
         )
     for approval in report.approvals:
@@ -514,8 +519,7 @@ def progress_lines(report: RunReport, plan_text: str | None = None) -> list[tupl
         lines.append(
             (
                 f"decide {report.waiting_step} {len(report.decisions)}",
-                f"{report.waiting_step} failed; decide: drflow decide {report.workflow_id} retry|skip|abort "
-                '--as <approver> --reason "..."',
+                f"{report.waiting_step} failed; decide: {cli_command(report.workflow_id, 'decide')}",
             )
         )
     return lines
