@@ -32,6 +32,9 @@ from runbooks.loader import (
 )
 from runbooks.model import Approvals, Name, StrictModel, raise_rule_problems
 
+# Written by `drflow sandbox up` into the keys/ folder beside its people file: the private keys there are demo
+# keys, and the CLI signs with one only when this marker says so (workers/cli/signing.py).
+DEMO_MARKER = ".drflow-demo-keys"
 FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}$"
 SLACK_ID_PATTERN = r"^[UW][A-Z0-9]{2,}$"
 MIN_RSA_BITS = 2048

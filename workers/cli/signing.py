@@ -22,12 +22,11 @@ from activities.approvals.requests import REQUEST_NAMESPACE, RequestPayload
 from activities.approvals.signatures import NAMESPACE, DecisionPayload, utc_stamp
 from activities.approvals.signing import SigningError, sign
 from runbooks.model import Approvals
-from runbooks.people import PeopleFileError, load_people_file, people_location
+from runbooks.people import DEMO_MARKER, PeopleFileError, load_people_file, people_location
 from workers.cli.common import Failure
 
 KEY_ENV = "DRFLOW_SIGNING_KEY"
 DEMO_KEYS = Path(".drflow/sandbox/keys")
-DEMO_MARKER = ".drflow-demo-keys"  # written by `drflow sandbox up`: these private keys are demo keys
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from runbooks.people import DEMO_MARKER
+
 PEOPLE = {  # name: (display name, Slack id, groups)
     "alice": ("Alice (SRE on call)", "U0SANDALICE", ["sre"]),
     "bob": ("Bob (SRE)", "U0SANDBOB", ["sre"]),
     "carol": ("Carol (DBA)", "U0SANDCAROL", ["dba"]),
 }
 GATEWAY = "sandbox-gateway"
-DEMO_MARKER = ".drflow-demo-keys"  # workers/cli/signing.py looks for it before signing with a key here
 
 
 class SandboxKeysError(RuntimeError):
