@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml scripts/bootstrap-venv
 	@touch $@
 
 system-deps:
-	@scripts/system-deps named initdb chromium haproxy
+	@scripts/system-deps named initdb chromium haproxy ssh-keygen
 
 sandbox-deps:
-	@scripts/system-deps named initdb haproxy
+	@scripts/system-deps named initdb haproxy ssh-keygen
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

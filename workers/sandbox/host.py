@@ -19,7 +19,9 @@ from workers.sandbox.haproxy import HaproxyNotInstalledError, find_haproxy
 from workers.sandbox.named import NamedNotInstalledError, find_named
 from workers.sandbox.processes import stop_process
 
-SYSTEM_PACKAGES = {"named": "bind9", "postgres": "postgresql", "haproxy": "haproxy"}
+SYSTEM_PACKAGES = {
+    "named": "bind9", "postgres": "postgresql", "haproxy": "haproxy", "ssh-keygen": "openssh-client"
+}  # fmt: skip
 _LOG_TAIL_LINES = 20
 
 
@@ -28,7 +30,7 @@ class SandboxError(RuntimeError):
 
 
 def ensure_system_packages() -> list[str]:
-    """Install named, the PostgreSQL server and HAProxy if missing (root on Debian/Ubuntu); returns them.
+    """Install named, the PostgreSQL server, HAProxy and ssh-keygen if missing (root on Debian/Ubuntu).
 
     Otherwise a missing program is an error carrying the exact command to run.
     """
@@ -45,6 +47,8 @@ def ensure_system_packages() -> list[str]:
         find_haproxy()
     except HaproxyNotInstalledError:
         missing.append(SYSTEM_PACKAGES["haproxy"])
+    if shutil.which("ssh-keygen") is None:  # the demo people's keys (workers/sandbox/people.py)
+        missing.append(SYSTEM_PACKAGES["ssh-keygen"])
     if not missing:
         return []
     command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
@@ -53,7 +57,7 @@ def ensure_system_packages() -> list[str]:
         raise SandboxError(
             f"the sandbox needs {' and '.join(missing)}, which are not installed: "
             f"run `sudo apt-get install -y {' '.join(missing)}` (Debian/Ubuntu; elsewhere install BIND's "
-            "named, the PostgreSQL server and HAProxy from your package manager)"
+            "named, the PostgreSQL server, HAProxy and OpenSSH's ssh-keygen from your package manager)"
         )
     environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for step in (["apt-get", "update", "-qq"], command):
