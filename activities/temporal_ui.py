@@ -24,6 +24,18 @@ def ui_url(env: Mapping[str, str] | None = None) -> str:
     return (env.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL).rstrip("/")
 
 
+RUNS_QUERY = "WorkflowType IN ('Failover', 'Failback', 'Drill', 'Readiness')"
+"""The Workflows list's filter that shows drflow's runs and hides its helpers (``ServiceLock``,
+``ArchiveRun``). By type, not by ``DrflowKind``: a run whose input did not validate failed before it could
+tag itself, and it belongs in the view."""
+
+
+def runs_list_url(namespace: str, query: str = RUNS_QUERY, base: str | None = None) -> str:
+    """The Workflows list filtered to drflow's runs: the address docs/operations.md saves as a view."""
+    root = (base or ui_url()).rstrip("/")
+    return f"{root}/namespaces/{quote(namespace, safe='')}/workflows?query={quote(query, safe='')}"
+
+
 def workflow_url(namespace: str, workflow_id: str, run_id: str | None = None) -> str:
     """The run's page (the workflow's latest run without ``run_id``); ids are quoted: they may hold ``/``."""
     path = f"{ui_url()}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow_id, safe='')}"

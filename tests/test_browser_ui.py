@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import BrowserContext, async_playwright, expect
+from playwright.async_api import BrowserContext, Locator, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.failover import wait_for_gate
+from activities.temporal_ui import runs_list_url
+from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, sandbox_world
 from tests.support.temporal import start_dev_server
 from tests.test_cli_check import drflow, target
@@ -171,6 +172,10 @@ async def test_operator_starts_a_failover_in_the_web_ui_and_sees_it_completed(
     await expect(details.get_by_text("requested by alice")).to_be_visible()
     await page.screenshot(path=tmp_path / "2-completed.png", full_page=True)
 
+    # In the documented view of the Workflows list, DrflowStep says what Completed meant.
+    await open_runs_view(page, ui)
+    await expect(_row(page, WORKFLOW_ID).get_by_role("cell", name="completed", exact=True)).to_be_visible()
+
 
 async def test_the_web_ui_with_the_codec_server_shows_a_decoded_input(
     tmp_path: Path, browser: BrowserContext, monkeypatch: pytest.MonkeyPatch
@@ -240,3 +245,119 @@ async def test_a_typo_in_the_start_form_fails_the_run_at_once_and_says_why(
         await expect(
             page.get_by_text("mode: Input should be 'planned', 'emergency' or 'drill'").first
         ).to_be_visible()
+
+
+async def open_runs_view(page: Page, ui: str) -> None:
+    """docs/operations.md's view, as a person sets it up: the link, then three columns through Configure
+    Columns (Run ID and End removed to make room)."""
+    await page.goto(runs_list_url("default", base=ui), wait_until="domcontentloaded")
+    await expect(page.get_by_role("row").nth(1)).to_be_visible()
+    await page.get_by_test_id("workflows-summary-table-configuration-button").click()
+    for column in ("DrflowService", "DrflowKind", "DrflowStep"):
+        await page.get_by_role("button", name=f"Add {column} column").click()
+    for column in ("Run ID", "End"):
+        await page.get_by_role("button", name=f"Remove {column} column").click()
+    await page.get_by_role("button", name="Close Workflows Table configuration").click()
+    await expect(page.get_by_text("Configure Workflows Table")).to_be_hidden()
+
+
+def _row(page: Page, workflow_id: str) -> Locator:
+    """The list's row of one run (each row is a link-bearing table row)."""
+    return page.get_by_role("row").filter(has=page.get_by_role("link", name=workflow_id, exact=True))
+
+
+async def test_the_list_tells_outcomes_apart_and_a_waiting_run_says_what_it_waits_for(
+    ui_env: tuple[WorkflowEnvironment, str],
+    world: SandboxWorld,
+    worker: None,
+    browser: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    """The saved view of docs/operations.md: drflow's runs only, with DrflowStep telling each outcome.
+
+    Runs are started as the UI's form starts them (plain JSON, no static summary) and answered with the CLI
+    as a person would. The run page of a waiting run says, on the tab it opens on, what it waits for and the
+    command that answers it.
+    """
+    env, ui = ui_env
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    cli = ("--runbooks", str(world.runbooks))
+    address = ("--address", target(env))
+
+    def request(reason: str) -> dict[str, str]:
+        return {"service": world.service, "target": "region-b", "reason": reason, "requested_by": "alice"}
+
+    # Rejected, and refused while it held the lock.
+    rejected_id, refused_id, aborted_id = "ui-list-rejected", "ui-list-refused", "ui-list-aborted"
+    await env.client.start_workflow(
+        "Failover", request("to be rejected"), id=rejected_id, task_queue=TASK_QUEUE
+    )
+    gate: FailoverReport = await wait_for_gate(env.client, rejected_id)
+    assert gate.gate_checksum is not None
+    refused = await env.client.execute_workflow(
+        "Failover", request("a second run"), id=refused_id, task_queue=TASK_QUEUE, result_type=FailoverReport
+    )
+    assert refused.outcome == "refused", refused.messages
+
+    # The run page at the gate: the Timeline (the tab it opens on) names the gate and the command.
+    await page.goto(f"{ui}/namespaces/default/workflows/{rejected_id}", wait_until="domcontentloaded")
+    await expect(page.get_by_test_id("execution-status")).to_have_text("Running")
+    await expect(page.get_by_role("tab", name="Timeline")).to_have_attribute("aria-selected", "true")
+    label = f"awaiting approval of gate failover: drflow approve {rejected_id} --as <you> --plan {gate.gate_checksum}"
+    await expect(page.get_by_text(label).first).to_be_visible()
+    await page.screenshot(path=tmp_path / "run-at-gate.png")
+    await page.get_by_role("tab", name="User Metadata").click()
+    details = page.frame_locator('iframe[title="output"]')
+    await expect(details.get_by_text(gate.gate_checksum).first).to_be_visible()
+    await page.screenshot(path=tmp_path / "run-at-gate-details.png", full_page=True)
+    rejected = await drflow(
+        *cli, "reject", rejected_id, "--as", "bob", "--plan", gate.gate_checksum, "--reason", "not now", *address
+    )  # fmt: skip
+    assert rejected.returncode == 0, rejected.stderr
+    handle = env.client.get_workflow_handle(rejected_id, result_type=FailoverReport)
+    assert (await asyncio.wait_for(handle.result(), 60)).outcome == "rejected"
+
+    # Aborted: propagation cannot be proven with the secondary down; carol aborts the failed step.
+    world.write_runbook(dns__propagation_budget="2s")
+    world.sandbox._named_pair().stop_secondary()
+    await env.client.start_workflow(
+        "Failover", request("to be aborted"), id=aborted_id, task_queue=TASK_QUEUE
+    )
+    gate = await wait_for_gate(env.client, aborted_id)
+    assert gate.gate_checksum is not None
+    approved = await drflow(
+        *cli, "approve", aborted_id, "--as", "bob", "--plan", gate.gate_checksum, "--reason", "go", *address
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+    waiting = await wait_for_decision(env.client, aborted_id)
+    await page.goto(f"{ui}/namespaces/default/workflows/{aborted_id}", wait_until="domcontentloaded")
+    step_label = f"awaiting a decision, step {waiting.waiting_step} failed: drflow decide {aborted_id}"
+    await expect(page.get_by_text(step_label).first).to_be_visible()
+    aborted = await drflow(*cli, "decide", aborted_id, "abort", "--as", "carol", "--reason", "stop", *address)
+    assert aborted.returncode == 0, aborted.stderr
+    handle = env.client.get_workflow_handle(aborted_id, result_type=FailoverReport)
+    assert (await asyncio.wait_for(handle.result(), 60)).outcome == "aborted"
+
+    # Input that does not validate: Failed at once, and still in the view (it never tagged itself).
+    typo_id = "ui-list-typo"
+    typo = await env.client.start_workflow(
+        "Failover", {**request("typo"), "mode": "yolo"}, id=typo_id, task_queue=TASK_QUEUE
+    )
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(typo.result(), 60)
+
+    # The documented view: the runs only (no lock, no archive), DrflowStep added through Configure Columns.
+    await open_runs_view(page, ui)
+    await expect(_row(page, typo_id)).to_contain_text("Failed", ignore_case=True)
+    for workflow_id, outcome in ((rejected_id, "rejected"), (refused_id, "refused"), (aborted_id, "aborted")):
+        row = _row(page, workflow_id)
+        await expect(row).to_contain_text("Completed", ignore_case=True)  # Temporal's status: drflow ended it
+        await expect(row.get_by_role("cell", name=outcome, exact=True)).to_be_visible()
+    rows = page.get_by_role("row")
+    await expect(rows.filter(has_text="drflow-lock-")).to_have_count(0)
+    await expect(rows.filter(has_text="archive-")).to_have_count(0)
+    await page.screenshot(path=tmp_path / "runs-list.png")
+
+    # Unfiltered ("All", the UI remembers the last query), the helpers are there: the filter hides them.
+    await page.get_by_role("link", name="All", exact=True).click()
+    await expect(rows.filter(has_text="drflow-lock-").first).to_be_visible()

@@ -26,6 +26,7 @@ from temporalio.client import Client
 
 from activities.codec import CodecError, converter_from_env
 from activities.search_attributes import SEARCH_ATTRIBUTES
+from activities.temporal_ui import runs_list_url
 from workers.sandbox.host import SandboxError
 from workers.sandbox.world import Sandbox
 from workers.worker import build_worker, run_until_signalled
@@ -247,6 +248,9 @@ def describe(config: DevConfig, server: DevServer) -> list[str]:
     lines = [
         f"drflow dev: Temporal dev server on {config.address}, history in {config.state_dir / 'temporal.db'}",
         f"  Web UI      {config.ui_url}",
+        f"  runs        {runs_list_url('default', base=config.ui_url)}",
+        "              (drflow's runs without the lock and archive helpers; add the DrflowStep column to "
+        "see each outcome: docs/operations.md)",
         (
             f"  worker      task queue {TASK_QUEUE}, runbooks from {config.runbooks_dir}"
             if config.worker

@@ -393,6 +393,24 @@ def cli_command(workflow_id: str, update: str, checksum: str | None = None) -> s
     return f'drflow {update.replace("_", "-")} {workflow_id} --as <you>{plan} --reason "..."'
 
 
+def gate_wait_summary(
+    workflow_id: str, gate: Gate, checksum: str | None, timeout: timedelta, then: str = "the run ends expired"
+) -> str:
+    """The label of a gate's timer on the Web UI's Timeline, the tab a run's page opens on (without it the
+    wait reads ``1 (30m)``): the command first, since the UI cuts long labels."""
+    update = "accept_data_loss" if gate == "data-loss" else "approve"
+    command = cli_command(workflow_id, update, checksum)
+    return f"awaiting approval of gate {gate}: {command} (after {format_duration(timeout)} {then})"
+
+
+def decision_wait_summary(workflow_id: str, step: str, timeout: timedelta) -> str:
+    """The label of a failed step's wait on the Timeline."""
+    return (
+        f"awaiting a decision, step {step} failed: {cli_command(workflow_id, 'decide')} (after "
+        f"{format_duration(timeout)} unanswered the run aborts, or asks again once the data has moved)"
+    )
+
+
 def answer_command(report: RunReport) -> str | None:
     """The exact command that answers what the run waits for (open gate or failed step), if anything."""
     if report.open_gate is not None:

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         RunReport,
         StepRecord,
         UpdateOutcome,
+        decision_wait_summary,
     )
     from workflows.run_state import FORWARD_PATCH, WAIT_ATTR_PATCH, Ended, failure_message
     from workflows.slack_facts import decision_facts
@@ -156,8 +157,11 @@ class ControlledRun(ApprovalGates[R]):
         while True:
             try:
                 await workflow.wait_condition(
-                    lambda: self._decision is not None, timeout=runbook.approvals.timeout
-                )
+                    lambda: self._decision is not None, timeout=runbook.approvals.timeout,
+                    timeout_summary=decision_wait_summary(  # user metadata: no patch
+                        workflow.info().workflow_id, step, runbook.approvals.timeout
+                    ),
+                )  # fmt: skip
                 break
             except TimeoutError:
                 if self._past_point_of_no_return() and workflow.patched(FORWARD_PATCH):
