@@ -33,7 +33,8 @@ tag itself, and it belongs in the view."""
 def runs_list_url(namespace: str, query: str = RUNS_QUERY, base: str | None = None) -> str:
     """The Workflows list filtered to drflow's runs: the address docs/operations.md saves as a view."""
     root = (base or ui_url()).rstrip("/")
-    return f"{root}/namespaces/{quote(namespace, safe='')}/workflows?query={quote(query, safe='')}"
+    readable = quote(query, safe="'(),")  # the UI takes quotes and parentheses as typed
+    return f"{root}/namespaces/{quote(namespace, safe='')}/workflows?query={readable}"
 
 
 def workflow_url(namespace: str, workflow_id: str, run_id: str | None = None) -> str:
