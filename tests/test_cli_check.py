@@ -114,6 +114,34 @@ async def test_check_with_a_broken_runbook_names_the_problem_and_starts_nothing(
     assert await count_workflows(dev_env, "WorkflowId STARTS_WITH 'readiness-web-'") == before
 
 
+async def test_check_all_checks_the_good_runbooks_and_reports_a_broken_file_as_not_served(
+    dev_env: WorkflowEnvironment, drflow_worker: World
+) -> None:
+    """One broken file must not hide the readiness of the others, nor hide itself: at 3 a.m. both count."""
+    drflow_worker.write_runbook("web")
+    drflow_worker.write_runbook("api", rto="10s")  # TTL + propagation + health minimum exceed the RTO
+    (drflow_worker.runbooks / "notes.yaml").write_text("- a list, not a runbook\n")
+    runbooks = ("--runbooks", str(drflow_worker.runbooks))
+    before = await count_workflows(dev_env, "WorkflowId STARTS_WITH 'readiness-api-'")
+    result = await drflow(*runbooks, "check", "--all", "--address", target(dev_env))
+    assert result.returncode == 4, result.stderr  # a service that cannot be failed over is not ready
+    assert result.stdout.startswith("## Readiness of web: READY")
+    assert "## Runbook api.yaml: NOT SERVED" in result.stdout
+    assert "## Runbook notes.yaml: NOT SERVED" in result.stdout
+    assert "exceeds the RTO of 10s" in result.stdout
+    assert "drflow: 2 runbook file(s) in" in result.stderr and "api.yaml" in result.stderr
+    assert await count_workflows(dev_env, "WorkflowId STARTS_WITH 'readiness-api-'") == before
+
+    as_json = await drflow(*runbooks, "check", "--all", "--json", "--address", target(dev_env))
+    assert as_json.returncode == 4
+    assert [r["service"] for r in json.loads(as_json.stdout)] == ["web"]  # stdout stays the reports
+    assert "notes.yaml" in as_json.stderr
+
+    one = await drflow(*runbooks, "check", "web", "--address", target(dev_env))
+    assert one.returncode == 0, one.stderr  # the others' problems are told, not held against web
+    assert "drflow: 2 other runbook file(s)" in one.stderr
+
+
 async def test_check_without_a_reachable_temporal_says_so_in_one_line() -> None:
     result = await drflow("check", "sandbox-app", "--address", "127.0.0.1:1")
     assert result.returncode == 1
@@ -127,6 +155,7 @@ async def test_worker_process_serves_readiness_and_stops_cleanly_on_sigterm(
     world: World,  # noqa: F811
 ) -> None:
     world.write_runbook("web")
+    world.write_runbook("api", rto="10s")  # invalid: the worker serves web and says why api is not served
     env = {**os.environ, "TEMPORAL_ADDRESS": target(dev_env), "DRFLOW_RUNBOOKS": str(world.runbooks)}
     worker = await asyncio.create_subprocess_exec(
         *DRFLOW, "worker", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -141,3 +170,5 @@ async def test_worker_process_serves_readiness_and_stops_cleanly_on_sigterm(
     assert worker.returncode == 0, log
     assert f"worker polling task queue drflow on {target(dev_env)} namespace default (plaintext)" in log
     assert "worker stopped" in log
+    assert "serving 1 runbook(s) from" in log and ": web" in log
+    assert "runbook not served: " in log and "api.yaml" in log and "exceeds the RTO of 10s" in log

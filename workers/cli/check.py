@@ -13,7 +13,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from activities.search_attributes import run_attributes
-from runbooks.loader import LoadedRunbook
+from runbooks.loader import LoadedRunbook, Problem, load_directory
 from workers.cli.common import (
     VERDICT_EXIT,
     Failure,
@@ -48,11 +48,20 @@ def check(
 ) -> int:
     """Run the Readiness workflow for SERVICE (or --all) and print its report.
 
-    Exit status: 0 ready, 3 degraded, 4 not ready, 1 error.
+    With --all, a runbook file that does not load is reported as not served (the worker skips it too) and
+    the others are still checked. Exit status: 0 ready, 3 degraded, 4 not ready (a broken runbook file
+    counts: its service cannot be failed over), 1 error.
     """
     if bool(service) == all_services:
         raise click.UsageError("name one SERVICE or pass --all")
-    targets = services_to_check(directory, service, people=False)
+    loaded, problems = load_directory(directory)
+    if all_services:
+        if not loaded:
+            services_to_check(directory, None, people=False)  # raises the Failure naming what is wrong
+        targets = loaded
+    else:
+        targets = services_to_check(directory, service, people=False)
+    broken = _broken_files(problems)
     settings = settings_from(options)
     reports = asyncio.run(_run_checks(settings, targets, timeout, archive))
     if as_json:
@@ -62,7 +71,42 @@ def check(
         for report in reports:
             click.echo(render_markdown(report))
             click.echo()
-    return max(VERDICT_EXIT[r.verdict] for r in reports)
+        if all_services:
+            for file, found in broken.items():
+                click.echo(render_broken(file, found))
+                click.echo()
+    if broken:  # on stderr too: with --json, or when checking one service, stdout stays the report
+        other = "" if all_services else "other "
+        click.echo(
+            f"drflow: {len(broken)} {other}runbook file(s) in {directory} do not load and are not served "
+            f"by the worker: {', '.join(broken)} (drflow runbook validate FILE says why)",
+            err=True,
+        )
+    verdicts = [VERDICT_EXIT[r.verdict] for r in reports]
+    if all_services and broken:
+        verdicts.append(VERDICT_EXIT["not-ready"])
+    return max(verdicts)
+
+
+def _broken_files(problems: list[Problem]) -> dict[str, list[Problem]]:
+    """The files that do not load, each with its problems, in directory order."""
+    files: dict[str, list[Problem]] = {}
+    for problem in problems:
+        files.setdefault(problem.file, []).append(problem)
+    return files
+
+
+def render_broken(file: str, problems: list[Problem]) -> str:
+    """A broken file in ``check --all``'s Markdown, where a service's report would be."""
+    lines = [
+        f"## Runbook {Path(file).name}: NOT SERVED",
+        "",
+        "This file does not load, so the worker skips it: no failover, failback, drill or check of the "
+        "service it describes can start until it is fixed.",
+        "",
+    ]
+    lines += [f"- {p}" for p in problems]
+    return "\n".join(lines)
 
 
 async def _run_checks(
