@@ -23,6 +23,11 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import ErrorType
 from runbooks.model import StrictModel
 
+ARGUMENT_COUNT = "__drflow_argument_count__"
+"""What ``workflows.runner`` puts in place of a start that did not carry exactly one argument (none, from an
+empty start form or ``temporal workflow start`` without ``--input``; two, from ``--input`` twice): the SDK
+would otherwise call the workflow with the wrong number of arguments, a ``TypeError`` retried for ever."""
+
 
 class StartInput(StrictModel):
     """A request model that is a workflow's start argument (``Failover``, ``Failback``, ``Drill``, ...)."""
@@ -33,6 +38,11 @@ class StartInput(StrictModel):
         cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Any:
         """In a workflow, an invalid payload fails the run (non-retryable) rather than its task, for ever."""
+        if isinstance(data, dict) and ARGUMENT_COUNT in data and _in_workflow():
+            raise ApplicationError(
+                argument_count_message(cls, data[ARGUMENT_COUNT]),
+                type=ErrorType.INVALID_INPUT, non_retryable=True,
+            )  # fmt: skip
         try:
             return handler(data)
         except ValidationError as err:
@@ -48,6 +58,14 @@ def _in_workflow() -> bool:
     ``in_workflow()`` is true; drflow's workers and replayers always run the sandbox
     (``workflows.runner``)."""
     return workflow.in_workflow() or workflow.unsafe.in_sandbox()
+
+
+def argument_count_message(model: type[StrictModel], count: object) -> str:
+    got = "no input" if count == 0 else f"{count} inputs"
+    return (
+        f"invalid input for {model.__name__}: {got}; the workflow takes exactly one input, a JSON object "
+        f"with the fields {', '.join(model.model_fields)}"
+    )
 
 
 def invalid_input_message(model: type[StrictModel], err: ValidationError) -> str:

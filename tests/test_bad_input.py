@@ -117,6 +117,46 @@ async def test_input_that_is_not_an_object_fails_the_run(
     assert "(input): Input should be a valid dictionary or instance of FailoverRequest" in failure.message
 
 
+@pytest.mark.parametrize("workflow_type", ["Failover", "Failback", "Drill", "Readiness"])
+async def test_a_start_without_input_fails_the_run_and_names_the_fields(
+    dev_env: WorkflowEnvironment, worker_queue: str, workflow_type: str
+) -> None:
+    """An empty start form, or ``temporal workflow start`` without ``--input``: zero arguments, which the SDK
+    would pass to the workflow as they are (a TypeError in its constructor, retried for ever)."""
+    workflow_id = f"no-input-{workflow_type}-{uuid.uuid4()}"
+    await start_with_cli(dev_env.client, workflow_type, workflow_id, worker_queue)
+    handle = dev_env.client.get_workflow_handle(workflow_id)
+    failure = await failure_of(handle)
+    assert failure.type == ErrorType.INVALID_INPUT and failure.non_retryable
+    assert "no input; the workflow takes exactly one input, a JSON object with the fields service," in (
+        failure.message
+    )
+    assert await workflow_task_failures(handle) == 0
+
+
+async def test_two_inputs_fail_the_run_and_the_history_keeps_what_was_sent(
+    dev_env: WorkflowEnvironment, worker_queue: str
+) -> None:
+    workflow_id = f"two-inputs-{uuid.uuid4()}"
+    await start_with_cli(
+        dev_env.client, "Failover", workflow_id, worker_queue, '{"service": "app"}', '{"target": "b"}'
+    )
+    handle = dev_env.client.get_workflow_handle(workflow_id)
+    failure = await failure_of(handle)
+    assert (
+        "invalid input for FailoverRequest: 2 inputs; the workflow takes exactly one input" in failure.message
+    )
+    assert await workflow_task_failures(handle) == 0
+    history = await handle.fetch_history()
+    start = history.events[0].workflow_execution_started_event_attributes
+    assert [json.loads(p.data) for p in start.input.payloads] == [{"service": "app"}, {"target": "b"}]
+    # the guard rewrites the activation, not the history: a replay takes the same path
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
+    await replayer.replay_workflow(history)
+
+
 async def test_valid_input_still_runs_the_workflow(dev_env: WorkflowEnvironment, worker_queue: str) -> None:
     """Decoded as before: the run goes on to load the runbook, which this worker does not have."""
     workflow_id = f"good-cli-{uuid.uuid4()}"
@@ -125,12 +165,15 @@ async def test_valid_input_still_runs_the_workflow(dev_env: WorkflowEnvironment,
     assert failure.type == ErrorType.UNKNOWN_SERVICE
 
 
-async def start_with_cli(client: Client, workflow_type: str, workflow_id: str, queue: str, data: str) -> None:
+async def start_with_cli(
+    client: Client, workflow_type: str, workflow_id: str, queue: str, *inputs: str
+) -> None:
     """``temporal workflow start`` as a person types it: the real CLI binary, JSON on the command line."""
     command = [
         venv_binary("temporal"), "workflow", "start",
         "--address", client.service_client.config.target_host, "--namespace", client.namespace,
-        "--type", workflow_type, "--task-queue", queue, "--workflow-id", workflow_id, "--input", data,
+        "--type", workflow_type, "--task-queue", queue, "--workflow-id", workflow_id,
+        *[arg for data in inputs for arg in ("--input", data)],
     ]  # fmt: skip
     done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
