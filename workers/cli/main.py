@@ -22,6 +22,7 @@ from workers.cli.drill import drill
 from workers.cli.failover import accept_data_loss, approve, decide, failback, failover, reject, status
 from workers.cli.gateway import gateway
 from workers.cli.people import people
+from workers.cli.readiness import readiness
 from workers.cli.runbook import runbook
 from workers.cli.sandbox import sandbox
 from workers.cli.worker import worker
@@ -44,6 +45,7 @@ for command in (
     runbook,
     people,
     check,
+    readiness,
     failover,
     failback,
     approve,
