@@ -59,6 +59,9 @@ def drop_unset(data: Any, *names: str) -> Any:
     return data
 
 
+WARN_AT = 0.5  # readiness warns from half the RPO or the RTO: early enough to act, rarely noise
+
+
 class Objectives(StrictModel):
     rto: Duration = Field(
         description="recovery time objective: detection excluded, start of failover to healthy"
@@ -69,12 +72,24 @@ class Objectives(StrictModel):
         ge=0,
         description="the RPO as WAL bytes the target may lack; when set, a loss must fit both this and rpo",
     )
+    warn_at: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="readiness warns early when replication lag reaches this fraction of the RPO (and "
+        "rpo_bytes), or the cutover budget (TTL + propagation + health minimum) this fraction of the RTO; "
+        f"default {WARN_AT}",
+    )
+
+    @property
+    def warn_fraction(self) -> float:
+        return WARN_AT if self.warn_at is None else self.warn_at
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """A runbook without ``rpo_bytes`` serialises as before it existed, so workers of the previous
-        release still decode the runbook payloads that newer workers write into histories."""
-        return drop_unset(handler(self), "rpo_bytes")
+        """A runbook without ``rpo_bytes`` or ``warn_at`` serialises as before they existed, so workers of
+        the previous release still decode the runbook payloads that newer workers write into histories."""
+        return drop_unset(handler(self), "rpo_bytes", "warn_at")
 
 
 class Region(StrictModel):

@@ -186,3 +186,44 @@ def test_two_writable_databases_are_split_brain_and_not_ready(sandbox: LoadedRun
     report = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [replication(standby_in_recovery=False)])
     assert report.verdict == "not-ready"
     assert report.reasons == ["both region-a and region-b databases accept writes (split brain)"]
+
+
+def test_lag_past_half_the_rpo_is_an_early_warning_while_the_verdict_stays_ready(
+    sandbox: LoadedRunbook,
+) -> None:
+    report = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [replication(lag_seconds=3.0, lag_bytes=4096)])
+    assert (report.verdict, report.reasons) == ("ready", [])
+    assert [(w.code, w.message) for w in report.warnings] == [
+        ("lag-near-rpo", "replication lag region-a → region-b is 3.0s, 60% of the RPO of 5s (warns from 50%)")
+    ]
+    text = render_markdown(report)
+    assert text.splitlines()[0] == "## Readiness of sandbox-app: READY (1 early warning)"
+    assert "### Early warnings\n- replication lag region-a → region-b is 3.0s, 60% of the RPO" in text
+    assert "warnings" in report.model_dump(mode="json")
+
+
+def test_no_early_warning_below_the_fraction_nor_once_the_objective_is_broken(sandbox: LoadedRunbook) -> None:
+    calm = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [replication(lag_seconds=2.0)])
+    assert calm.warnings == [] and "warnings" not in calm.model_dump(mode="json")  # old readers decode it
+    broken = assess(sandbox, HEALTHY, GOOD_DNS, NOW, [replication(lag_seconds=7.0)])
+    assert broken.warnings == [] and broken.verdict == "degraded"  # a reason now, not a warning
+
+
+def test_the_runbook_sets_the_fraction_and_rpo_bytes_warns_too(sandbox: LoadedRunbook) -> None:
+    objectives = sandbox.runbook.objectives.model_copy(update={"warn_at": 0.9, "rpo_bytes": 10_000})
+    runbook = sandbox.runbook.model_copy(update={"objectives": objectives})
+    loaded = sandbox.model_copy(update={"runbook": runbook})
+    report = assess(loaded, HEALTHY, GOOD_DNS, NOW, [replication(lag_seconds=3.0, lag_bytes=9_500)])
+    assert [w.code for w in report.warnings] == ["lag-bytes-near-rpo"]
+    assert "9500 bytes, 95% of rpo_bytes 10000 (warns from 90%)" in report.warnings[0].message
+    assert "warn_at" not in sandbox.runbook.objectives.model_dump(mode="json")  # unset: not written
+
+
+def test_a_cutover_budget_past_half_the_rto_is_an_early_warning(sandbox: LoadedRunbook) -> None:
+    dns = readout(answer(15353, ["127.0.1.1"], ttl=60), answer(15354, ["127.0.1.1"], ttl=60))
+    report = assess(sandbox, HEALTHY, dns, NOW)
+    assert report.budget.fits
+    assert [w.code for w in report.warnings] == ["budget-near-rto"]
+    assert report.warnings[0].message.startswith(
+        "the cutover budget 1m22s (TTL 60s + propagation 20s + health minimum 2s) is 68% of the RTO of 2m"
+    )

@@ -7,9 +7,9 @@ the Temporal UI render the same report.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from activities.database.results import ReplicationStatus
 from activities.dns.reader import DnsReadout
@@ -17,7 +17,7 @@ from activities.health import HealthProbeResult
 from activities.start_input import StartInput
 from runbooks.durations import Duration, format_duration
 from runbooks.loader import LoadedRunbook
-from runbooks.model import StrictModel, budget_overrun
+from runbooks.model import Objectives, StrictModel, budget_overrun, drop_unset
 
 Verdict = Literal["ready", "degraded", "not-ready"]
 
@@ -45,6 +45,16 @@ class BudgetAssessment(StrictModel):
     fits: bool
 
 
+WarningCode = Literal["lag-near-rpo", "lag-bytes-near-rpo", "budget-near-rto"]
+
+
+class EarlyWarning(StrictModel):
+    """Something still within its objective but close to it: said before the verdict has to change."""
+
+    code: WarningCode = Field(description="stable, for alerts and metrics")
+    message: str
+
+
 class ReadinessReport(StrictModel):
     service: str
     runbook_source: str
@@ -57,6 +67,12 @@ class ReadinessReport(StrictModel):
     expected_address: str
     budget: BudgetAssessment
     replication: list[ReplicationStatus] = []
+    warnings: list[EarlyWarning] = []
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """No warnings serialise as before the field existed: old CLIs still decode new results."""
+        return handler(self) if self.warnings else drop_unset(handler(self), "warnings")
 
 
 def assess(
@@ -129,6 +145,7 @@ def assess(
 
     for status in replication or []:
         _replication_findings(status, runbook.objectives.rpo, blocking, warnings)
+    early = early_warnings(runbook.objectives, budget, replication or [])
 
     verdict: Verdict = "not-ready" if blocking else "degraded" if warnings else "ready"
     return ReadinessReport(
@@ -143,7 +160,46 @@ def assess(
         expected_address=expected,
         budget=budget,
         replication=replication or [],
+        warnings=early,
     )
+
+
+def early_warnings(
+    objectives: Objectives, budget: BudgetAssessment, replication: list[ReplicationStatus]
+) -> list[EarlyWarning]:
+    """Within the objective, but past ``objectives.warn_at`` of it: the report says so while the verdict
+    can still stay ``ready`` (a lag above the RPO, or a budget above the RTO, is a reason instead)."""
+    fraction = objectives.warn_fraction
+    found: list[EarlyWarning] = []
+    rpo = objectives.rpo.total_seconds()
+    for status in replication:
+        pair = f"{status.primary_region} → {status.standby_region}"
+        lag = status.lag_seconds
+        if lag is not None and rpo > 0 and fraction * rpo <= lag <= rpo:
+            found.append(EarlyWarning(
+                code="lag-near-rpo",
+                message=f"replication lag {pair} is {lag:.1f}s, {lag / rpo:.0%} of the RPO of "
+                f"{format_duration(objectives.rpo)} (warns from {fraction:.0%})",
+            ))  # fmt: skip
+        limit = objectives.rpo_bytes
+        lag_bytes = status.lag_bytes
+        if limit and lag_bytes is not None and fraction * limit <= lag_bytes <= limit:
+            found.append(EarlyWarning(
+                code="lag-bytes-near-rpo",
+                message=f"replication lag {pair} is {lag_bytes} bytes, {lag_bytes / limit:.0%} of rpo_bytes "
+                f"{limit} (warns from {fraction:.0%})",
+            ))  # fmt: skip
+    rto = budget.rto.total_seconds()
+    total = budget.total.total_seconds()
+    if budget.fits and rto > 0 and total >= fraction * rto:
+        found.append(EarlyWarning(
+            code="budget-near-rto",
+            message=f"the cutover budget {format_duration(budget.total)} (TTL {budget.ttl_seconds}s + "
+            f"propagation {format_duration(budget.propagation_budget)} + health minimum "
+            f"{format_duration(budget.health_minimum)}) is {total / rto:.0%} of the RTO of "
+            f"{format_duration(budget.rto)} (warns from {fraction:.0%}): a slightly higher TTL breaks it",
+        ))  # fmt: skip
+    return found
 
 
 def _replication_findings(
@@ -194,7 +250,7 @@ VERDICT_MARK = {"ready": "READY", "degraded": "DEGRADED", "not-ready": "NOT READ
 def render_markdown(report: ReadinessReport) -> str:
     """Markdown for the Temporal UI; it also reads well as plain text in a terminal."""
     lines = [
-        f"## Readiness of {report.service}: {VERDICT_MARK[report.verdict]}",
+        f"## Readiness of {report.service}: {VERDICT_MARK[report.verdict]}{_warning_count(report)}",
         "",
         f"Checked {report.checked_at.strftime('%Y-%m-%d %H:%M:%S UTC')} against {report.runbook_source} "
         f"(sha256 {report.runbook_sha256[:12]})",
@@ -202,6 +258,8 @@ def render_markdown(report: ReadinessReport) -> str:
     ]
     if report.reasons:
         lines += ["### Reasons", *[f"- {reason}" for reason in report.reasons], ""]
+    if report.warnings:
+        lines += ["### Early warnings", *[f"- {w.message} [{w.code}]" for w in report.warnings], ""]
     lines += [
         "### Health",
         "| region | role | check | result | status | latency |",
@@ -251,6 +309,11 @@ def render_markdown(report: ReadinessReport) -> str:
         f"{'fits within' if b.fits else 'EXCEEDS'} RTO {format_duration(b.rto)}",
     ]
     return "\n".join(lines)
+
+
+def _warning_count(report: ReadinessReport) -> str:
+    count = len(report.warnings)
+    return "" if not count else f" ({count} early warning{'s' if count > 1 else ''})"
 
 
 def _yes_no(value: bool | None) -> str:
