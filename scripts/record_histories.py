@@ -313,9 +313,11 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failover-verified": verified,
     # Since ``step-attr-while-waiting``: DrflowStep says awaiting-approval / -decision, then goes back.
     "failover-aborted-waiting-attrs": aborted,
+    # since ``readiness-people``: the check loads the people file as a gate would
+    "readiness-people": readiness,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
-WITH_PEOPLE = frozenset({"failover-verified"})
+WITH_PEOPLE = frozenset({"failover-verified", "readiness-people"})
 
 
 async def record(only: list[str]) -> None:

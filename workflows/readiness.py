@@ -10,6 +10,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.database import activities as database
@@ -22,14 +23,30 @@ with workflow.unsafe.imports_passed_through():
         probe_budget,
         probe_health,
     )
+    from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from activities.search_attributes import STEP_ATTR
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
     from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, load_runbook, tag_run
-    from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
+    from workflows.readiness_people import people_findings
+    from workflows.readiness_report import (
+        EarlyWarning,
+        ReadinessReport,
+        ReadinessRequest,
+        assess,
+        render_markdown,
+    )
+    from workflows.run_state import failure_message
 
 DNS_QUERY_TIMEOUT = 2.0
+PEOPLE_PATCH = "readiness-people"  # since: the check loads the people file as a gate would
+PeopleResult = tuple[tuple[list[str], list[EarlyWarning]], str | None]
+
+
+async def _no_people() -> PeopleResult:
+    """Runs from before ``readiness-people``: no people check, as they were recorded."""
+    return ([], []), None
 
 
 @workflow.defn(name="Readiness")
@@ -43,10 +60,11 @@ class ReadinessWorkflow:
         workflow.set_current_details(f"Loading the runbook of {request.service}")
         loaded = await load_runbook(request.service)
         workflow.set_current_details(f"Probing health checks and DNS of {request.service}")
-        health, dns, replication = await asyncio.gather(
-            self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded)
+        people = self._check_people(loaded) if workflow.patched(PEOPLE_PATCH) else _no_people()
+        health, dns, replication, (findings, people_source) = await asyncio.gather(
+            self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded), people
         )
-        report = assess(loaded, health.results, dns, workflow.now(), replication)
+        report = assess(loaded, health.results, dns, workflow.now(), replication, findings, people_source)
         self._report = report
         workflow.set_current_details(render_markdown(report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
@@ -78,6 +96,23 @@ class ReadinessWorkflow:
             retry_policy=INFRA_RETRY,
             summary=f"{len(probes)} health checks",
         )
+
+    async def _check_people(self, loaded: LoadedRunbook) -> PeopleResult:
+        """The people file as a gate would load it: refused approvers block, thin quorums warn."""
+        runbook = loaded.runbook
+        try:
+            people: LoadedPeople = await workflow.execute_activity_method(
+                RunbookActivities.load_people,
+                LoadPeopleRequest(service=runbook.service, approvals=runbook.approvals),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=INFRA_RETRY,
+                summary="load the people file",
+            )
+        except ActivityError as err:
+            return ([f"runs of {runbook.service} would be refused: {failure_message(err)}"], []), None
+        snapshot = people.snapshot
+        source = snapshot.source if snapshot is not None else None
+        return people_findings(runbook.approvals, snapshot), source
 
     async def _measure_replication(self, loaded: LoadedRunbook) -> list[ReplicationStatus]:
         runbook = loaded.runbook

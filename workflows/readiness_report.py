@@ -45,7 +45,9 @@ class BudgetAssessment(StrictModel):
     fits: bool
 
 
-WarningCode = Literal["lag-near-rpo", "lag-bytes-near-rpo", "budget-near-rto"]
+WarningCode = Literal[
+    "lag-near-rpo", "lag-bytes-near-rpo", "budget-near-rto", "approver-cannot-answer", "quorum-at-risk"
+]
 
 
 class EarlyWarning(StrictModel):
@@ -68,11 +70,12 @@ class ReadinessReport(StrictModel):
     budget: BudgetAssessment
     replication: list[ReplicationStatus] = []
     warnings: list[EarlyWarning] = []
+    people_source: str | None = Field(default=None, description="the people file the approvers came from")
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """No warnings serialise as before the field existed: old CLIs still decode new results."""
-        return handler(self) if self.warnings else drop_unset(handler(self), "warnings")
+        """Unset new fields serialise as before they existed: old CLIs still decode new results."""
+        return drop_unset(handler(self), "warnings", "people_source")
 
 
 def assess(
@@ -81,7 +84,10 @@ def assess(
     dns: DnsReadout,
     now: datetime,
     replication: list[ReplicationStatus] | None = None,
+    people: tuple[list[str], list[EarlyWarning]] = ([], []),
+    people_source: str | None = None,
 ) -> ReadinessReport:
+    """The verdict; ``people`` holds the findings about approvers (workflows/readiness_people.py)."""
     runbook = loaded.runbook
     regions = [
         RegionReadiness(
@@ -145,7 +151,8 @@ def assess(
 
     for status in replication or []:
         _replication_findings(status, runbook.objectives.rpo, blocking, warnings)
-    early = early_warnings(runbook.objectives, budget, replication or [])
+    blocking += people[0]
+    early = early_warnings(runbook.objectives, budget, replication or []) + people[1]
 
     verdict: Verdict = "not-ready" if blocking else "degraded" if warnings else "ready"
     return ReadinessReport(
@@ -161,6 +168,7 @@ def assess(
         budget=budget,
         replication=replication or [],
         warnings=early,
+        people_source=people_source,
     )
 
 
@@ -253,7 +261,8 @@ def render_markdown(report: ReadinessReport) -> str:
         f"## Readiness of {report.service}: {VERDICT_MARK[report.verdict]}{_warning_count(report)}",
         "",
         f"Checked {report.checked_at.strftime('%Y-%m-%d %H:%M:%S UTC')} against {report.runbook_source} "
-        f"(sha256 {report.runbook_sha256[:12]})",
+        f"(sha256 {report.runbook_sha256[:12]})"
+        + (f"; approvers from {report.people_source}" if report.people_source else ""),
         "",
     ]
     if report.reasons:
