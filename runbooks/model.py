@@ -585,6 +585,18 @@ class Approvals(StrictModel):
         return drop_unset(handler(self), "people", "unsigned", "unverified_requester", "quorum")
 
 
+class Alerts(StrictModel):
+    """Where scheduled readiness checks announce a change of verdict or warnings (docs/readiness.md)."""
+
+    slack_channel: str | None = Field(
+        default=None, pattern=r"^[CG][A-Z0-9]+$", description="channel id; default: approvals.slack.channel"
+    )
+    webhook: SecretRef | None = Field(
+        default=None,
+        description="URL that gets a JSON POST, as an env:/file: reference (webhook URLs carry tokens)",
+    )
+
+
 class Runbook(StrictModel):
     """One service's regions, DNS, database, health checks, objectives and approvers."""
 
@@ -607,6 +619,7 @@ class Runbook(StrictModel):
     )
     health: list[HealthCheck] = Field(min_length=1)
     approvals: Approvals
+    alerts: Alerts | None = Field(default=None, description="where scheduled readiness changes are told")
 
     @model_validator(mode="before")
     @classmethod
@@ -627,8 +640,15 @@ class Runbook(StrictModel):
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Without ``writes``, serialised as before the field existed (previous workers decode it)."""
-        return drop_unset(handler(self), "writes")
+        """Without ``writes`` or ``alerts``, serialised as before they existed (previous workers read it)."""
+        return drop_unset(handler(self), "writes", "alerts")
+
+    @property
+    def alert_channel(self) -> str | None:
+        """The Slack channel of readiness alerts: their own, else the approvals' channel."""
+        if self.alerts is not None and self.alerts.slack_channel is not None:
+            return self.alerts.slack_channel
+        return self.approvals.slack.channel if self.approvals.slack is not None else None
 
     @model_validator(mode="after")
     def _rules(self) -> Runbook:

@@ -10,6 +10,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -22,6 +23,12 @@ with workflow.unsafe.imports_passed_through():
         HealthProbeResults,
         probe_budget,
         probe_health,
+    )
+    from activities.readiness_alerts import (
+        AlertFinding,
+        AlertOutcome,
+        AlertRequest,
+        ReadinessAlertActivities,
     )
     from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from activities.search_attributes import STEP_ATTR
@@ -65,6 +72,8 @@ class ReadinessWorkflow:
             self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded), people
         )
         report = assess(loaded, health.results, dns, workflow.now(), replication, findings, people_source)
+        if request.alert:  # only scheduled checks ask, and none did before: no patch
+            report = report.model_copy(update={"alert": await self._alert(loaded, report)})
         self._report = report
         workflow.set_current_details(render_markdown(report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
@@ -96,6 +105,32 @@ class ReadinessWorkflow:
             retry_policy=INFRA_RETRY,
             summary=f"{len(probes)} health checks",
         )
+
+    async def _alert(self, loaded: LoadedRunbook, report: ReadinessReport) -> AlertOutcome | None:
+        """Tell the alert channels if this check differs from the schedule's previous one; a channel that
+        fails is recorded in the report, never a failed check (one attempt: a retry could post twice)."""
+        runbook = loaded.runbook
+        webhook = runbook.alerts.webhook if runbook.alerts is not None else None
+        if runbook.alert_channel is None and webhook is None:
+            return None
+        info = workflow.info()
+        request = AlertRequest(
+            service=runbook.service, schedule_id=f"readiness-{runbook.service}", workflow_id=info.workflow_id,
+            run_id=info.run_id, verdict=report.verdict, reasons=report.reasons,
+            warnings=[AlertFinding(code=w.code, message=w.message) for w in report.warnings],
+            slack_channel=runbook.alert_channel, webhook=webhook,
+        )  # fmt: skip
+        try:
+            outcome: AlertOutcome = await workflow.execute_activity_method(
+                ReadinessAlertActivities.readiness_alert,
+                request,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                summary="tell the alert channels if the state changed",
+            )
+        except ActivityError as err:
+            return AlertOutcome(changed=False, failed=[failure_message(err)])
+        return outcome
 
     async def _check_people(self, loaded: LoadedRunbook) -> PeopleResult:
         """The people file as a gate would load it: refused approvers block, thin quorums warn."""

@@ -14,6 +14,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from activities.database.results import ReplicationStatus
 from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult
+from activities.readiness_alerts import AlertOutcome
 from activities.start_input import StartInput
 from runbooks.durations import Duration, format_duration
 from runbooks.loader import LoadedRunbook
@@ -25,6 +26,14 @@ Verdict = Literal["ready", "degraded", "not-ready"]
 class ReadinessRequest(StartInput):
     service: str
     archive: bool = Field(default=False, description="keep this check's evidence in the audit archive")
+    alert: bool = Field(
+        default=False,
+        description="scheduled checks: tell the runbook's alert channels when the state changes",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "alert")
 
 
 class RegionReadiness(StrictModel):
@@ -71,11 +80,12 @@ class ReadinessReport(StrictModel):
     replication: list[ReplicationStatus] = []
     warnings: list[EarlyWarning] = []
     people_source: str | None = Field(default=None, description="the people file the approvers came from")
+    alert: AlertOutcome | None = Field(default=None, description="scheduled checks: what was announced")
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Unset new fields serialise as before they existed: old CLIs still decode new results."""
-        return drop_unset(handler(self), "warnings", "people_source")
+        return drop_unset(handler(self), "warnings", "people_source", "alert")
 
 
 def assess(
@@ -309,6 +319,13 @@ def render_markdown(report: ReadinessReport) -> str:
                 f"| {rep.primary_region} → {rep.standby_region} | {lag} | "
                 f"{_yes_no(rep.replay_paused)} | {_yes_no(rep.standby_in_recovery)} |"
             )
+    alert = report.alert
+    if alert is not None:
+        told = ", ".join(alert.sent) or "no channel"
+        said = f"told {told}" if alert.changed else "nothing told"
+        changed = "Changed" if alert.changed else "Unchanged"
+        lines += ["", "### Alert", f"{changed} since the schedule's previous check: {said}"]
+        lines += [f"- not told: {failure}" for failure in alert.failed]
     b = report.budget
     lines += [
         "",

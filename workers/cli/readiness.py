@@ -60,7 +60,7 @@ def readiness_schedule(service: str, every: timedelta) -> Schedule:
     """The whole schedule of one service: what ``schedule`` creates and, when it exists, replaces."""
     action = ScheduleActionStartWorkflow(
         "Readiness",
-        ReadinessRequest(service=service),
+        ReadinessRequest(service=service, alert=True),
         id=f"readiness-{service}",  # the server appends the scheduled time: readiness-web-2026-12-02T...
         task_queue=TASK_QUEUE,
         typed_search_attributes=run_attributes(service, "readiness", "checking"),

@@ -1,0 +1,149 @@
+"""Scheduled readiness alerts that do not cry wolf: one message per change, none while nothing changes.
+
+Real: the dev server and its schedule (each check is a triggered scheduled run, so the baseline is found by
+``TemporalScheduledById`` as in production), BIND, two app servers, a worker. Stand-ins: Slack (no emulator
+exists; the wire-format stand-in of tests/support/slack) and a webhook receiver on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import ScheduleHandle
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.slack.standin import SlackStandIn, slack_standin
+from tests.support.slack.workspace import BOT_TOKEN
+from tests.test_readiness_workflow import World, world  # noqa: F401  (fixture)
+from workers.cli.readiness import readiness_schedule, schedule_id
+from workers.worker import build_worker
+from workflows.common import TASK_QUEUE
+from workflows.readiness_report import ReadinessReport
+
+SERVICE = "alerted"
+
+
+@dataclass
+class Receiver:
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 204
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[Receiver, str]]:
+    received = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            received.bodies.append(json.loads(self.rfile.read(length)))
+            self.send_response(received.status)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield received, f"http://127.0.0.1:{server.server_address[1]}/hooks/drflow?token=s3cret"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
+    with slack_standin() as running:
+        monkeypatch.setenv("SLACK_API_URL", running.api_url)
+        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+        yield running
+
+
+@pytest_asyncio.fixture
+async def scheduled(
+    dev_env: WorkflowEnvironment,
+    world: World,  # noqa: F811
+    standin: SlackStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[ScheduleHandle, World, Receiver]]:
+    with webhook_receiver() as (receiver, url):
+        monkeypatch.setenv("DRFLOW_TEST_READINESS_WEBHOOK", url)
+        world.write_runbook(SERVICE)
+        path = world.runbooks / f"{SERVICE}.yaml"
+        path.write_text(
+            path.read_text()
+            + "alerts: {slack_channel: C0DRFLOW, webhook: 'env:DRFLOW_TEST_READINESS_WEBHOOK'}\n"
+        )
+        async with build_worker(dev_env.client, world.runbooks, task_queue=TASK_QUEUE):
+            handle = await dev_env.client.create_schedule(
+                schedule_id(SERVICE), readiness_schedule(SERVICE, timedelta(hours=1))
+            )
+            try:
+                yield handle, world, receiver
+            finally:
+                await handle.delete()
+
+
+async def scheduled_check(env: WorkflowEnvironment, handle: ScheduleHandle) -> ReadinessReport:
+    """Trigger the schedule and return the run's report (the newest run of the schedule)."""
+    query = f"TemporalScheduledById = '{schedule_id(SERVICE)}' AND ExecutionStatus = 'Completed'"
+    before = {w.run_id async for w in env.client.list_workflows(query)}
+    await handle.trigger()
+    async with asyncio.timeout(60):
+        while True:
+            runs = [w async for w in env.client.list_workflows(query) if w.run_id not in before]
+            if runs:
+                break
+            await asyncio.sleep(0.3)
+    run = runs[0]
+    return await env.client.get_workflow_handle(
+        run.id, run_id=run.run_id, result_type=ReadinessReport
+    ).result()
+
+
+async def test_a_change_is_told_once_each_way_and_a_failing_channel_never_fails_the_check(
+    dev_env: WorkflowEnvironment,
+    scheduled: tuple[ScheduleHandle, World, Receiver],
+    standin: SlackStandIn,
+) -> None:
+    handle, service_world, receiver = scheduled
+
+    first = await scheduled_check(dev_env, handle)
+    assert first.verdict == "ready" and first.alert is not None and not first.alert.changed
+    assert standin.top_level() == [] and receiver.bodies == []  # a first check that is ready says nothing
+
+    service_world.region_b.behaviour.status = 500  # the only standby fails: nowhere to fail over to
+    broken = await scheduled_check(dev_env, handle)
+    assert broken.verdict == "not-ready"
+    assert broken.alert is not None and broken.alert.changed and broken.alert.sent == ["slack", "webhook"]
+    [message] = standin.top_level()
+    assert message.text.startswith(f"Readiness of {SERVICE}: READY → NOT READY\n• no standby region passes")
+    assert "Run: http://localhost:8233/namespaces/default/workflows/" in message.text
+    [body] = receiver.bodies
+    assert (body["service"], body["verdict"], body["previous_verdict"]) == (SERVICE, "not-ready", "ready")
+    assert body["reasons"] == broken.reasons
+
+    same = await scheduled_check(dev_env, handle)
+    assert same.alert is not None and not same.alert.changed  # nothing changed: nothing told
+    assert len(standin.top_level()) == 1 and len(receiver.bodies) == 1
+
+    service_world.region_b.behaviour.status = 200
+    receiver.status = 500  # the webhook breaks just as the service recovers
+    recovered = await scheduled_check(dev_env, handle)
+    assert recovered.verdict == "ready"
+    assert recovered.alert is not None and recovered.alert.sent == ["slack"]
+    assert recovered.alert.failed == ["webhook: the webhook answered HTTP 500"]
+    assert "s3cret" not in json.dumps(recovered.model_dump(mode="json"))  # the URL's token stays out
+    assert standin.top_level()[-1].text.startswith(f"Readiness of {SERVICE}: NOT READY → READY")
