@@ -478,6 +478,8 @@ def failover_gate_plan(report: FailoverReport) -> GatePlan | None:
         at_stake=move_at_stake(report, db, plan.rpo, zero_loss=plan.mode != "emergency"),
         checksum=report.gate_checksum or plan.checksum,
         warnings=list(plan.warnings),
+        objectives=f"RTO {format_duration(plan.rto)}, RPO {format_duration(plan.rpo)}; current TTL "
+        f"{plan.dns.current.ttl if plan.dns.current.ttl is not None else '-'}s",
     )
 
 

@@ -45,6 +45,7 @@ class GatePlan:
     at_stake: list[str]
     checksum: str | None
     warnings: list[str] = field(default_factory=list)
+    objectives: str | None = None
 
 
 def dns_diff(dns: DnsChangePlan) -> list[str]:
@@ -113,6 +114,8 @@ def gate_plan_lines(plan: GatePlan) -> list[str]:
     if plan.dns is not None:
         lines += ["", "**DNS diff**", *dns_diff(plan.dns)]
     lines += ["", "**Data at stake**", *[f"- {line}" for line in plan.at_stake or ["none"]]]
+    if plan.objectives is not None:
+        lines += ["", f"**Objectives**: {plan.objectives}"]
     if plan.warnings:
         lines += ["", "**Warnings**", *[f"- {w}" for w in plan.warnings]]
     if plan.checksum is not None:
