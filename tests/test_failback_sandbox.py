@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,10 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.slack.blocks import gate_blocks
+from activities.slack.models import Approvers, GateMessageRequest
 from activities.traffic.activities import ReadWeightsRequest, read_weights
+from runbooks.model import Runbook
 from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
 from tests.test_cli_check import drflow, target
@@ -25,6 +29,7 @@ from workflows.failback import FailbackWorkflow
 from workflows.failback_models import FailbackReport, FailbackRequest, render_failback
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, FailoverRequest
+from workflows.slack_facts import gate_facts
 
 REGION_A = "127.0.1.1"
 REGION_B = "127.0.2.1"
@@ -115,7 +120,10 @@ def gate_facts_in(text: str, report: FailbackReport) -> None:
 
 
 async def shows_what_the_gate_approves(
-    env: WorkflowEnvironment, handle: WorkflowHandle[FailbackWorkflow, FailbackReport], report: FailbackReport
+    env: WorkflowEnvironment,
+    handle: WorkflowHandle[FailbackWorkflow, FailbackReport],
+    report: FailbackReport,
+    runbook: Runbook,
 ) -> None:
     """The status query, its Markdown, the Web UI's current details, `drflow status ID`, the --wait lines."""
     assert report.plan is not None and report.gate_checksum == report.plan.checksum
@@ -137,6 +145,17 @@ async def shows_what_the_gate_approves(
     assert len(waiting) == 1, waiting
     gate_facts_in(waiting[0], report)
 
+    # The Slack gate message of the same gate: the plan's facts, the data at stake, the full checksum.
+    slack = gate_facts(report, runbook, "failback", "failback", report.gate_checksum, None)
+    by_label = {fact.label: fact.text for fact in slack.facts}
+    assert f"+ {report.plan.dns.record}" in by_label["DNS change"], by_label
+    assert by_label["Canary stages"] == "5% → 25% → 50% → 100%", by_label
+    assert stake.group(0) in by_label["Data at stake"], by_label
+    request = GateMessageRequest(channel="C0DRFLOW", facts=slack, approvers=Approvers(user_ids=["U0CAROL"]))
+    assert f"plan `{report.gate_checksum}`" in json.dumps(
+        gate_blocks(request, "http://ui"), ensure_ascii=False
+    )
+
 
 async def test_failback_with_canary_brings_data_and_traffic_home_with_no_row_lost(
     dev_env: WorkflowEnvironment, world: SandboxWorld, worker_on: str
@@ -146,7 +165,7 @@ async def test_failback_with_canary_brings_data_and_traffic_home_with_no_row_los
     writer.start()
     handle = await start_failback(dev_env, world, worker_on)
     at_gate = await wait_for_failback_gate(dev_env, handle.id, "failback")
-    await shows_what_the_gate_approves(dev_env, handle, at_gate)
+    await shows_what_the_gate_approves(dev_env, handle, at_gate, world.runbook)
     first = at_gate.gate_checksum
     assert first is not None
     wrong = "0" * 64
