@@ -54,7 +54,7 @@ async def test_status_without_id_lists_an_open_gate_and_a_failed_step_with_the_c
         id=f"failover-{service}-{uuid.uuid4().hex[:6]}",
         task_queue=task_queue,
     )
-    gate = await wait_for_gate(dev_env.client, handle.id)
+    gate: FailoverReport = await wait_for_gate(dev_env.client, handle.id)
     await step_attribute(handle, "awaiting-approval")
     assert gate.plan is not None and gate.gate_checksum == gate.plan.checksum, (
         "named without a people file too"

@@ -135,7 +135,7 @@ async def test_with_people_a_stale_or_wrong_checksum_at_failback_100_is_refused_
                 id=f"failover-{uuid.uuid4().hex[:8]}",
                 task_queue=task_queue,
             )
-            gate = await wait_for_gate(dev_env.client, over.id)
+            gate: FailoverReport = await wait_for_gate(dev_env.client, over.id)
             await over.execute_update(
                 FailoverWorkflow.approve,
                 ApprovalInput(approver="bob", reason="go", plan_checksum=gate.gate_checksum),

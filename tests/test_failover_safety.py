@@ -22,7 +22,7 @@ from tests.test_failover_sandbox import answers, in_recovery, start
 from workers.sandbox.named import free_port
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
-from workflows.failover_models import ApprovalInput, DecisionInput, render_report
+from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, render_report
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ async def test_known_lost_bytes_open_the_data_loss_gate_although_the_lag_reads_z
     assert getattr(refused.value.cause, "message", None) == (
         f"wrong checksum: {wrong} is not a plan of this run; the current plan is {checksum}"
     )
-    still = await wait_for_gate(dev_env.client, handle.id, gate="data-loss")
+    still: FailoverReport = await wait_for_gate(dev_env.client, handle.id, gate="data-loss")
     assert still.approvals[-1].gate == "failover" and still.promotion is None
     await handle.execute_update(
         FailoverWorkflow.accept_data_loss,
