@@ -217,6 +217,22 @@ async def failback_canary(client: Client, world: SandboxWorld, queue: str) -> Re
     return [handle.id]
 
 
+async def failback_final_stage_plan(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """Since ``failback-100-plan``: the failback-100 gate binds its own checksum; answers name theirs."""
+    world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
+    await planned(client, world, queue)
+    request = FailbackRequest(service=world.service, reason="recorded", requested_by="alice", prepare=True)
+    handle = await client.start_workflow(
+        FailbackWorkflow.run, request, id=f"failback-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+    for gate in ("failback", "failback-100"):
+        report = await wait_for_gate(client, handle.id, gate=gate, report_type=FailbackReport)
+        answer = ApprovalInput(approver="carol", reason=gate, plan_checksum=report.gate_checksum)
+        await handle.execute_update(FailbackWorkflow.approve, answer)
+    await handle.result()
+    return [handle.id]
+
+
 async def planned_writable(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     """A planned failover since ``writable-at-end``: it proves the target writes before it completes."""
     failover_id, _lock = await planned(client, world, queue)
@@ -315,6 +331,7 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failover-aborted-waiting-attrs": aborted,
     # since ``readiness-people``: the check loads the people file as a gate would
     "readiness-people": readiness,
+    "failback-final-stage-plan": failback_final_stage_plan,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
 WITH_PEOPLE = frozenset({"failover-verified", "readiness-people"})

@@ -54,13 +54,19 @@ async def test_status_without_id_lists_an_open_gate_and_a_failed_step_with_the_c
         id=f"failover-{service}-{uuid.uuid4().hex[:6]}",
         task_queue=task_queue,
     )
-    await wait_for_gate(dev_env.client, handle.id)
+    gate: FailoverReport = await wait_for_gate(dev_env.client, handle.id)
     await step_attribute(handle, "awaiting-approval")
+    assert gate.plan is not None and gate.gate_checksum == gate.plan.checksum, (
+        "named without a people file too"
+    )
 
     listed = await drflow("status", "--address", target(dev_env))
     assert listed.returncode == 0, listed.stderr
     assert f"{handle.id}  failover of {service}  waits for gate failover  since " in listed.stdout
-    assert f'  drflow approve {handle.id} --as <you> --reason "..."\n' in listed.stdout
+    assert (
+        f'  drflow approve {handle.id} --as <you> --plan {gate.gate_checksum} --reason "..."\n'
+        in listed.stdout
+    )
     only_other = await drflow("status", "--service", "no-such-service", "--address", target(dev_env))
     assert only_other.stdout == "nothing waits for a person on no-such-service\n", only_other.stderr
 
@@ -75,8 +81,9 @@ async def test_status_without_id_lists_an_open_gate_and_a_failed_step_with_the_c
     listed = await drflow("status", "--service", service, "--address", target(dev_env))
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("1 run waits for a person:\n"), listed.stdout
-    assert f"waits for decision on {waiting.waiting_step}  since {waiting.waiting_since:%Y-%m-%d %H:%M:%S}" in (
-        listed.stdout
+    assert (
+        f"waits for decision on {waiting.waiting_step}  since {waiting.waiting_since:%Y-%m-%d %H:%M:%S}"
+        in (listed.stdout)
     )
     assert f'  drflow decide {handle.id} retry|skip|abort --as <you> --reason "..."\n' in listed.stdout
 

@@ -8,6 +8,7 @@ DNS still pointed at the now read-only region.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,8 +19,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import wait_for_gate
 from tests.support.sandbox import SandboxWorld, sandbox_world
-from tests.test_failback_sandbox import approve, fail_over, start_failback
+from tests.test_failback_sandbox import approve, fail_over, refusal, start_failback, wait_for_failback_gate
 from tests.test_failover_sandbox import answers, in_recovery
+from workers.cli.signing import Signer, sign_decision
 from workers.worker import build_worker
 from workflows.failback import FailbackWorkflow
 from workflows.failback_models import FailbackReport
@@ -112,3 +114,80 @@ async def test_a_failback_after_an_emergency_failover_rewinds_the_old_primary_an
     assert home.resynced is not None and home.resynced.streaming
     assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
     assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
+
+
+async def test_with_people_a_stale_or_wrong_checksum_at_failback_100_is_refused_as_such_signed_or_not(
+    dev_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The people branch of the validators: the failback gate's checksum is stale at failback-100 (its own
+    plan since failback-100-plan), whether sent unsigned or signed, and a made-up one is wrong."""
+    with sandbox_world(people=True) as world:
+        world.write_runbook(
+            approvals__unsigned="record", failback__analysis__duration="1s", failback__analysis__requests=100
+        )
+        keys = world.sandbox.state_dir / "keys"
+        async with build_worker(dev_env.client, world.runbooks, task_queue=task_queue):
+            over = await dev_env.client.start_workflow(
+                FailoverWorkflow.run,
+                FailoverRequest(
+                    service=world.service, target="region-b", reason="first", requested_by="alice"
+                ),
+                id=f"failover-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue,
+            )
+            gate: FailoverReport = await wait_for_gate(dev_env.client, over.id)
+            await over.execute_update(
+                FailoverWorkflow.approve,
+                ApprovalInput(approver="bob", reason="go", plan_checksum=gate.gate_checksum),
+            )
+            assert (await over.result()).outcome == "completed"
+
+            back = await start_failback(dev_env, world, task_queue)
+            first = await wait_for_failback_gate(dev_env, back.id, "failback")
+            assert first.requester is not None and first.gate_checksum is not None
+            await back.execute_update(
+                FailbackWorkflow.approve,
+                ApprovalInput(approver="carol", reason="go", plan_checksum=first.gate_checksum),
+            )
+            last = await wait_for_failback_gate(dev_env, back.id, "failback-100")
+            old, current = first.gate_checksum, last.gate_checksum
+            assert current is not None and current != old
+            stale = re.compile(
+                rf"stale: that plan \({old}\) was replaced by {current} at [\d-]+ [\d:]+ UTC; "
+                r"read it \(drflow status\) and answer again"
+            )
+
+            def signed(plan: str, field: str | None = None) -> ApprovalInput:
+                text, signature = sign_decision(
+                    Signer("carol", keys / "carol"), workflow_id=back.id, run_id=last.run_id,
+                    gate="failback-100", decision="approve", plan_checksum=plan,
+                )  # fmt: skip
+                return ApprovalInput(
+                    approver="carol",
+                    channel="cli",
+                    plan_checksum=field or plan,
+                    signed=text,
+                    signature=signature,
+                )
+
+            unsigned = await refusal(back, ApprovalInput(approver="carol", plan_checksum=old))
+            assert stale.fullmatch(unsigned), unsigned
+            assert stale.fullmatch(await refusal(back, signed(old))), "the CLI signs what --plan says"
+            only_signed = await refusal(back, signed(old, field=current))
+            assert only_signed.startswith("refused (payload-mismatch): ") and stale.fullmatch(
+                only_signed.removeprefix("refused (payload-mismatch): ")
+            ), only_signed
+            wrong = "0" * 64
+            assert await refusal(back, signed(wrong)) == (
+                f"wrong checksum: {wrong} is not a plan of this run; the current plan is {current}"
+            )
+            still = await back.query(FailbackWorkflow.status)
+            assert still.open_gate == "failback-100" and len(still.approvals) == 1
+
+            await back.execute_update(FailbackWorkflow.approve, signed(current))
+            home = await back.result()
+    assert home.outcome == "completed", home.messages
+    assert [(a.gate, a.plan_checksum, a.identity) for a in home.approvals] == [
+        ("failback", old, "unverified"),
+        ("failback-100", current, "ssh-key"),
+    ]

@@ -22,7 +22,7 @@ from tests.test_failover_sandbox import answers, in_recovery, start
 from workers.sandbox.named import free_port
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
-from workflows.failover_models import ApprovalInput, DecisionInput
+from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, render_report
 
 
 @pytest.fixture
@@ -57,6 +57,10 @@ async def test_an_unconfirmed_fence_stops_promotion_at_the_unfenced_gate_until_s
     assert report.fence is not None and not report.fence.fenced and report.fence.errors
     assert report.promotion is None and in_recovery(world, "region-b"), "promoted before the override"
     assert any("NOT confirmed" in message for message in report.messages), report.messages
+    shown = render_report(report)  # what the unfenced gate puts at stake, and what it lets happen
+    assert "the fence of region-a is NOT confirmed: if it still takes writes after the promotion" in shown
+    assert "1. promote region-b, proven by a write although the fence of region-a is not confirmed" in shown
+    assert f"Plan checksum: `{report.gate_checksum}`" in shown, shown
 
     with pytest.raises(WorkflowUpdateFailedError) as no_reason:
         await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="carol"))
@@ -134,8 +138,27 @@ async def test_known_lost_bytes_open_the_data_loss_gate_although_the_lag_reads_z
     assert loss.seconds is None and "age unknown" in loss.basis, loss
     assert loss.rpo_seconds == world.runbook.objectives.rpo.total_seconds()
     assert report.promotion is None and in_recovery(world, "region-b")
+    shown = render_report(report)  # the data-loss gate says what passing it loses, and how to pass it
+    assert (
+        f"passing this gate LOSES {loss.bytes} bytes (writes of unknown age) the old primary took: " in shown
+    )
+    checksum = report.gate_checksum
+    assert checksum is not None and f"Plan checksum: `{checksum}`" in shown, shown
+    assert f"drflow accept-data-loss {handle.id} --as <you> --plan {checksum}" in shown, shown
+    wrong = "f" * 64
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(
+            FailoverWorkflow.accept_data_loss,
+            ApprovalInput(approver="carol", reason="replayable", plan_checksum=wrong),
+        )
+    assert getattr(refused.value.cause, "message", None) == (
+        f"wrong checksum: {wrong} is not a plan of this run; the current plan is {checksum}"
+    )
+    still: FailoverReport = await wait_for_gate(dev_env.client, handle.id, gate="data-loss")
+    assert still.approvals[-1].gate == "failover" and still.promotion is None
     await handle.execute_update(
-        FailoverWorkflow.accept_data_loss, ApprovalInput(approver="carol", reason="the writes are replayable")
+        FailoverWorkflow.accept_data_loss,
+        ApprovalInput(approver="carol", reason="the writes are replayable", plan_checksum=checksum),
     )
     final = await handle.result()
     assert final.outcome == "completed", final.messages

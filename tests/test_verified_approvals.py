@@ -202,7 +202,8 @@ async def test_only_a_listed_unrevoked_key_bound_to_this_run_gate_and_plan_passe
             "another run": "signed for run_id 'another-run'",
             "another gate": "signed for gate 'data-loss'",
             "another decision": "signed for decision 'reject'",
-            "an older plan": f"the current plan is {checksum}",
+            # signed or not, a checksum this run never showed is wrong, not "a plan that changed"
+            "an older plan": f"refused (payload-mismatch): wrong checksum: {'0' * 64} is not a plan of this run; the current plan is {checksum}",
             "expired": "refused (outside-window)",
             "signed by another": "signed for person 'bob', but this is person 'carol'",
             "self-approval": "separation of duties: alice requested this failover",
@@ -378,6 +379,10 @@ async def test_unsigned_answers_under_record_are_people_too_and_reported_unverif
                 f"must carry the full checksum of the plan it approves: {checksum}",
             ),
             "a prefix": (ui("dave", plan=checksum[:1]), "give the whole plan checksum, not a prefix"),
+            "a wrong checksum": (
+                ui("dave", plan="0" * 64),
+                f"wrong checksum: {'0' * 64} is not a plan of this run; the current plan is {checksum}",
+            ),
             "self, other case": (ui("carol"), "separation of duties: carol requested this failover"),
             "self, through Slack": (ui("U0CAROL", "slack"), "separation of duties: carol requested"),
             "unmapped Slack id": (ui("U0NOBODY", "slack"), "your Slack account is not in the people file"),
@@ -503,3 +508,41 @@ def test_without_plan_the_cli_asks_on_a_terminal_and_refuses_in_a_script(
         answer._plan_for(report, checksum)
     rejecting = _GateAnswer("reject", "bob", "no", None, None, None, Path("."))
     assert rejecting._plan_for(report, checksum) == checksum, "rejecting needs no typed checksum"
+
+
+def test_a_checksum_is_called_stale_only_when_this_run_showed_it_and_wrong_otherwise() -> None:
+    """The pure rule behind both validators: shown plans are remembered, replaced ones are stale."""
+    from workflows.approval_rules import checksum_refusal, remember_shown
+
+    first, second, third = "a1" * 32, "b2" * 32, "c3" * 32
+    opened = datetime(2026, 12, 2, 14, 0, tzinfo=UTC)
+    later = opened + timedelta(minutes=7)
+    shown = remember_shown((), "failback", first, opened)
+    assert remember_shown(shown, "promote", first, later) == shown, (
+        "the same plan at the next gate is current"
+    )
+    shown = remember_shown(shown, "failback-100", second, later)
+    assert [(p.checksum, p.replaced_by) for p in shown] == [(first, second), (second, None)]
+
+    assert checksum_refusal(second, second, shown) is None
+    assert checksum_refusal(first, second, shown) == (
+        f"stale: that plan ({first}) was replaced by {second} at 2026-12-02 14:07:00 UTC; "
+        "read it (drflow status) and answer again"
+    )
+    assert checksum_refusal(third, second, shown) == (
+        f"wrong checksum: {third} is not a plan of this run; the current plan is {second}"
+    )
+    assert checksum_refusal(second[:12], second, shown) == (
+        f"give the whole plan checksum, not a prefix: the current plan is {second}"
+    )
+    # Replaced twice: the oldest names what replaced it and what is current now.
+    shown = remember_shown(shown, "failback-100", third, later + timedelta(minutes=1))
+    refusal = checksum_refusal(first, third, shown)
+    assert refusal is not None and refusal.startswith(f"stale: that plan ({first}) was replaced by {second}")
+    assert f"(the current plan is {third})" in refusal
+    # A plan shown again becomes current again, not stale.
+    shown = remember_shown(shown, "failback-100", first, later + timedelta(minutes=2))
+    assert checksum_refusal(first, first, shown) is None
+    assert checksum_refusal(third, first, shown) is not None and "stale" in str(
+        checksum_refusal(third, first, shown)
+    )

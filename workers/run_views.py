@@ -13,13 +13,14 @@ from temporalio.service import RPCError
 
 from activities.search_attributes import KIND_ATTR, SERVICE_ATTR, STEP_ATTR
 from workflows.drill_models import DrillReport, render_drill
-from workflows.failback_models import FailbackReport, render_failback
+from workflows.failback_models import FailbackReport, failback_gate_plan, render_failback
 from workflows.failover_models import (
     FailoverReport,
     RunReport,
     answer_command,
+    failover_gate_plan,
+    gate_text,
     progress_lines,
-    render_plan,
     render_report,
 )
 
@@ -32,11 +33,11 @@ class RunView:
 
 
 def _failover_progress(report: FailoverReport) -> list[tuple[str, str]]:
-    return progress_lines(report, render_plan(report.plan) if report.plan is not None else None)
+    return progress_lines(report, gate_text(failover_gate_plan(report)))
 
 
 def _failback_progress(report: FailbackReport) -> list[tuple[str, str]]:
-    lines = progress_lines(report)
+    lines = progress_lines(report, gate_text(failback_gate_plan(report)))
     for stage in report.stages:
         result = stage.analysis
         if result is None or stage.outcome == "running":

@@ -23,9 +23,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval_rules import (
         Answerer,
         check_may_answer,
+        checksum_refusal,
         group_members,
         identify,
         open_quorum,
+        remember_shown,
         unsigned_policy,
         verify_requester,
     )
@@ -140,9 +142,12 @@ class ApprovalGates(RunState[R]):
         opened = workflow.now()
         self._gate_answer = None
         self._gate_checksum = checksum
+        if checksum is not None:  # memory only: tells a stale checksum from a wrong one
+            self._shown_plans = remember_shown(self._shown_plans, gate, checksum, opened)
         if self._people is not None:
-            self._update(quorum=open_quorum(gate, approvals, self._two_person), gate_checksum=checksum)
-        self._update(open_gate=gate, waiting_since=opened)
+            self._update(quorum=open_quorum(gate, approvals, self._two_person))
+        # Every gate names its full checksum, people file or not: the views print it and the answer command.
+        self._update(open_gate=gate, waiting_since=opened, gate_checksum=checksum)
         previous = self._tag_waiting("awaiting-approval")
         self._show(self._render())
         slack = self._slack_mirror()
@@ -263,19 +268,15 @@ class ApprovalGates(RunState[R]):
                 f"the {gate} gate was already answered: {earlier.decision} by {earlier.person or by}"
             )
         checksum = self._gate_checksum
+        if answer.plan_checksum is not None and checksum is not None:
+            # Before the signature: a signed wrong checksum is wrong (or stale), not a "changed plan".
+            refusal = checksum_refusal(answer.plan_checksum, checksum, self._shown_plans)
+            if refusal is not None:
+                raise ValueError(refusal)
         if self._people is not None:
             self._verified_answerer(answer, update, gate)
             return gate
         self._check_person(answer.approver, "approve")
-        if answer.plan_checksum is not None and checksum is not None and answer.plan_checksum != checksum:
-            if checksum.startswith(answer.plan_checksum):
-                raise ValueError(
-                    f"give the whole plan checksum, not a prefix: the plan you approve is {checksum}"
-                )
-            raise ValueError(
-                f"the plan changed since you saw it: the current plan is {checksum}; read it (drflow status) "
-                "and approve again"
-            )
         return gate
 
     def _verified_answerer(self, answer: ApprovalInput, update: str, gate: Gate) -> Answerer:
@@ -290,19 +291,14 @@ class ApprovalGates(RunState[R]):
                     f"an approval must carry the full checksum of the plan it approves: {checksum} "
                     "(drflow status shows the plan)"
                 )
-            if checksum.startswith(answer.plan_checksum):
-                raise ValueError(
-                    f"give the whole plan checksum, not a prefix: the current plan is {checksum}"
-                )
-            raise ValueError(
-                f"the plan changed since you saw it (you sent {answer.plan_checksum}): the current plan is "
-                f"{checksum}; read it (drflow status) and answer again"
-            )
+            refusal = checksum_refusal(answer.plan_checksum, checksum, self._shown_plans)
+            raise ValueError(refusal or f"the current plan is {checksum}")
         decision: GateDecision = SIGNED_ANSWER[update]
         info = workflow.info()
         answerer = identify(
             snapshot=snapshot, approvals=runbook.approvals, claim=answer.approver, channel=answer.channel,
             signed=answer.signed, signature=answer.signature, now=workflow.now(), update=update,
+            shown=self._shown_plans,
             bound=Binding(
                 workflow_id=info.workflow_id, run_id=info.run_id, decision=decision,
                 gate=gate, plan_checksum=checksum,

@@ -9,13 +9,20 @@ exclusions and quorum compare people.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
 from activities.approvals.attestations import ExpectedClick, is_attestation, verify_attestation
 from activities.approvals.requests import ExpectedRequest, verify_request
-from activities.approvals.signatures import Binding, Expected, SignatureRefused, verify_decision
+from activities.approvals.signatures import (
+    Binding,
+    Expected,
+    PlanMismatch,
+    SignatureRefused,
+    verify_decision,
+)
 from runbooks.model import SLACK_USER_PATTERN, Approvals, Gate, Quorum
 from runbooks.people import People, PeopleSnapshot, UnknownApproverError
 from workflows.failover_models import Channel, Identity, QuorumStatus, RequesterRecord, cli_command
@@ -62,8 +69,12 @@ def identify(
     bound: Binding,
     now: datetime,
     update: str,
+    shown: Sequence[ShownPlan] = (),
 ) -> Answerer:
-    """The person behind an answer; a ``ValueError`` (the Update's refusal) when it cannot be trusted."""
+    """The person behind an answer; a ``ValueError`` (the Update's refusal) when it cannot be trusted.
+
+    ``shown`` (the plans this run showed) lets a signature for another plan be called stale or wrong.
+    """
     people = snapshot.people
     if (signed is None) != (signature is None):
         raise ValueError("a signed answer carries both signed (the payload) and signature")
@@ -86,6 +97,11 @@ def identify(
                 signed, signature, people=people, now=now,
                 expected=Expected(**bound.model_dump(), person=claim.strip().casefold()),
             )  # fmt: skip
+        except PlanMismatch as err:
+            truth = None
+            if err.signed is not None and err.current is not None:
+                truth = checksum_refusal(err.signed, err.current, shown)
+            raise ValueError(f"refused ({err.code}): {truth or err}") from None
         except SignatureRefused as err:
             raise ValueError(f"refused ({err.code}): {err}") from None
         return Answerer(person=verified.person, identity="ssh-key", channel=channel, key=verified.fingerprint)
@@ -217,3 +233,51 @@ def verify_requester(
         ),
         None,
     )
+
+
+@dataclass(frozen=True)
+class ShownPlan:
+    """A plan checksum a gate of this run showed, and when another plan replaced it (if one did)."""
+
+    checksum: str
+    gate: Gate
+    shown_at: datetime
+    replaced_by: str | None = None
+    replaced_at: datetime | None = None
+
+
+def remember_shown(
+    shown: tuple[ShownPlan, ...], gate: Gate, checksum: str, now: datetime
+) -> tuple[ShownPlan, ...]:
+    """The run's shown plans once ``gate`` opens on ``checksum``: a different plan replaces the current one.
+
+    Kept in the workflow's memory only (no command, no event): the history already holds every gate's plan,
+    so a replay rebuilds the same list.
+    """
+    current = next((p for p in reversed(shown) if p.replaced_by is None), None)
+    if current is not None and current.checksum == checksum:
+        return shown
+    marked = tuple(
+        replace(p, replaced_by=checksum, replaced_at=now) if p.replaced_by is None else p for p in shown
+    )
+    return (*[p for p in marked if p.checksum != checksum], ShownPlan(checksum, gate, now))
+
+
+def checksum_refusal(sent: str, current: str, shown: Sequence[ShownPlan]) -> str | None:
+    """Why ``sent`` does not answer the gate showing ``current``, in words that are true; None if it does.
+
+    A prefix asks for the whole checksum; a plan this run showed and replaced is stale (with what replaced
+    it, and when); anything else was never a plan of this run, so it is wrong, not "changed".
+    """
+    if sent == current:
+        return None
+    if sent and current.startswith(sent):
+        return f"give the whole plan checksum, not a prefix: the current plan is {current}"
+    earlier = next((p for p in shown if p.checksum == sent and p.replaced_by is not None), None)
+    if earlier is not None and earlier.replaced_at is not None:
+        newer = "" if earlier.replaced_by == current else f" (the current plan is {current})"
+        return (
+            f"stale: that plan ({sent}) was replaced by {earlier.replaced_by} at "
+            f"{earlier.replaced_at:%Y-%m-%d %H:%M:%S} UTC{newer}; read it (drflow status) and answer again"
+        )
+    return f"wrong checksum: {sent} is not a plan of this run; the current plan is {current}"

@@ -56,6 +56,8 @@ ANALYSIS_STEP = "analysis at"
 # After the database moved, a failed analysis asks (or follows the declared policy) instead of sending all
 # traffic back to a source region whose database is now a standby.
 ASK_AFTER_SWITCH_PATCH = "canary-ask-after-switch"
+# The failback-100 gate binds its own plan (the last stage after the canary's results), not the failback's.
+FINAL_STAGE_PLAN_PATCH = "failback-100-plan"
 
 
 @workflow.defn(name="Failback")
@@ -306,7 +308,7 @@ class FailbackWorkflow(Moves[FailbackReport]):
         analysis = (runbook.failback or SINGLE_STAGE).analysis
         for percent in plan.stages:
             if percent == 100:
-                await self._gate("failback-100", plan.checksum, always=True)
+                await self._gate("failback-100", self._final_stage_checksum(plan), always=True)
             weights = {plan.target: percent, plan.source: 100 - percent}
             stage = StageRecord(percent=percent)
             self._stages([*self._report.stages, stage])
@@ -418,6 +420,17 @@ class FailbackWorkflow(Moves[FailbackReport]):
             f"{plan.source}; {database}",
         )
 
+    def _final_stage_checksum(self, plan: FailbackPlan) -> str:
+        """What the failback-100 gate approves: the last stage after the canary results it shows.
+
+        Its own plan since ``failback-100-plan``, so the failback gate's checksum no longer passes it: an
+        answer carrying that one is refused as stale. Before the patch both gates bound the same checksum.
+        """
+        if not workflow.patched(FINAL_STAGE_PLAN_PATCH):
+            return plan.checksum
+        moved = self._report.promotion is not None
+        return final_stage_checksum(plan.checksum, self._report.stages, moved)
+
     def _stages(self, stages: list[StageRecord]) -> None:
         self._update(stages=stages)
         self._show(self._render())
@@ -437,6 +450,15 @@ def _checksum(
     }  # fmt: skip
     if database_last:
         payload["database"] = "last"
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def final_stage_checksum(plan_checksum: str, stages: list[StageRecord], database_moved: bool) -> str:
+    """The failback-100 plan: the failback plan, the stages so far with their outcomes, where the data is."""
+    payload = {
+        "plan": plan_checksum, "gate": "failback-100", "database_moved": database_moved,
+        "stages": [[stage.percent, stage.outcome] for stage in stages],
+    }  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -21,7 +21,9 @@ from workflows.failover_models import (
     answered_by,
     cli_command,
     gate_lines,
+    move_at_stake,
 )
+from workflows.gate_view import GatePlan, lag_words
 
 
 class FailbackRequest(StartInput):
@@ -121,7 +123,7 @@ def render_failback(report: FailbackReport) -> str:
                 f"{p95} | {split} | {stage.outcome}{why} |"
             )
     if report.open_gate is not None:
-        lines += gate_lines(report)
+        lines += gate_lines(report, failback_gate_plan(report))
     if report.waiting_step is not None:
         lines += [
             "",
@@ -158,8 +160,7 @@ def render_failback_plan(plan: FailbackPlan) -> str:
         "```",
     ]
     if plan.database is not None:
-        rep = plan.database.replication
-        lag = f"{rep.lag_seconds:.1f}s" if rep.lag_seconds is not None else "unknown"
+        lag = lag_words(plan.database.replication)
         when = (
             "after the last canary stage (100 %), before DNS" if plan.database_last else "before the canary"
         )
@@ -179,6 +180,53 @@ def render_failback_plan(plan: FailbackPlan) -> str:
         "",
         f"**Traffic**: canary stages {canary} to {plan.target}, an approval before 100 %; {rollback}",
         "",
-        f"plan checksum `{plan.checksum[:16]}`",
+        f"plan checksum `{plan.checksum}`",
     ]
     return "\n".join(lines)
+
+
+def failback_gate_plan(report: FailbackReport) -> GatePlan | None:
+    """What the open gate of a failback approves (``failback``, ``failback-100``, or a gate of the database
+    switch): the rest of the plan from this gate on, through the same renderer as a failover's gates."""
+    plan, gate = report.plan, report.open_gate
+    if plan is None or gate is None:
+        return None
+    db = plan.database
+    moved = report.promotion is not None
+    switch = (
+        None
+        if db is None or moved
+        else f"database switch ({db.provider}): fence {plan.source}, wait until {plan.target} has replayed "
+        f"its final LSN, promote {plan.target}, re-sync {plan.source} as its standby"
+    )
+    steps: list[str] = []
+    if gate == "failback":
+        if switch is not None and not plan.database_last:
+            steps.append(switch)
+        if plan.stages != [100]:
+            stages = " → ".join(f"{s}%" for s in plan.stages)
+            steps.append(
+                f"canary: {plan.target}'s weight {stages}, each stage judged by an analysis window; "
+                "the failback-100 gate asks again before 100 %"
+            )
+        else:
+            steps.append(f"all traffic to {plan.target} (no canary stages)")
+    elif gate == "failback-100":
+        passed = ", ".join(f"{s.percent}% {s.outcome}" for s in report.stages) or "none"
+        steps.append(f"the last stage: {plan.target} 100 %, {plan.source} 0 % (canary so far: {passed})")
+    else:
+        steps.append(f"go on with the database switch to {plan.target}")
+    if switch is not None and plan.database_last and gate in ("failback", "failback-100"):
+        steps.append(switch)
+    steps += [
+        f"DNS: {plan.dns.record} → {plan.dns.desired.describe()} (the diff below)",
+        "propagation on every authoritative nameserver, the old TTL waited out while the health checks pass",
+        f"a write committed on the database DNS points at ({plan.target}) before the run ends completed",
+    ]
+    return GatePlan(
+        title=f"Gate {gate} of failback {plan.service} {plan.source} → {plan.target} ({plan.mode})",
+        approves=steps,
+        dns=plan.dns,
+        at_stake=move_at_stake(report, db, plan.rpo, zero_loss=True),
+        checksum=report.gate_checksum or plan.checksum,
+    )

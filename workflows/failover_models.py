@@ -30,6 +30,7 @@ from activities.service_lock import LockHolder
 from activities.start_input import StartInput
 from runbooks.durations import format_duration
 from runbooks.model import Gate, StrictModel, drop_unset
+from workflows.gate_view import GatePlan, gate_plan_lines, lag_words, loss_at_stake, replication_at_stake
 
 Mode = Literal["planned", "emergency", "drill"]
 Channel = Literal["cli", "ui", "slack", "api"]
@@ -336,13 +337,7 @@ def render_plan(plan: FailoverPlan) -> str:
         "```",
     ]
     if plan.database is not None:
-        rep = plan.database.replication
-        if rep.lag_bytes is not None and rep.lag_seconds is not None:
-            lag = f"{rep.lag_bytes} bytes / {rep.lag_seconds:.1f}s"
-        elif rep.lag_seconds is not None:
-            lag = f"{rep.lag_seconds:.1f}s (this provider reports no byte positions)"
-        else:
-            lag = "unknown (primary unreachable)"
+        lag = lag_words(plan.database.replication)
         lines += [
             "",
             f"**Database** ({plan.database.provider}): fence {plan.database.source}, "
@@ -358,7 +353,7 @@ def render_plan(plan: FailoverPlan) -> str:
     ]
     if plan.warnings:
         lines += ["", "**Warnings**", *[f"- {w}" for w in plan.warnings]]
-    lines += ["", f"plan checksum `{plan.checksum[:16]}`"]
+    lines += ["", f"plan checksum `{plan.checksum}`"]
     return "\n".join(lines)
 
 
@@ -421,12 +416,16 @@ def answer_command(report: RunReport) -> str | None:
     return None
 
 
-def gate_lines(report: RunReport) -> list[str]:
-    """The open gate: the exact command to answer it (with the full plan checksum) and the quorum so far."""
+def gate_lines(report: RunReport, plan: GatePlan | None = None) -> list[str]:
+    """The open gate: what it approves (``plan``), the exact command to answer it (with the full plan
+    checksum) and the quorum so far. Every kind of run renders its gates through here."""
     if report.open_gate is None:
         return []
     update = "accept_data_loss" if report.open_gate == "data-loss" else "approve"
-    lines = ["", f"### Waiting for approval: gate `{report.open_gate}`", f"CLI: `{answer_command(report)}`"]
+    lines = ["", f"### Waiting for approval: gate `{report.open_gate}`"]
+    if plan is not None:
+        lines += [*gate_plan_lines(plan), ""]
+    lines.append(f"CLI: `{answer_command(report)}`")
     if report.requester is None:  # string approvers: the Web UI's Send Update passes a gate too
         lines.append(
             f"Web UI: More Actions → Send an Update `{update}` with "
@@ -438,7 +437,73 @@ def gate_lines(report: RunReport) -> list[str]:
         done = ", ".join(quorum.approved_by) or "nobody yet"
         why = " (two-person rule: the request is not signed)" if quorum.two_person else ""
         lines.append(f"Needs {quorum.min_approvals} distinct approvers{groups}{why}; approved so far: {done}")
+    if report.open_gate == "unfenced":
+        lines.append(
+            "The old primary's fence is NOT confirmed: promoting now may leave two primaries that both "
+            "accept writes. Approve only after fencing it another way (network, power), with a reason."
+        )
     return lines
+
+
+def move_at_stake(
+    report: MoveReport, database: DatabasePlan | None, rpo: timedelta, zero_loss: bool
+) -> list[str]:
+    """The data an open gate of a move puts at stake, as far as the run knows it by then."""
+    gate = report.open_gate
+    if gate == "unfenced":
+        source = database.source if database is not None else "the old primary"
+        return [
+            f"the fence of {source} is NOT confirmed: if it still takes writes after the promotion, the "
+            "service has two primaries and those writes are lost or conflict"
+        ]
+    if report.data_loss is not None:
+        return [loss_at_stake(report.data_loss)]
+    if database is None:
+        return ["no database moves: only where traffic goes changes"]
+    return [
+        replication_at_stake(database.replication, database.source, database.target, rpo, zero_loss=zero_loss)
+    ]
+
+
+def failover_gate_plan(report: FailoverReport) -> GatePlan | None:
+    """What the open gate of a failover approves: the rest of the plan from this gate on."""
+    plan, gate = report.plan, report.open_gate
+    if plan is None or gate is None:
+        return None
+    db = plan.database
+    steps: list[str] = []
+    if db is not None and gate == "failover":
+        steps.append(
+            f"fence {db.source} ({db.provider}), "
+            + ("best effort (emergency)" if plan.mode == "emergency" else f"then wait until {db.target} "
+               "has replayed its final LSN")
+        )  # fmt: skip
+    if db is not None:
+        promote = f"promote {db.target}, proven by a write"
+        if gate == "data-loss":
+            promote = f"accept the loss below and {promote}"
+        elif gate == "unfenced":
+            promote = f"{promote} although the fence of {db.source} is not confirmed"
+        steps.append(promote)
+    steps += [
+        f"DNS: {plan.dns.record} → {plan.dns.desired.describe()} (the diff below)",
+        "propagation on every authoritative nameserver, the old TTL waited out while the health checks pass",
+    ]
+    return GatePlan(
+        title=f"Gate {gate} of failover {plan.service} {plan.source} → {plan.target} ({plan.mode})",
+        approves=steps,
+        dns=plan.dns,
+        at_stake=move_at_stake(report, db, plan.rpo, zero_loss=plan.mode != "emergency"),
+        checksum=report.gate_checksum or plan.checksum,
+        warnings=list(plan.warnings),
+        objectives=f"RTO {format_duration(plan.rto)}, RPO {format_duration(plan.rpo)}; current TTL "
+        f"{plan.dns.current.ttl if plan.dns.current.ttl is not None else '-'}s",
+    )
+
+
+def gate_text(plan: GatePlan | None) -> str | None:
+    """The gate plan as one block of text, for the CLI's live view (``--wait``, ``status --follow``)."""
+    return None if plan is None else "\n".join(gate_plan_lines(plan)).strip()
 
 
 def render_report(report: FailoverReport) -> str:
@@ -458,12 +523,7 @@ def render_report(report: FailoverReport) -> str:
         if step.error and step.outcome in ("failed", "skipped"):
             lines.append(f"  - error: {step.error}")
     if report.open_gate is not None:
-        lines += gate_lines(report)
-        if report.open_gate == "unfenced":
-            lines.append(
-                "The old primary's fence is NOT confirmed: promoting now may leave two primaries that both "
-                "accept writes. Approve only after fencing it another way (network, power), with a reason."
-            )
+        lines += gate_lines(report, failover_gate_plan(report))
     if report.waiting_step is not None:
         lines += [
             "",
@@ -500,9 +560,7 @@ def render_report(report: FailoverReport) -> str:
         ]
     if report.messages:
         lines += ["", "### Notes", *[f"- {m}" for m in report.messages]]
-    if report.plan is not None and (
-        report.outcome == "dry-run" or (report.outcome == "running" and report.open_gate is not None)
-    ):
+    if report.plan is not None and report.outcome == "dry-run":
         lines += ["", render_plan(report.plan)]
     return "\n".join(lines)
 

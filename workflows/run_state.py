@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.slack.models import GateFacts
     from runbooks.model import Gate, Runbook
     from runbooks.people import PeopleSnapshot
+    from workflows.approval_rules import ShownPlan
     from workflows.common import INFRA_RETRY
     from workflows.failover_models import (
         ApprovalRecord,
@@ -65,6 +66,7 @@ class RunState(Generic[R]):
         self._runbook: Runbook | None = None
         self._gate_answer: ApprovalRecord | None = None
         self._gate_checksum: str | None = None
+        self._shown_plans: tuple[ShownPlan, ...] = ()  # every plan a gate of this run showed
         self._decision: DecisionRecord | None = None
         self._skippable = False
         self._holds_lock = False

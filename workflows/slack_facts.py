@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.slack.models import DecisionFacts, Fact, GateFacts
     from runbooks.durations import format_duration
     from runbooks.model import Gate, Runbook
-    from workflows.failover_models import STEP_MARK, MoveReport, RunReport, StepRecord
+    from workflows.failover_models import STEP_MARK, MoveReport, RunReport, StepRecord, move_at_stake
 
 
 def step_line(step: StepRecord) -> str:
@@ -71,6 +71,15 @@ def gate_facts(
         title += f": {plan.source} → {plan.target}" + (f" ({mode})" if mode else "")
         facts += _plan_facts(plan, runbook, mode)
     data_loss = report.data_loss if isinstance(report, MoveReport) else None
+    if plan is not None and isinstance(report, MoveReport) and gate != "data-loss":
+        # The same words as the status view's gate (workflows/gate_view.py): what the gate puts at stake.
+        at_stake = move_at_stake(
+            report.model_copy(update={"open_gate": gate}),
+            getattr(plan, "database", None),
+            getattr(plan, "rpo", runbook.objectives.rpo),
+            zero_loss=getattr(plan, "mode", None) != "emergency",
+        )
+        facts.append(Fact(label="Data at stake", text="\n".join(at_stake)))
     if gate == "data-loss" and data_loss is not None:
         facts.append(
             Fact(

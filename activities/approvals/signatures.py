@@ -107,6 +107,14 @@ class PayloadMismatch(SignatureRefused):
     code = "payload-mismatch"
 
 
+class PlanMismatch(PayloadMismatch):
+    """Signed for another plan than the one open: the checksums, so the workflow can say stale or wrong."""
+
+    def __init__(self, message: str, signed: str | None, current: str | None) -> None:
+        super().__init__(message)
+        self.signed, self.current = signed, current
+
+
 class OutsideWindow(SignatureRefused):
     code = "outside-window"
 
@@ -423,9 +431,11 @@ def compare(payload: object, expected: object, fields: tuple[str, ...]) -> None:
         if signed == wanted:
             continue
         if field == "plan_checksum":
-            raise PayloadMismatch(
+            raise PlanMismatch(
                 f"the plan changed since it was signed (signed for plan {signed}); the current plan is "
-                f"{wanted}: read it (drflow status) and answer again"
+                f"{wanted}: read it (drflow status) and answer again",
+                signed,
+                wanted,
             )
         raise PayloadMismatch(f"signed for {field} {signed!r}, but this is {field} {wanted!r}")
 

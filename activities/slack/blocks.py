@@ -346,7 +346,7 @@ def gate_blocks(request: GateMessageRequest, link: str) -> list[dict[str, Any]]:
             blocks.append(_code_section(fact.label, fact.text))
         else:
             blocks.append(_section(f"*{escape(fact.label)}*\n{escape(fact.text)}"))
-    checksum = f"plan `{facts.plan_checksum[:16]}` · " if facts.plan_checksum else ""
+    checksum = f"plan `{facts.plan_checksum}` · " if facts.plan_checksum else ""  # whole: what --plan takes
     blocks.append(
         {
             "type": "context",
