@@ -159,7 +159,9 @@ class ReadinessWorkflow:
                 *(
                     workflow.execute_activity(
                         database.measure_replication,
-                        database.ReplicationRequest(database=db, primary=runbook.primary, standby=standby),
+                        database.ReplicationRequest(
+                            database=db, primary=runbook.primary, standby=standby, compare_settings=True
+                        ),
                         start_to_close_timeout=timedelta(seconds=60),
                         retry_policy=INFRA_RETRY,
                         summary=f"replication {runbook.primary} → {standby}",

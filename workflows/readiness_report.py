@@ -237,6 +237,9 @@ def _replication_findings(
         warnings.append(f"the {primary} database cannot be reached: {'; '.join(status.errors)}")
     if status.replay_paused:
         warnings.append(f"WAL replay is paused on {standby}: its lag grows while writes continue")
+    for drift in status.drift or []:
+        values = f"{primary}: {drift.primary or '-'}, {standby}: {drift.standby or '-'}"
+        warnings.append(f"drift between {primary} and {standby}: {drift.setting} ({values}): {drift.problem}")
     if status.lag_seconds is not None and status.lag_seconds > rpo.total_seconds():
         warnings.append(
             f"replication lag {primary} → {standby} is {status.lag_seconds:.1f}s "

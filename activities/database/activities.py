@@ -8,13 +8,13 @@ in its thread pool.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from temporalio import activity
 
 from activities.cloud.preflight import PreflightReport
-from activities.database.provider import WriteVerifier
+from activities.database.provider import SettingsComparer, WriteVerifier
 from activities.database.registry import database_provider_for
 from activities.database.results import (
     FenceResult,
@@ -24,13 +24,18 @@ from activities.database.results import (
     UnfenceResult,
     WaitForReplayResult,
 )
-from runbooks.model import DatabaseConfig, StrictModel
+from runbooks.model import DatabaseConfig, StrictModel, drop_unset
 
 
 class ReplicationRequest(StrictModel):
     database: DatabaseConfig
     primary: str
     standby: str
+    compare_settings: bool = Field(default=False, description="readiness: also report settings drift")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "compare_settings")
 
 
 class DatabaseFenceRequest(StrictModel):
@@ -93,7 +98,12 @@ class WritableResult(StrictModel):
 
 @activity.defn(name="db_measure_replication")
 def measure_replication(request: ReplicationRequest) -> ReplicationStatus:
-    return database_provider_for(request.database).measure_replication(request.primary, request.standby)
+    provider = database_provider_for(request.database)
+    status = provider.measure_replication(request.primary, request.standby)
+    if not request.compare_settings or not isinstance(provider, SettingsComparer):
+        return status
+    drift, errors = provider.settings_drift(request.primary, request.standby)
+    return status.model_copy(update={"drift": drift, "errors": [*status.errors, *errors]})
 
 
 @activity.defn(name="db_fence")

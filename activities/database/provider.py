@@ -20,6 +20,7 @@ from activities.database.results import (
     PrepareStandbyResult,
     PromoteResult,
     ReplicationStatus,
+    SettingDrift,
     UnfenceResult,
     WaitForReplayResult,
 )
@@ -67,6 +68,16 @@ class WriteVerifier(Protocol):
 
     def verify_writable(self, region: str, timeout_seconds: float) -> tuple[bool, str]:
         """(True, what committed) or (False, why not), never raised."""
+        ...
+
+
+@runtime_checkable
+class SettingsComparer(Protocol):
+    """A provider that reads each node's settings itself (PostgreSQL); managed databases keep theirs in
+    parameter groups, which their own tooling compares."""
+
+    def settings_drift(self, primary: str, standby: str) -> tuple[list[SettingDrift], list[str]]:
+        """(what differs, what could not be read), never raised."""
         ...
 
 

@@ -28,6 +28,15 @@ def lsn_diff(a: str, b: str) -> int:
     return lsn_to_int(a) - lsn_to_int(b)
 
 
+class SettingDrift(StrictModel):
+    """One setting (or extension) where the standby differs from the primary in a way a failover feels."""
+
+    setting: str
+    primary: str | None
+    standby: str | None
+    problem: str
+
+
 class ReplicationStatus(StrictModel):
     primary_region: str
     standby_region: str
@@ -44,6 +53,14 @@ class ReplicationStatus(StrictModel):
         description="0 when replay has caught up, else now() - pg_last_xact_replay_timestamp() on the standby"
     )
     errors: list[str]
+    drift: list[SettingDrift] | None = Field(
+        default=None, description="when asked (readiness): settings that differ; None: not compared"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Not compared: serialised as before ``drift`` existed (rolling upgrades)."""
+        return handler(self) if self.drift is not None else drop_unset(handler(self), "drift")
 
 
 FenceMode = Literal["planned", "emergency", "drill"]

@@ -6,6 +6,7 @@ import time
 
 from activities.cloud.preflight import PreflightReport
 from activities.database.postgres.connection import PostgresTarget, verify_writable
+from activities.database.postgres.drift import settings_drift
 from activities.database.postgres.fence import FenceRequest, UnfenceRequest, fence, unfence
 from activities.database.postgres.measure import MeasureReplicationRequest, measure_replication
 from activities.database.postgres.promote import (
@@ -21,6 +22,7 @@ from activities.database.results import (
     PrepareStandbyResult,
     PromoteResult,
     ReplicationStatus,
+    SettingDrift,
     UnfenceResult,
     WaitForReplayResult,
 )
@@ -78,6 +80,9 @@ class PostgresProvider:
                 hook=self.config.hooks.resync,
             )
         )
+
+    def settings_drift(self, primary: str, standby: str) -> tuple[list[SettingDrift], list[str]]:
+        return settings_drift(self.target(primary), self.target(standby))
 
     def verify_writable(self, region: str, timeout_seconds: float) -> tuple[bool, str]:
         """A temporary table committed on the region's node, as the promotion proves writability."""
