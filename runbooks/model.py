@@ -127,6 +127,17 @@ class _DnsBase(StrictModel):
         default=timedelta(seconds=60),
         description="how long the provider and every authoritative nameserver may take to serve a change",
     )
+    managed_by: str | None = Field(
+        default=None,
+        min_length=1,
+        description="another system that also writes this record (e.g. external-dns, a Terraform stack): "
+        "readiness reports it, since it may revert a failover's change",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Without ``managed_by``, serialised as before it existed (previous workers decode it)."""
+        return drop_unset(handler(self), "managed_by")
 
     @field_validator("zone", "record")
     @classmethod

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.dns import APP_ADDRESS, APP_RECORD, OTHER_ADDRESS, OTHER_RECORD, ZONE
+from tests.support.dns import APP_ADDRESS, APP_RECORD, OTHER_ADDRESS, OTHER_RECORD, ZONE, signed_update
 from tests.support.http import AppBehaviour, RunningApp, serve_app
 from workers.sandbox.named import NamedPair, free_port
 from workers.worker import build_worker
@@ -181,3 +181,38 @@ async def test_unknown_service_fails_the_workflow_with_the_services_that_exist(
     assert isinstance(cause, ApplicationError)
     assert cause.type == "UnknownService"
     assert "unknown service 'payments'" in cause.message and "shop" in cause.message
+
+
+async def test_a_record_another_controller_owns_is_reported_with_what_to_do(
+    world: World, readiness: tuple[WorkflowEnvironment, str]
+) -> None:
+    """external-dns's TXT registry record beside the app record (its current `a-` format), written as that
+    controller does, to the real BIND; and an owner the runbook declares."""
+    registry = f"a-{APP_RECORD}"
+    claim = '"heritage=external-dns,external-dns/owner=prod-eks,external-dns/resource=service/shop/web"'
+    signed_update(world.dns, lambda u: u.add(registry, 60, "TXT", claim))
+    try:
+        world.write_runbook("shop")
+        report = await run_readiness(readiness, "shop")
+    finally:
+        signed_update(world.dns, lambda u: u.delete(registry, "TXT"))
+    assert report.verdict == "degraded"
+    assert report.dns.owners is not None and [(o.owner, o.resource) for o in report.dns.owners] == [
+        ("prod-eks", "service/shop/web")
+    ]
+    assert report.reasons == [
+        f"another system manages {APP_RECORD} and may revert the failover: external-dns (owner prod-eks, "
+        f"resource service/shop/web; TXT {registry}); before a failover, stop it from writing the record "
+        "(scale it to zero, or change its source) or make the change through it"
+    ]
+
+    path = world.runbooks / "shop.yaml"
+    path.write_text(
+        path.read_text().replace("  ttl: 5\n", "  ttl: 5\n  managed_by: terraform stack dns-prod\n")
+    )
+    declared = await run_readiness(readiness, "shop")
+    assert declared.dns.owners == []  # looked for, none there any more
+    assert declared.reasons == [
+        f"another system manages {APP_RECORD} and may revert the failover: terraform stack dns-prod (the "
+        "runbook's dns.managed_by); make sure it will not write the record back, or change it there"
+    ]

@@ -180,6 +180,7 @@ class ReadinessWorkflow:
             zone=dns.zone,
             nameservers=dns.nameservers,
             timeout_seconds=DNS_QUERY_TIMEOUT,
+            owners=True,
         )
         return await workflow.execute_activity(
             read_dns_record,

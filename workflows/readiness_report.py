@@ -147,6 +147,7 @@ def assess(
             f"{dns.record} answers {', '.join(distinct[0])}{serving}, but the runbook's primary "
             f"{runbook.primary} is {expected}"
         )
+    warnings += owner_findings(dns, runbook.dns.managed_by)
     if budget.ttl_source == "observed":
         warnings.append(f"nameservers serve TTL {budget.ttl_seconds}s, the runbook says {runbook.dns.ttl}s")
     if not budget.fits:
@@ -217,6 +218,22 @@ def early_warnings(
             f"{format_duration(budget.health_minimum)}) is {total / rto:.0%} of the RTO of "
             f"{format_duration(budget.rto)} (warns from {fraction:.0%}): a slightly higher TTL breaks it",
         ))  # fmt: skip
+    return found
+
+
+def owner_findings(dns: DnsReadout, declared: str | None) -> list[str]:
+    """Another system that writes the record may put it back after the failover changed it."""
+    found = [
+        f"another system manages {dns.record} and may revert the failover: external-dns "
+        f"(owner {o.owner or '?'}, resource {o.resource or '?'}; TXT {o.txt_name}); before a failover, stop "
+        "it from writing the record (scale it to zero, or change its source) or make the change through it"
+        for o in dns.owners or []
+    ]
+    if declared is not None:
+        found.append(
+            f"another system manages {dns.record} and may revert the failover: {declared} (the runbook's "
+            "dns.managed_by); make sure it will not write the record back, or change it there"
+        )
     return found
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -24,12 +24,12 @@ import dns.resolver
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
-from pydantic import Field, field_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
-from runbooks.model import Nameserver, StrictModel
+from runbooks.model import Nameserver, StrictModel, drop_unset
 
 RecordType = Literal["A", "AAAA", "CNAME"]
 _DISCOVERY_LIFETIME_MIN = 5.0
@@ -46,6 +46,11 @@ class DnsQuery(StrictModel):
     resolver: Nameserver | None = Field(
         default=None, description="recursive resolver used only for discovery; default the system resolver"
     )
+    owners: bool = Field(default=False, description="readiness: also look for another system's ownership")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "owners")
 
     @field_validator("record", "zone")
     @classmethod
@@ -71,11 +76,25 @@ class NameserverAnswer(StrictModel):
         return self.error is None
 
 
+class RecordOwner(StrictModel):
+    """Another system's claim on the record, found in the zone itself."""
+
+    system: Literal["external-dns"]
+    txt_name: str = Field(description="where the claim was found")
+    owner: str | None = Field(default=None, description="external-dns/owner: the instance's --txt-owner-id")
+    resource: str | None = Field(default=None, description="external-dns/resource: what it comes from")
+
+
 class DnsReadout(StrictModel):
     record: str
     type: RecordType
     answers: list[NameserverAnswer]
     discovered: bool = Field(description="the nameservers came from the zone's NS records, not the runbook")
+    owners: list[RecordOwner] | None = Field(default=None, description="when asked; None: not looked for")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return handler(self) if self.owners is not None else drop_unset(handler(self), "owners")
 
     @property
     def responding(self) -> list[NameserverAnswer]:
@@ -103,7 +122,53 @@ async def read_dns_record(query: DnsQuery) -> DnsReadout:
     discovered = not query.nameservers
     nameservers = await discover_nameservers(query) if discovered else query.nameservers
     answers = await asyncio.gather(*(ask_nameserver(query, nameserver) for nameserver in nameservers))
-    return DnsReadout(record=query.record, type=query.type, answers=list(answers), discovered=discovered)
+    owners = await record_owners(query, nameservers, list(answers)) if query.owners else None
+    return DnsReadout(
+        record=query.record, type=query.type, answers=list(answers), discovered=discovered, owners=owners
+    )
+
+
+async def record_owners(
+    query: DnsQuery, nameservers: list[Nameserver], answers: list[NameserverAnswer]
+) -> list[RecordOwner]:
+    """external-dns's TXT registry records for this name: at the name itself (its old format) and at
+    ``<type>-<name>`` (its current one). A record another controller owns may be put back after the
+    failover changes it. Asked of the first nameserver that answered the record; none answered: none."""
+    server = next((ns for ns, a in zip(nameservers, answers, strict=True) if a.error is None), None)
+    if server is None:
+        return []
+    first, _, rest = query.record.partition(".")
+    names = [query.record, f"{query.type.lower()}-{first}.{rest}"]
+    found: list[RecordOwner] = []
+    for name in names:
+        request = dns.message.make_query(name, "TXT")
+        request.flags &= ~dns.flags.RD
+        try:
+            response = await dns.asyncquery.udp(
+                request, server.address, timeout=query.timeout_seconds, port=server.port
+            )
+        except (dns.exception.DNSException, OSError):
+            continue
+        for rrset in response.answer:
+            if rrset.rdtype != dns.rdatatype.TXT:
+                continue
+            for rdata in rrset:
+                text = b"".join(rdata.strings).decode(errors="replace")
+                owner = _external_dns(name, text)
+                if owner is not None:
+                    found.append(owner)
+    return found
+
+
+def _external_dns(name: str, text: str) -> RecordOwner | None:
+    """``heritage=external-dns,external-dns/owner=default,external-dns/resource=service/ns/app``."""
+    fields = dict(part.partition("=")[::2] for part in text.strip('"').split(","))
+    if fields.get("heritage") != "external-dns":
+        return None
+    return RecordOwner(
+        system="external-dns", txt_name=name, owner=fields.get("external-dns/owner") or None,
+        resource=fields.get("external-dns/resource") or None,
+    )  # fmt: skip
 
 
 async def ask_nameserver(query: DnsQuery, nameserver: Nameserver) -> NameserverAnswer:
