@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
@@ -108,11 +110,13 @@ async def test_triggered_drill_fails_over_and_back_and_writes_its_report(
             "--runbooks", str(world.runbooks), "drill", "schedule", world.service, "--address", address
         )
         assert created.returncode == 0, created.stderr
-        assert (await drflow("drill", "run", world.service, "--address", address)).returncode == 0
+        started = await drflow("drill", "run", world.service, "--watch", "0", "--address", address)
+        assert started.returncode == 0, started.stderr
         handle = await drill_handle(dev_env.client, world.service)
-        assert (
-            await drflow("drill", "run", world.service, "--address", address)
-        ).returncode == 0  # overlaps: skipped
+        assert started.stdout.startswith(f"started drill {handle.id}  ")
+        assert f"(triggered drill-{world.service})" in started.stdout and "done" not in started.stdout
+        again = await drflow("drill", "run", world.service, "--address", address)
+        assert again.returncode == 1 and f"already running ({handle.id})" in again.stderr
         await approve_children(dev_env.client, handle.id)
         report = await handle.result()
         chart = tmp_path / "rto.svg"
@@ -125,7 +129,7 @@ async def test_triggered_drill_fails_over_and_back_and_writes_its_report(
     assert report.failback is not None and report.failback.outcome == "completed"
     assert report.rto_achieved_seconds is not None and report.rto_objective_seconds == 120
     assert report.rpo_achieved_seconds == 0.0
-    assert description.info.num_actions_skipped_overlap >= 1
+    assert description.info.num_actions == 1  # the refused second run triggered nothing
     assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
     assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
     assert history.returncode == 0, history.stderr
@@ -182,3 +186,54 @@ async def test_drill_survives_a_killed_worker_and_restores_the_starting_state(
     assert result.restored, result.deviations
     assert not in_recovery(world, "region-a") and in_recovery(world, "region-b")
     assert await answers(world) == [["127.0.1.1"], ["127.0.1.1"]]
+
+
+async def test_drill_run_without_a_schedule_shows_the_waiting_child_and_no_verdict_before_its_checks(
+    dev_env: WorkflowEnvironment, world: SandboxWorld
+) -> None:
+    address = target(dev_env)
+    async with build_worker(dev_env.client, world.runbooks, task_queue=TASK_QUEUE):
+        started = await drflow(
+            "drill", "run", world.service, "--watch", "150", "--address", address, timeout=200
+        )
+        assert started.returncode == 0, started.stderr
+        first = started.stdout.splitlines()[0]
+        match = re.fullmatch(
+            rf"started drill (drill-{world.service}-\S+)  (\S+)  \(no schedule: started directly\)", first
+        )
+        assert match, started.stdout
+        drill_id = match.group(1)
+        assert match.group(2).endswith(f"/workflows/{quote(drill_id, safe='')}")  # its Web UI page
+        assert "done" not in started.stdout
+        child = f"{drill_id}-failover"
+        assert (
+            f"… {child} (failover) waiting for gate failover: drflow approve {child} --as <you>"
+            in started.stdout
+        )
+        assert f"follow it: drflow drill status {drill_id} --follow" in started.stdout
+
+        running = await drflow("drill", "status", world.service, "--address", address)
+        assert running.returncode == 0, running.stderr
+        assert running.stdout.startswith(f"# DR drill {drill_id}: {world.service}: RUNNING")
+        assert "- now: failover running" in running.stdout
+        assert f"- failover: {child} running" in running.stdout
+        assert "Starting state restored: not checked yet" in running.stdout
+        assert "- not assessed yet: the drill is running" in running.stdout
+        assert "every objective was met" not in running.stdout and "restored: NO" not in running.stdout
+        assert f"drflow approve {child} --as <you>" in running.stdout.split("## Waiting for a person")[1]
+
+        again = await drflow("drill", "run", world.service, "--address", address)
+        assert again.returncode == 1, again.stdout
+        assert f"a drill of {world.service} is already running ({drill_id})" in again.stderr
+
+        await approve_children(dev_env.client, drill_id)
+        report = await dev_env.client.get_workflow_handle(drill_id, result_type=DrillReport).result()
+        ended = await drflow("drill", "status", drill_id, "--address", address)
+    assert report.restored and report.phase is None
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.startswith(f"# DR drill {drill_id}: {world.service}: {report.outcome.upper()}")
+    assert "Starting state restored: yes" in ended.stdout
+    assert "not checked yet" not in ended.stdout and "not assessed yet" not in ended.stdout
+    findings = ended.stdout.split("## Findings")[1]
+    assert ("- none: every objective was met" in findings) == (not report.findings)
+    assert "## Waiting for a person" not in ended.stdout
