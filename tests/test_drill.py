@@ -237,3 +237,41 @@ async def test_drill_run_without_a_schedule_shows_the_waiting_child_and_no_verdi
     findings = ended.stdout.split("## Findings")[1]
     assert ("- none: every objective was met" in findings) == (not report.findings)
     assert "## Waiting for a person" not in ended.stdout
+
+
+async def test_drill_run_wait_follows_the_drill_and_its_waiting_children_to_the_report(
+    dev_env: WorkflowEnvironment, world: SandboxWorld
+) -> None:
+    """An operator who only reads the output: each gate is answered when, and because, a line says so."""
+    approvers = {"failover": "bob", "failback": "carol", "failback-100": "carol"}
+    waiting = re.compile(r"… (\S+) \((?:failover|failback)\) waiting for gate (\S+): drflow approve (\S+) ")
+    answered: list[str] = []
+    async with build_worker(dev_env.client, world.runbooks, task_queue=TASK_QUEUE):
+        process = await asyncio.create_subprocess_exec(
+            *DRFLOW, "drill", "run", world.service, "--wait", "--address", target(dev_env),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None
+        lines: list[str] = []
+        async with asyncio.timeout(300):
+            while line := (await process.stdout.readline()).decode():
+                lines.append(line)
+                if found := waiting.search(line):
+                    child, gate, command_id = found.groups()
+                    assert command_id == child
+                    answered.append(gate)
+                    update = ApprovalInput(approver=approvers[gate], reason=f"drill {gate}")
+                    await dev_env.client.get_workflow_handle(child).execute_update("approve", update)
+            await process.wait()
+    out = "".join(lines)
+    assert process.returncode == 0, out  # passed: exit 0 (findings would exit 1)
+    drill_id = out.split()[2]
+    assert out.startswith(f"started drill {drill_id}  ") and drill_id.startswith(f"drill-{world.service}-")
+    assert answered == ["failover", "failback", "failback-100"]
+    assert "… failover running" in out and "… failback running (restoring the starting state)" in out
+    assert (
+        out.index("… failover running") < out.index("failover: completed") < out.index("failback: completed")
+    )
+    final = out.split(f"# DR drill {drill_id}: {world.service}: ")[1]
+    assert final.startswith("PASSED")
+    assert "Starting state restored: yes" in final and "- none: every objective was met" in final
