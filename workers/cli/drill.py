@@ -429,6 +429,8 @@ async def _status(settings: TemporalSettings, drill: str, follow: bool, as_json:
             report = await client.get_workflow_handle(drill_id, result_type=DrillReport).result()
     except RPCError as err:
         raise Failure(f"{drill_id}: {err.message}") from err
+    except WorkflowQueryFailedError as err:  # no worker, or its first task has not run yet
+        raise Failure(f"{drill_id} runs, but its status query failed ({err}): is a worker running?") from err
     except WorkflowFailureError as err:
         status_name = description.status.name.lower() if description.status else "?"
         raise Failure(f"{drill_id} ended as {status_name}: {err.cause or err}") from err
