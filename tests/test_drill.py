@@ -24,7 +24,7 @@ from tests.test_failover_sandbox import answers, in_recovery
 from workers.worker import build_worker
 from workflows.common import TASK_QUEUE
 from workflows.drill import DrillWorkflow
-from workflows.drill_models import DrillReport, DrillRequest
+from workflows.drill_models import DrillReport, DrillRequest, render_drill
 from workflows.failover_models import ApprovalInput
 
 
@@ -275,3 +275,26 @@ async def test_drill_run_wait_follows_the_drill_and_its_waiting_children_to_the_
     final = out.split(f"# DR drill {drill_id}: {world.service}: ")[1]
     assert final.startswith("PASSED")
     assert "Starting state restored: yes" in final and "- none: every objective was met" in final
+
+
+def test_finished_reports_are_written_as_before_and_older_reports_still_decode() -> None:
+    """``phase`` lives only while a drill runs: a finished report has no such key (older CLIs decode it),
+    and a report from before the field decodes and renders its verdicts."""
+    started = datetime(2026, 1, 6, 9, tzinfo=UTC)
+    running = DrillReport(
+        service="s", drill_id="drill-s-1", scenario="x", runbook_sha256=None, started_at=started,
+        phase="failback",
+    )  # fmt: skip
+    assert json.loads(running.model_dump_json())["phase"] == "failback"
+    finished = running.model_copy(update={"phase": None, "outcome": "passed", "restored": True})
+    assert "phase" not in json.loads(finished.model_dump_json())
+    older = DrillReport.model_validate_json(
+        json.dumps({**json.loads(finished.model_dump_json()), "outcome": "findings", "restored": False})
+    )
+    assert older.phase is None
+    text = render_drill(older)
+    assert "Starting state restored: NO" in text and "not assessed yet" not in text
+    older_running = DrillReport.model_validate_json(
+        json.dumps({**json.loads(running.model_dump_json()), "phase": None})
+    )
+    assert "- now: failover running" in render_drill(older_running)  # no failover recorded yet
