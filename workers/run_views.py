@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedErro
 from temporalio.service import RPCError
 
 from activities.search_attributes import KIND_ATTR, SERVICE_ATTR, STEP_ATTR
-from workflows.drill_models import DrillReport, render_drill
+from workflows.drill_models import DrillReport, drill_now, render_drill
 from workflows.failback_models import FailbackReport, failback_gate_plan, render_failback
 from workflows.failover_models import (
     FailoverReport,
@@ -55,7 +55,11 @@ def _failback_progress(report: FailbackReport) -> list[tuple[str, str]]:
 
 
 def _drill_progress(report: DrillReport) -> list[tuple[str, str]]:
-    lines = [(f"target {report.target}", f"drill of {report.service} → {report.target}")]
+    lines = []
+    if report.target is not None:
+        lines.append((f"target {report.target}", f"drill of {report.service} → {report.target}"))
+    if report.outcome == "running":
+        lines.append((f"now {drill_now(report)}", f"… {drill_now(report)}"))
     if report.failover is not None:
         lines.append((f"failover {report.failover.outcome}", f"failover: {report.failover.outcome}"))
     if report.failback is not None:
@@ -135,3 +139,19 @@ async def _waiting(client: Client, execution: WorkflowExecution) -> WaitingRun |
     )
     since = report.waiting_since or execution.start_time
     return WaitingRun(execution.id, report.service, kind, waits_for, since, command)
+
+
+async def waiting_children(client: Client, drill: DrillReport) -> list[WaitingRun]:
+    """The runs of this drill (its failover, its failback) that wait for a person: ``waiting_runs`` narrowed
+    to the drill's child ids, so a drill shows what the operator must answer without a visibility query."""
+    prefix = f"{drill.drill_id}-"
+    return [run for run in await waiting_runs(client, drill.service) if run.workflow_id.startswith(prefix)]
+
+
+def waiting_line(run: WaitingRun) -> tuple[str, str]:
+    """One keyed line per wait (a new gate is a new line): what waits, and what to type to answer it."""
+    answer = run.command or "no worker answers its status query: start one (drflow worker), then answer it"
+    return (
+        f"waits {run.workflow_id} {run.waits_for}",
+        f"… {run.workflow_id} ({run.kind}) waiting for {run.waits_for}: {answer}",
+    )

@@ -43,7 +43,7 @@ class DrillWorkflow:
             scenario += f", approver {request.approver_unavailable} unavailable"
         self._report = DrillReport(
             service=request.service, drill_id=info.workflow_id, scenario=scenario, runbook_sha256=None,
-            started_at=workflow.now(),
+            started_at=workflow.now(), phase="failover",
         )  # fmt: skip
 
     @workflow.query
@@ -70,10 +70,12 @@ class DrillWorkflow:
             self._record_failover(failover)
         finally:
             await self._restore(request, runbook.primary, excluded, drill_id)
-        self._update(findings=assess_drill(self._report))
+        self._update(phase="assessing", findings=assess_drill(self._report))
+        # The phase goes with the end: a finished report is written exactly as before the field existed.
         self._update(
-            outcome="passed" if not self._report.findings else "findings", finished_at=workflow.now()
-        )
+            outcome="passed" if not self._report.findings else "findings", finished_at=workflow.now(),
+            phase=None,
+        )  # fmt: skip
         written = await workflow.execute_activity(
             write_drill_report,
             DrillReportFiles(
@@ -102,6 +104,7 @@ class DrillWorkflow:
             self._update(restored=True)
             return
         workflow.upsert_search_attributes([STEP_ATTR.value_set("failback")])
+        self._update(phase="failback")
         try:
             failback = await self._child(
                 "Failback",
@@ -121,7 +124,8 @@ class DrillWorkflow:
             self._deviation(f"failback ended as {failback.outcome}: {'; '.join(failback.messages)}")
 
     async def _child(self, kind: str, request: object, child_id: str, result_type: type[T]) -> T:
-        workflow.set_current_details(f"{kind} running as {child_id}")
+        # Details, not commands: the running report (no verdict before it is checked), no patch needed.
+        workflow.set_current_details(render_drill(self._report))
         result: T = await workflow.execute_child_workflow(
             kind,
             request,

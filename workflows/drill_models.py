@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from activities.start_input import StartInput
-from runbooks.model import Runbook, StrictModel
+from runbooks.model import Runbook, StrictModel, drop_unset
 from workflows.failback_models import FailbackReport
 from workflows.failover_models import FailoverReport, FailoverRequest, answered_by
 
@@ -39,6 +39,14 @@ def drill_excluded(request: DrillRequest) -> list[str]:
     return [request.approver_unavailable] if request.approver_unavailable else []
 
 
+DrillPhase = Literal["failover", "failback", "assessing"]
+PHASE_TEXT: dict[str, str] = {
+    "failover": "failover running",
+    "failback": "failback running (restoring the starting state)",
+    "assessing": "assessing the objectives and writing the report",
+}
+
+
 class Finding(StrictModel):
     objective: Literal["rto", "rpo", "restore", "procedure"]
     summary: str
@@ -53,6 +61,10 @@ class DrillReport(StrictModel):
     started_at: datetime
     finished_at: datetime | None = None
     outcome: Literal["running", "passed", "findings", "failed"] = "running"
+    phase: DrillPhase | None = Field(
+        default=None,
+        description="while running: what the drill does now; None once it ended (and in older reports)",
+    )
     target: str | None = None
     rto_objective_seconds: float | None = None
     rto_achieved_seconds: float | None = None
@@ -65,6 +77,18 @@ class DrillReport(StrictModel):
     findings: list[Finding] = Field(default_factory=list)
     deviations: list[str] = Field(default_factory=list)
     report_files: list[str] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """``phase`` is cleared when the drill ends, so a finished report is written byte for byte as before
+        the field existed and older CLIs and workers still decode it."""
+        return drop_unset(handler(self), "phase")
+
+    @property
+    def restore_checked(self) -> bool:
+        """Whether ``restored`` is a verdict: the drill ended (the restore runs before it can), or the
+        restore already succeeded. While running, ``restored=False`` only means "not yet"."""
+        return self.outcome != "running" or self.restored
 
 
 def assess_drill(report: DrillReport) -> list[Finding]:
@@ -120,6 +144,10 @@ def assess_drill(report: DrillReport) -> list[Finding]:
 
 
 def render_drill(report: DrillReport) -> str:
+    """The drill as far as it is known: a running drill says so, and shows no verdict it has not reached
+    (restoration, findings) — an empty findings list before the assessment means "not assessed", not "none".
+    """
+    running = report.outcome == "running"
     lines = [
         f"# DR drill {report.drill_id}: {report.service}: {report.outcome.upper()}",
         "",
@@ -127,6 +155,11 @@ def render_drill(report: DrillReport) -> str:
         f"- runbook sha256: {report.runbook_sha256 or '-'}",
         f"- started {report.started_at:%Y-%m-%d %H:%M:%S} UTC"
         + (f", finished {report.finished_at:%H:%M:%S} UTC" if report.finished_at else ""),
+    ]
+    if running:
+        lines.append(f"- now: {drill_now(report)}")
+        lines += [f"- {kind}: {child}" for kind, child in drill_children(report)]
+    lines += [
         "",
         "| objective | target | achieved | met |",
         "|---|---|---|---|",
@@ -134,7 +167,7 @@ def render_drill(report: DrillReport) -> str:
         _row("RTO without approval wait", report.rto_objective_seconds, report.rto_without_approval_seconds),
         _row("RPO (data-loss window)", report.rpo_objective_seconds, report.rpo_achieved_seconds),
         "",
-        f"Starting state restored: {'yes' if report.restored else 'NO'}",
+        f"Starting state restored: {_restored(report)}",
     ]
     for title, run in (("Failover", report.failover), ("Failback", report.failback)):
         if run is None:
@@ -151,10 +184,40 @@ def render_drill(report: DrillReport) -> str:
     if report.deviations:
         lines += ["", "## Deviations", *[f"- {d}" for d in report.deviations]]
     lines += ["", "## Findings"]
+    if running:
+        return "\n".join([*lines, "- not assessed yet: the drill is running"])
     lines += [f"- **{f.objective}**: {f.summary}. Remediation: {f.remediation}" for f in report.findings] or [
         "- none: every objective was met"
     ]
     return "\n".join(lines)
+
+
+def drill_now(report: DrillReport) -> str:
+    """What a running drill does now; reports of older runs have no phase and say so by their content."""
+    if report.phase is not None:
+        return PHASE_TEXT[report.phase]
+    if report.failover is None:
+        return PHASE_TEXT["failover"]
+    return "restoring the starting state" if not report.restored else PHASE_TEXT["assessing"]
+
+
+def drill_children(report: DrillReport) -> list[tuple[str, str]]:
+    """Each child run with its id and state: ended ones by their outcome, the running one as running."""
+    children: list[tuple[str, str]] = []
+    phase = report.phase
+    for kind, run in (("failover", report.failover), ("failback", report.failback)):
+        child_id = f"{report.drill_id}-{kind}"
+        if run is not None:
+            children.append((kind, f"{child_id} {run.outcome}"))
+        elif report.outcome == "running" and (phase == kind or (phase is None and kind == "failover")):
+            children.append((kind, f"{child_id} running"))
+    return children
+
+
+def _restored(report: DrillReport) -> str:
+    if not report.restore_checked:
+        return "not checked yet (the drill restores it after its failover)"
+    return "yes" if report.restored else "NO"
 
 
 def _row(name: str, objective: float | None, achieved: float | None) -> str:

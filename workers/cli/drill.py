@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 from temporalio.client import (
     Client,
     Schedule,
+    ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleCalendarSpec,
@@ -20,8 +22,12 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleState,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
 )
-from temporalio.service import RPCError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.search_attributes import run_attributes
 from workers.cli.common import (
@@ -32,10 +38,11 @@ from workers.cli.common import (
     run_plan,
     services_to_check,
     settings_from,
+    workflow_link,
 )
 from workers.connection import TemporalSettings
 from workflows.common import TASK_QUEUE
-from workflows.drill_models import DrillReport, DrillRequest, drill_failover_request
+from workflows.drill_models import DrillReport, DrillRequest, drill_failover_request, render_drill
 
 CATCHUP_WINDOW = timedelta(hours=4)  # a drill missed during an outage must not fire days later
 QUARTERLY = ScheduleCalendarSpec(
@@ -86,7 +93,7 @@ def _number(key: str, text: str) -> int:
 
 @click.group()
 def drill() -> None:
-    """Quarterly DR drills on Temporal Schedules: schedule, list, run, pause, unpause, delete, report."""
+    """DR drills: schedule, list, run (with or without a schedule), status, pause, unpause, delete, report."""
 
 
 @drill.command("schedule")
@@ -197,9 +204,7 @@ async def _act(settings: TemporalSettings, action: str, service: str) -> int:
     client = await connect(settings)
     handle = client.get_schedule_handle(schedule_id(service))
     try:
-        if action == "run":
-            await handle.trigger()
-        elif action == "pause":
+        if action == "pause":
             await handle.pause(note="paused with drflow drill pause")
         elif action == "unpause":
             await handle.unpause(note="unpaused with drflow drill unpause")
@@ -213,41 +218,256 @@ async def _act(settings: TemporalSettings, action: str, service: str) -> int:
 
 @drill.command("run")
 @click.argument("service")
+@click.option("--wait", is_flag=True, help="follow the drill to its end: its steps, the children that wait")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="without --wait: seconds to watch for the first child that waits for a person",
+)
 @click.option(
     "--dry-run",
     is_flag=True,
     help="plan the drill's failover (the plan its first gate shows); change nothing",
 )
 @click.option("--json", "as_json", is_flag=True, help="with --dry-run: the report and plan as JSON")
-@click.option(
-    "--target", help="with --dry-run: region to fail over to (default: the runbook's first standby)"
-)
-@click.option("--approver-unavailable", help="with --dry-run: the scenario's unavailable approver")
+@click.option("--target", help="region to fail over to (default: the runbook's first standby)")
+@click.option("--approver-unavailable", help="scenario: this approver cannot answer during the drill")
 @connection_options
 @click.pass_obj
 def run(
-    directory: Path, /, service: str, dry_run: bool, as_json: bool, target: str | None,
-    approver_unavailable: str | None, **options: Any,
+    directory: Path, /, service: str, wait: bool, watch: float, dry_run: bool, as_json: bool,
+    target: str | None, approver_unavailable: str | None, **options: Any,
 ) -> int:  # fmt: skip
-    """Start a drill of SERVICE now (through its schedule: overlap skip applies).
+    """Start a drill of SERVICE now: through its schedule when it has one, else directly; never two at once.
+
+    Prints the drill's id and Web UI link, then every child run that waits for a person with the command
+    that answers it (for --watch seconds, or to the drill's end with --wait). With a schedule the drill is
+    the schedule's (its scenario; --target and --approver-unavailable go without one).
 
     With --dry-run: no drill starts; the failover the drill would start is planned (same request, mode
     drill) and printed, and nothing changes. The restoring failback is planned by the drill after the
     failover, from the state the failover leaves: it cannot be planned before.
     """
     settings = settings_from(options)
+    if dry_run or target is not None:  # the worker loads the runbook; here only to plan or check --target
+        runbook = services_to_check(directory, service)[0].runbook
+        if target is not None and target not in runbook.regions:
+            raise Failure(f"{target!r} is not a region of {service} (regions: {', '.join(runbook.regions)})")
+    drill_request = DrillRequest(service=service, target=target, approver_unavailable=approver_unavailable)
     if not dry_run:
-        if as_json or target or approver_unavailable:
-            raise click.UsageError("--json, --target and --approver-unavailable go with --dry-run here")
-        return asyncio.run(_act(settings, "run", service))
+        if as_json:
+            raise click.UsageError("--json goes with --dry-run")
+        return asyncio.run(_start(settings, drill_request, wait, watch))
     from workflows.failover_models import FailoverReport, render_report
 
-    runbook = services_to_check(directory, service)[0].runbook
-    if target is not None and target not in runbook.regions:
-        raise Failure(f"{target!r} is not a region of {service} (regions: {', '.join(runbook.regions)})")
-    drill_request = DrillRequest(service=service, target=target, approver_unavailable=approver_unavailable)
     request = drill_failover_request(drill_request, runbook, dry_run=True)
     return asyncio.run(run_plan(settings, "Failover", request, FailoverReport, render_report, as_json))
+
+
+def _running_query(service: str) -> str:
+    return f"WorkflowType = 'Drill' AND DrflowService = '{service}' AND ExecutionStatus = 'Running'"
+
+
+async def _running_drill(client: Client, service: str) -> str | None:
+    async for execution in client.list_workflows(_running_query(service)):
+        return execution.id
+    return None
+
+
+def _refusal(service: str, drill_id: str) -> Failure:
+    return Failure(
+        f"a drill of {service} is already running ({drill_id}): one drill at a time; "
+        f"follow it with `drflow drill status {drill_id} --follow`"
+    )
+
+
+async def _start(settings: TemporalSettings, request: DrillRequest, wait: bool, watch: float) -> int:
+    """One drill per service: refused while one runs (visibility), and atomically by the schedule's overlap
+    policy or, without a schedule, by the workflow id; the child failover's service lock backs both."""
+    client = await connect(settings)
+    running = await _running_drill(client, request.service)
+    if running is not None:
+        raise _refusal(request.service, running)
+    schedule = client.get_schedule_handle(schedule_id(request.service))
+    try:
+        await schedule.describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise Failure(f"{schedule_id(request.service)}: {err.message}") from err
+        drill_id = await _start_direct(client, request)
+        click.echo(
+            f"started drill {drill_id}  {workflow_link(settings, drill_id)}  (no schedule: started directly)"
+        )
+    else:
+        if request.target is not None or request.approver_unavailable is not None:
+            raise click.UsageError(
+                f"{schedule_id(request.service)} defines the drill's scenario: leave out --target and "
+                "--approver-unavailable, or `drflow drill delete` the schedule and schedule it again"
+            )
+        drill_id = await _trigger(client, request.service)
+        click.echo(
+            f"started drill {drill_id}  {workflow_link(settings, drill_id)}  "
+            f"(triggered {schedule_id(request.service)})"
+        )
+    return await _show(client, drill_id, wait, watch)
+
+
+async def _start_direct(client: Client, request: DrillRequest) -> str:
+    """The id the schedule would give it (``drill-SERVICE-<UTC time>``), so reports and lists look alike."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    drill_id = f"{schedule_id(request.service)}-{now:%Y-%m-%dT%H:%M:%SZ}"
+    try:
+        await client.start_workflow(
+            "Drill", request, id=drill_id, task_queue=TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=run_attributes(request.service, "drill", "failover"),
+            static_summary=f"DR drill of {request.service}",
+            static_details=f"Started with drflow drill run by {request.requested_by}",
+        )  # fmt: skip
+    except WorkflowAlreadyStartedError as err:
+        raise _refusal(request.service, drill_id) from err
+    return drill_id
+
+
+async def _trigger(client: Client, service: str) -> str:
+    """Trigger the schedule and return the drill it started; the overlap policy skips it while one runs."""
+    handle = client.get_schedule_handle(schedule_id(service))
+    before = await handle.describe()
+    known = {a.action.workflow_id for a in before.info.recent_actions if hasattr(a.action, "workflow_id")}
+    skipped = before.info.num_actions_skipped_overlap
+    try:
+        await handle.trigger()
+    except RPCError as err:
+        raise Failure(f"{schedule_id(service)}: {err.message}") from err
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TRIGGER_TIMEOUT_SECONDS
+    while loop.time() < deadline:
+        info = (await handle.describe()).info
+        for action in info.running_actions:
+            if isinstance(action, ScheduleActionExecutionStartWorkflow) and action.workflow_id not in known:
+                return action.workflow_id
+        if info.num_actions_skipped_overlap > skipped:
+            running = await _running_drill(client, service)
+            raise _refusal(service, running or "started by the schedule")
+        await asyncio.sleep(0.2)
+    raise Failure(
+        f"triggered {schedule_id(service)} but no drill started within {TRIGGER_TIMEOUT_SECONDS:.0f}s: "
+        "see `drflow drill list` and the schedule in the Web UI"
+    )
+
+
+TRIGGER_TIMEOUT_SECONDS = 15.0
+
+
+async def _show(client: Client, drill_id: str, wait: bool, watch: float) -> int:
+    """After the start: follow to the end (--wait), or watch a while for the first child that waits."""
+    from workers.cli.failover import _follow
+
+    if wait:
+        return await _follow(client, drill_id, extra=_children_lines(client, drill_id))
+    lines = _children_lines(client, drill_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + watch
+    while True:
+        found = await lines()
+        for _, line in found:
+            click.echo(line)
+        if found or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.5)
+    if not found:
+        click.echo(f"no child waits for a person yet (watched {watch:.0f}s)")
+    click.echo(f"follow it: drflow drill status {drill_id} --follow")
+    return EXIT_OK
+
+
+def _children_lines(client: Client, drill_id: str) -> Callable[[], Awaitable[list[tuple[str, str]]]]:
+    """The drill's children that wait for a person, as keyed lines with the command that answers."""
+    from workers.run_views import waiting_children, waiting_line
+
+    async def lines() -> list[tuple[str, str]]:
+        try:
+            report = await client.get_workflow_handle(drill_id).query(
+                "status", result_type=DrillReport, rpc_timeout=timedelta(seconds=10)
+            )
+            return [waiting_line(run) for run in await waiting_children(client, report)]
+        except (RPCError, WorkflowQueryFailedError):  # not started yet, or ended meanwhile
+            return []
+
+    return lines
+
+
+@drill.command("status")
+@click.argument("drill")
+@click.option("--follow", is_flag=True, help="keep printing until the drill ends")
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON")
+@connection_options
+def status(drill: str, follow: bool, as_json: bool, **options: Any) -> int:
+    """A drill's report: DRILL is its workflow id, or a service (its running drill, else its latest).
+
+    A running drill says so: what it does now, its children and their states, every child that waits for
+    a person with the command that answers it; no restoration verdict or findings before they are checked.
+    """
+    return asyncio.run(_status(settings_from(options), drill, follow, as_json))
+
+
+async def _status(settings: TemporalSettings, drill: str, follow: bool, as_json: bool) -> int:
+    from workers.cli.failover import _follow
+
+    client = await connect(settings)
+    drill_id = await _resolve(client, drill)
+    if follow:
+        return await _follow(client, drill_id, extra=_children_lines(client, drill_id))
+    handle = client.get_workflow_handle(drill_id)
+    try:
+        description = await handle.describe()
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            report = await handle.query("status", result_type=DrillReport)
+        else:
+            report = await client.get_workflow_handle(drill_id, result_type=DrillReport).result()
+    except RPCError as err:
+        raise Failure(f"{drill_id}: {err.message}") from err
+    except WorkflowQueryFailedError as err:  # no worker, or its first task has not run yet
+        raise Failure(f"{drill_id} runs, but its status query failed ({err}): is a worker running?") from err
+    except WorkflowFailureError as err:
+        status_name = description.status.name.lower() if description.status else "?"
+        raise Failure(f"{drill_id} ended as {status_name}: {err.cause or err}") from err
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return EXIT_OK
+    click.echo(render_drill(report))
+    if report.outcome == "running":
+        waiting = [line for _, line in await _children_lines(client, drill_id)()]
+        click.echo("\n## Waiting for a person")
+        click.echo("\n".join(waiting) if waiting else "- nothing waits for a person now")
+    return EXIT_OK
+
+
+async def _resolve(client: Client, drill: str) -> str:
+    """A workflow id of a drill as given; a service name: its running drill, else its most recent one."""
+    try:
+        description = await client.get_workflow_handle(drill).describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise Failure(f"{drill}: {err.message}") from err
+    else:
+        if description.workflow_type != "Drill":
+            raise Failure(f"{drill} is a {description.workflow_type} run: see `drflow status {drill}`")
+        return drill
+    running = await _running_drill(client, drill)
+    if running is not None:
+        return running
+    latest: tuple[datetime, str] | None = None
+    async for execution in client.list_workflows(f"WorkflowType = 'Drill' AND DrflowService = '{drill}'"):
+        if latest is None or execution.start_time > latest[0]:
+            latest = (execution.start_time, execution.id)
+    if latest is None:
+        raise Failure(
+            f"no drill {drill!r}, and no drill of a service {drill!r}: start one with `drflow drill run`"
+        )
+    return latest[1]
 
 
 for _name, _help in (

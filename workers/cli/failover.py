@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,14 +123,23 @@ async def _start_failover(settings: TemporalSettings, request: Any, wait: bool, 
     return await _follow(client, handle.id)
 
 
-async def _follow(client: Client, workflow_id: str) -> int:
-    """Live step-by-step view: a line when a step starts or ends, instructions when a person is needed."""
+ExtraLines = Callable[[], Awaitable[list[tuple[str, str]]]]
+
+
+async def _follow(client: Client, workflow_id: str, extra: ExtraLines | None = None) -> int:
+    """Live step-by-step view: a line when a step starts or ends, instructions when a person is needed.
+
+    ``extra`` adds keyed lines the run's own report cannot know (a drill's children waiting for a person),
+    asked for every few seconds: each is printed once, like the progress lines.
+    """
     from temporalio.client import RPCError, WorkflowExecutionStatus, WorkflowQueryFailedError
 
     handle = client.get_workflow_handle(workflow_id)
     view = await _view(client, workflow_id)
     printed: set[str] = set()
     out = _LiveLines(workflow_id)
+    loop = asyncio.get_running_loop()
+    extra_due = 0.0
     try:
         while True:
             description = await handle.describe()
@@ -140,7 +150,11 @@ async def _follow(client: Client, workflow_id: str) -> int:
             except (WorkflowQueryFailedError, RPCError):  # the first task may not have run yet: ask again
                 await asyncio.sleep(0.5)
                 continue
-            for key, line in view.progress(report):
+            lines = view.progress(report)
+            if extra is not None and loop.time() >= extra_due:
+                extra_due = loop.time() + EXTRA_EVERY_SECONDS
+                lines = [*lines, *await extra()]
+            for key, line in lines:
                 if key not in printed:
                     printed.add(key)
                     out.line(line)
@@ -159,6 +173,9 @@ async def _follow(client: Client, workflow_id: str) -> int:
     click.echo()
     click.echo(view.render(report))
     return EXIT_OK if report.outcome in ("completed", "no-op", "passed") else EXIT_ERROR
+
+
+EXTRA_EVERY_SECONDS = 2.0  # extra lines cost a visibility list and a query per run: not every poll
 
 
 class _LiveLines:
@@ -195,9 +212,11 @@ class _LiveLines:
             return
         from datetime import UTC, datetime
 
+        from workflows.drill_models import DrillReport, drill_now
+
         running = [s.name for s in getattr(report, "steps", []) if s.outcome == "running"]
         gate, step = getattr(report, "open_gate", None), getattr(report, "waiting_step", None)
-        doing = (
+        doing = drill_now(report) if isinstance(report, DrillReport) else (
             f"waiting for approval of the {gate} gate" if gate else
             f"{step} failed: waiting for a decision" if step else
             running[-1] if running else "between steps"
