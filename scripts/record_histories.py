@@ -331,10 +331,12 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failover-aborted-waiting-attrs": aborted,
     # since ``readiness-people``: the check loads the people file as a gate would
     "readiness-people": readiness,
+    # since ``readiness-provider-checks``: the providers' preflight (rfc2136: the TSIG key by a signed read)
+    "readiness-provider-checks": readiness,
     "failback-final-stage-plan": failback_final_stage_plan,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
-WITH_PEOPLE = frozenset({"failover-verified", "readiness-people"})
+WITH_PEOPLE = frozenset({"failover-verified", "readiness-people", "readiness-provider-checks"})
 
 
 async def record(only: list[str]) -> None:

@@ -216,3 +216,35 @@ async def test_emergency_failover_of_aurora_stops_at_the_data_loss_gate_then_mov
     assert report.promotion is not None and report.promotion.promoted and report.promotion.writable
     assert [a.decision for a in report.approvals] == ["approved", "data-loss-accepted", "approved"]
     assert report.unfenced_promotion is not None and "unreachable for all" in report.unfenced_promotion
+
+
+@pytest.mark.parametrize("aws_service", [True], indirect=True)
+async def test_readiness_runs_the_providers_preflight_and_a_missing_replica_blocks(
+    dev_env: WorkflowEnvironment, aws_service: AwsService, task_queue: str
+) -> None:
+    """Route53 (moto) and Aurora (ministack): the credentials, zone and clusters a failover's preflight
+    checks, checked on the readiness schedule instead, weeks before the failover needs them."""
+    from workflows.readiness import ReadinessWorkflow
+    from workflows.readiness_report import ReadinessReport, ReadinessRequest
+
+    async def check() -> ReadinessReport:
+        async with build_worker(dev_env.client, aws_service.runbooks, task_queue=task_queue):
+            return await dev_env.client.execute_workflow(
+                ReadinessWorkflow.run, ReadinessRequest(service=aws_service.service),
+                id=f"readiness-{aws_service.service}-{uuid.uuid4().hex[:6]}", task_queue=task_queue,
+            )  # fmt: skip
+
+    report = await check()
+    assert [c.provider for c in report.provider_checks] == ["route53", "aurora-global"]
+    assert all(c.ok for c in report.provider_checks), [c.problems for c in report.provider_checks]
+    assert any("credentials" in check.name.lower() for check in report.provider_checks[0].checks)
+
+    path = aws_service.runbooks / f"{aws_service.service}.yaml"
+    assert aws_service.aurora is not None
+    west = aws_service.aurora.config.clusters["us-west-2"]
+    missing = west.rsplit(":", 1)[0] + ":no-such-cluster"  # a well-formed ARN of nothing
+    path.write_text(path.read_text().replace(f"us-west-2: {west}", f"us-west-2: {missing}"))
+    broken = await check()
+    assert broken.verdict == "not-ready"
+    assert broken.reasons[0].startswith("aurora-global preflight: "), broken.reasons
+    assert "no-such-cluster" in broken.reasons[0]

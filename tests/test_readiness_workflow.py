@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -216,3 +217,25 @@ async def test_a_record_another_controller_owns_is_reported_with_what_to_do(
         f"another system manages {APP_RECORD} and may revert the failover: terraform stack dns-prod (the "
         "runbook's dns.managed_by); make sure it will not write the record back, or change it there"
     ]
+
+
+async def test_a_tsig_key_the_primary_refuses_is_found_by_a_signed_read(
+    world: World, readiness: tuple[WorkflowEnvironment, str]
+) -> None:
+    """rfc2136 has no cloud API: the readiness check proves the TSIG key with a signed SOA read on the
+    real BIND primary; a wrong secret is refused (BADSIG) and blocks, as the failover's update would be."""
+    world.write_runbook("shop")
+    good = await run_readiness(readiness, "shop")
+    [tsig] = good.provider_checks
+    assert tsig.provider == "rfc2136" and tsig.ok
+    assert tsig.checks[0].detail == "a signed read of the zone's SOA was answered"
+
+    wrong = world.runbooks / "wrong.secret"
+    wrong.write_text(base64.b64encode(b"not the key the server has" * 2).decode())
+    path = world.runbooks / "shop.yaml"
+    path.write_text(path.read_text().replace(f"file:{world.dns.tsig_secret_path}", f"file:{wrong}"))
+    refused = await run_readiness(readiness, "shop")
+    assert refused.verdict == "not-ready"
+    assert refused.reasons[0].startswith("rfc2136 preflight: TSIG key drflow-test (")
+    assert "refused: BADSIG, the secret does not match the server's" in refused.reasons[0]
+    assert "not the key" not in refused.model_dump_json()  # the secret never leaves the worker

@@ -7,6 +7,7 @@ the verdict is a pure function of what they observed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -14,8 +15,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.cloud.preflight import PreflightReport
     from activities.database import activities as database
     from activities.database.results import ReplicationStatus
+    from activities.dns.activities import DnsPreflightRequest, dns_preflight
     from activities.dns.reader import DnsQuery, DnsReadout, read_dns_record
     from activities.health import (
         HealthProbe,
@@ -43,12 +46,21 @@ with workflow.unsafe.imports_passed_through():
         ReadinessRequest,
         assess,
         render_markdown,
+        with_provider_checks,
     )
     from workflows.run_state import failure_message
 
 DNS_QUERY_TIMEOUT = 2.0
+CHECKED_DNS = frozenset({"route53", "clouddns", "rfc2136"})  # rfc2136: the TSIG key, by a signed read
+CHECKED_DATABASES = frozenset({"rds", "aurora-global"})  # PostgreSQL: the replication measurement
 PEOPLE_PATCH = "readiness-people"  # since: the check loads the people file as a gate would
+PROVIDERS_PATCH = "readiness-provider-checks"  # since: credentials and resources, as a failover's preflight
 PeopleResult = tuple[tuple[list[str], list[EarlyWarning]], str | None]
+
+
+async def _no_providers() -> list[PreflightReport]:
+    """Runs from before ``readiness-provider-checks``."""
+    return []
 
 
 async def _no_people() -> PeopleResult:
@@ -68,10 +80,14 @@ class ReadinessWorkflow:
         loaded = await load_runbook(request.service)
         workflow.set_current_details(f"Probing health checks and DNS of {request.service}")
         people = self._check_people(loaded) if workflow.patched(PEOPLE_PATCH) else _no_people()
-        health, dns, replication, (findings, people_source) = await asyncio.gather(
-            self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded), people
-        )
+        providers = self._check_providers(loaded) if workflow.patched(PROVIDERS_PATCH) else _no_providers()
+        health, dns, replication, (findings, people_source), provider_checks = await asyncio.gather(
+            self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded), people,
+            providers,
+        )  # fmt: skip
         report = assess(loaded, health.results, dns, workflow.now(), replication, findings, people_source)
+        if provider_checks:
+            report = with_provider_checks(report, provider_checks)
         if request.alert:  # only scheduled checks ask, and none did before: no patch
             report = report.model_copy(update={"alert": await self._alert(loaded, report)})
         self._report = report
@@ -131,6 +147,36 @@ class ReadinessWorkflow:
         except ActivityError as err:
             return AlertOutcome(changed=False, failed=[failure_message(err)])
         return outcome
+
+    async def _check_providers(self, loaded: LoadedRunbook) -> list[PreflightReport]:
+        """The DNS and database providers' own preflight (credentials valid, zone / cluster / replica what
+        the runbook says, permissions where the API tells), the one a failover runs before its gate."""
+        runbook = loaded.runbook
+        checks: list[Awaitable[PreflightReport]] = []
+        if runbook.dns.provider in CHECKED_DNS:
+            checks.append(
+                workflow.execute_activity(
+                    dns_preflight,
+                    DnsPreflightRequest(dns=runbook.dns),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=INFRA_RETRY,
+                    summary=f"{runbook.dns.provider} credentials and zone",
+                )
+            )
+        db = runbook.database
+        if db is not None and db.provider in CHECKED_DATABASES:
+            checks += [
+                workflow.execute_activity(
+                    database.db_preflight,
+                    database.DatabasePreflightRequest(database=db, primary=runbook.primary, standby=standby),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=INFRA_RETRY,
+                    summary=f"{db.provider} credentials and replica {standby}",
+                )
+                for standby in runbook.regions
+                if standby != runbook.primary
+            ]
+        return list(await asyncio.gather(*checks))
 
     async def _check_people(self, loaded: LoadedRunbook) -> PeopleResult:
         """The people file as a gate would load it: refused approvers block, thin quorums warn."""

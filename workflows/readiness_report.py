@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
+from activities.cloud.preflight import PreflightReport
 from activities.database.results import ReplicationStatus
 from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult
@@ -81,11 +82,14 @@ class ReadinessReport(StrictModel):
     warnings: list[EarlyWarning] = []
     people_source: str | None = Field(default=None, description="the people file the approvers came from")
     alert: AlertOutcome | None = Field(default=None, description="scheduled checks: what was announced")
+    provider_checks: list[PreflightReport] = Field(
+        default_factory=list, description="the providers' preflight: credentials, resources, permissions"
+    )
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Unset new fields serialise as before they existed: old CLIs still decode new results."""
-        return drop_unset(handler(self), "warnings", "people_source", "alert")
+        return drop_unset(handler(self), "warnings", "people_source", "alert", "provider_checks")
 
 
 def assess(
@@ -181,6 +185,15 @@ def assess(
         warnings=early,
         people_source=people_source,
     )
+
+
+def with_provider_checks(report: ReadinessReport, checks: list[PreflightReport]) -> ReadinessReport:
+    """A failed provider check (credentials, a missing zone or replica) blocks: the failover's own
+    preflight would refuse the same way, at the worst moment."""
+    problems = [f"{c.provider} preflight: {problem}" for c in checks for problem in c.problems]
+    reasons = problems + report.reasons
+    verdict: Verdict = "not-ready" if problems else report.verdict
+    return report.model_copy(update={"provider_checks": checks, "reasons": reasons, "verdict": verdict})
 
 
 def early_warnings(
@@ -339,6 +352,9 @@ def render_markdown(report: ReadinessReport) -> str:
                 f"| {rep.primary_region} → {rep.standby_region} | {lag} | "
                 f"{_yes_no(rep.replay_paused)} | {_yes_no(rep.standby_in_recovery)} |"
             )
+    if report.provider_checks:
+        lines += ["", "### Providers"]
+        lines += [c.markdown() for c in report.provider_checks if c.checks]
     alert = report.alert
     if alert is not None:
         told = ", ".join(alert.sent) or "no channel"

@@ -2,8 +2,8 @@
 
 Credentials valid, the zone / cluster / replica exist and are what the runbook says, the permissions present
 where the API can tell without changing anything. A failed check is a finding in the report (the workflow
-decides), never an activity failure. Providers without a cloud API (rfc2136, postgres) report no checks:
-their readiness is already observed by the plan and the replication measurement.
+decides), never an activity failure. rfc2136 proves its TSIG key with a signed read; postgres reports no
+checks: its readiness is already observed by the replication measurement.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ import binascii
 
 import dns.asyncquery
 import dns.exception
+import dns.message
 import dns.name
+import dns.query
 import dns.rcode
 import dns.rdataset
 import dns.tsig
@@ -19,7 +21,7 @@ import dns.update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.cloud.preflight import PreflightReport
+from activities.cloud.preflight import PreflightCheck, PreflightReport
 from activities.dns.plan import DnsChangePlan, DnsRecordState
 from activities.dns.reader import DnsQuery, RecordType, ask_nameserver
 from activities.errors import ConcurrentChange, ErrorType
@@ -59,8 +61,36 @@ class Rfc2136Provider:
         )
 
     def preflight(self, weighted: dict[str, str] | None = None) -> PreflightReport:
-        """No cloud API to ask: the plan's read of the primary is the check that it answers."""
-        return PreflightReport.of(self.name, [])
+        """The TSIG key, accepted by the primary for a signed read of the zone's SOA.
+
+        A read proves the key name, algorithm and secret (and the clocks) match the server's; only an update
+        proves the update policy, which no check may make. Readiness runs this; a failover's plan reads the
+        primary anyway and its update reports a refused key with the same words.
+        """
+        tsig = self.config.tsig
+        name = f"TSIG key {tsig.name} ({tsig.algorithm}) accepted by {self.server_label}"
+        try:
+            query = dns.message.make_query(self.config.zone, "SOA")
+            query.use_tsig(keyring=self._key())
+            response = dns.query.tcp(
+                query, self.config.server.address, timeout=self.timeout_seconds, port=self.config.server.port
+            )
+        except ApplicationError as error:
+            return PreflightReport.of(self.name, [PreflightCheck(name=name, ok=False, detail=error.message)])
+        except dns.tsig.PeerError as error:
+            detail = (
+                f"refused: {_TSIG_ERRORS.get(type(error), 'TSIG error')}; check the secret at {tsig.secret}"
+            )
+            return PreflightReport.of(self.name, [PreflightCheck(name=name, ok=False, detail=detail)])
+        except (dns.exception.DNSException, OSError) as error:
+            detail = f"could not ask: {error}"
+            return PreflightReport.of(self.name, [PreflightCheck(name=name, ok=None, detail=detail)])
+        rcode = dns.rcode.to_text(response.rcode())
+        ok = response.rcode() == dns.rcode.NOERROR
+        detail = (
+            "a signed read of the zone's SOA was answered" if ok else f"the signed read was answered {rcode}"
+        )
+        return PreflightReport.of(self.name, [PreflightCheck(name=name, ok=ok, detail=detail)])
 
     @property
     def server_label(self) -> str:
