@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from runbooks.model import render_url
     from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, load_runbook, tag_run
+    from workflows.metrics import record_readiness
     from workflows.readiness_report import ReadinessReport, ReadinessRequest, assess, render_markdown
 
 DNS_QUERY_TIMEOUT = 2.0
@@ -48,6 +49,7 @@ class ReadinessWorkflow:
         )
         report = assess(loaded, health.results, dns, workflow.now(), replication)
         self._report = report
+        record_readiness(report, loaded.runbook.objectives.rpo)
         workflow.set_current_details(render_markdown(report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
         if request.archive:
