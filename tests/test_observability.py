@@ -233,3 +233,72 @@ async def test_a_readiness_run_is_traced_with_its_activities(
     assert {"RunActivity:load_runbook", "RunActivity:probe_health", "RunActivity:read_dns_record"} <= names, (
         names
     )
+
+
+async def test_real_prometheus_reads_a_sandbox_failovers_rto_runs_and_steps(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    from tests.support.failover import wait_for_gate
+    from tests.support.sandbox import sandbox_world
+    from tests.test_cli_check import drflow, target
+    from workflows.failover import FailoverWorkflow
+    from workflows.failover_models import FailoverRequest
+
+    metrics_port, prom_port = free_port(), free_port()
+    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
+    assert runtime is not None
+    client = await Client.connect(
+        dev_env.client.service_client.config.target_host,
+        namespace=dev_env.client.namespace,
+        data_converter=dev_env.client.data_converter,
+        runtime=runtime,
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
+    )
+    prometheus = _start_prometheus(config, tmp_path, prom_port)
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        with sandbox_world() as world:
+            async with build_worker(client, world.runbooks, task_queue=task_queue):
+                request = FailoverRequest.model_validate(
+                    {"service": world.service, "target": "region-b", "reason": "metrics test",
+                     "requested_by": "alice", "mode": "planned"}
+                )  # fmt: skip
+                handle = await client.start_workflow(
+                    FailoverWorkflow.run, request, id=f"failover-{world.service}-{uuid.uuid4().hex[:8]}",
+                    task_queue=task_queue,
+                )  # fmt: skip
+                await wait_for_gate(client, handle.id)
+                approved = await drflow(
+                    "approve", handle.id, "--as", "bob", "--reason", "go", "--address", target(dev_env)
+                )
+                assert approved.returncode == 0, approved.stderr
+                report = await handle.result()
+                assert report.outcome == "completed", report.messages
+                assert report.achieved_rto_seconds is not None
+                service = world.service
+                rto = await _until(
+                    base, f'drflow_failover_rto_seconds{{service="{service}",kind="failover",mode="planned"}}'
+                )
+                assert [round(float(r["value"][1]), 3) for r in rto] == [
+                    round(report.achieved_rto_seconds, 3)
+                ]
+                runs = await _until(base, 'drflow_runs_total{kind="failover",outcome="completed"}')
+                assert sum(float(r["value"][1]) for r in runs) >= 1
+                steps = await _until(base, 'drflow_step_duration_seconds_count{kind="failover"}')
+                assert {r["metric"]["step"] for r in steps} == {
+                    step_label(step.name) for step in report.steps if step.outcome == "ok"
+                }
+                waits = await _until(base, 'drflow_approval_wait_seconds_count{kind="failover"}')
+                assert waits and float(waits[0]["value"][1]) >= 1
+    finally:
+        prometheus.terminate()
+        try:
+            prometheus.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            prometheus.kill()
+            prometheus.wait()
