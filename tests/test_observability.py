@@ -115,17 +115,23 @@ def test_a_taken_metrics_port_is_one_clear_error() -> None:
     assert metrics_address(None, env={"DRFLOW_METRICS_ADDRESS": "0.0.0.0:9464"}) == "0.0.0.0:9464"
 
 
-def test_the_cli_says_so_in_one_line_when_the_metrics_port_is_taken(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "--address", "127.0.0.1:1"], ["gateway", "--idle-without-slack", "--address", "127.0.0.1:1"]],
+)
+def test_the_cli_says_so_in_one_line_when_the_metrics_port_is_taken(
+    tmp_path: Path, command: list[str]
+) -> None:
     port = free_port()
     held = metrics_runtime(f"127.0.0.1:{port}")
     assert held is not None
     result = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "drflow"), "--runbooks", str(tmp_path), "worker",
-         "--metrics", f"127.0.0.1:{port}", "--address", "127.0.0.1:1"],
+        [str(ROOT / ".venv" / "bin" / "drflow"), "--runbooks", str(tmp_path), command[0],
+         "--metrics", f"127.0.0.1:{port}", *command[1:]],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert f"drflow: cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
 
 
