@@ -96,6 +96,14 @@ def test_dashboard_is_importable_and_uses_only_documented_metrics() -> None:
         assert not _metrics_in(rule) - documented, rule
 
 
+def test_tracing_is_off_without_an_otlp_endpoint() -> None:
+    from workers.telemetry import tracing_enabled, tracing_interceptors
+
+    assert tracing_interceptors(env={}) == []
+    assert not tracing_enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    assert tracing_enabled({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
+
+
 def test_step_labels_leave_runbook_values_out() -> None:
     assert step_label("wait out the old TTL (60s)") == "wait out the old TTL"
     assert step_label("promote") == "promote"
