@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml scripts/bootstrap-venv
 	@touch $@
 
 system-deps:
-	@scripts/system-deps named initdb chromium haproxy ssh-keygen
+	@scripts/system-deps named initdb chromium haproxy ssh-keygen promtool
 
 sandbox-deps:
 	@scripts/system-deps named initdb haproxy ssh-keygen

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from activities.codec import CodecError, EncryptionCodec, converter_from_env
+from workers.telemetry import tracing_interceptors
 
 DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_NAMESPACE = "default"
@@ -83,13 +85,16 @@ class TemporalSettings:
             server_root_ca_cert=self.tls_ca.read_bytes() if self.tls_ca else None,
         )
 
-    async def connect(self) -> Client:
+    async def connect(self, runtime: Runtime | None = None) -> Client:
+        """``runtime``: one serving metrics (``workers.telemetry.metrics_runtime``); traces follow the env."""
         return await Client.connect(
             self.address,
             namespace=self.namespace,
             tls=self.tls_config(),
             api_key=self.api_key,
             data_converter=self.data_converter,
+            interceptors=tracing_interceptors(),
+            runtime=runtime,
         )
 
     def describe(self) -> str:

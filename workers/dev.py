@@ -23,12 +23,14 @@ from pathlib import Path
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from activities.codec import CodecError, converter_from_env
 from activities.search_attributes import SEARCH_ATTRIBUTES
 from activities.temporal_ui import runs_list_url
 from workers.sandbox.host import SandboxError
 from workers.sandbox.world import Sandbox
+from workers.telemetry import TelemetryError, metrics_runtime, tracing_interceptors
 from workers.worker import build_worker, run_until_signalled
 from workflows.common import TASK_QUEUE
 
@@ -52,6 +54,8 @@ class DevConfig:
     sandbox: bool = False
     # False: no in-process worker, so ``drflow worker`` can run (and be killed) on its own.
     worker: bool = True
+    # HOST:PORT where the in-process worker serves Prometheus metrics (docs/observability.md); None: off.
+    metrics: str | None = None
 
     @property
     def sandbox_dir(self) -> Path:
@@ -143,7 +147,7 @@ class DevServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    async def wait_until_serving(self) -> Client:
+    async def wait_until_serving(self, runtime: Runtime | None = None) -> Client:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         last_error: Exception | None = None
         try:
@@ -159,6 +163,8 @@ class DevServer:
                     self.config.address,
                     namespace=self.config.namespace,
                     data_converter=converter,
+                    interceptors=tracing_interceptors(),
+                    runtime=runtime,
                 )
             except RuntimeError as err:
                 last_error = err
@@ -197,6 +203,10 @@ async def register_search_attributes(client: Client, namespace: str) -> list[str
 
 async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], None] | None = None) -> None:
     check_ports(config)
+    try:
+        runtime = metrics_runtime(config.metrics)
+    except TelemetryError as err:
+        raise DevStackError(str(err)) from None
     sandbox = Sandbox(config.sandbox_dir) if config.sandbox else None
     server = DevServer(config)
     stop = asyncio.Event()
@@ -207,7 +217,7 @@ async def run_dev(config: DevConfig, announce: Callable[[DevConfig, DevServer], 
             except SandboxError as err:
                 raise DevStackError(f"the sandbox could not start: {err}") from err
         server.start()
-        client = await server.wait_until_serving()
+        client = await server.wait_until_serving(runtime)
         await register_search_attributes(client, config.namespace)
         worker = build_worker(client, config.runbooks_dir) if config.worker else None
         if announce is not None:

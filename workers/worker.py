@@ -35,6 +35,7 @@ from workflows.common import TASK_QUEUE
 from workflows.drill import DrillWorkflow
 from workflows.failback import FailbackWorkflow
 from workflows.failover import FailoverWorkflow
+from workflows.metrics import RunMetricsInterceptor
 from workflows.readiness import ReadinessWorkflow
 from workflows.runner import workflow_runner
 from workflows.service_lock import ServiceLockWorkflow
@@ -199,6 +200,7 @@ def build_worker(
         or ThreadPoolExecutor(max_workers=16, thread_name_prefix="drflow-activity"),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         workflow_runner=workflow_runner(),
+        interceptors=[RunMetricsInterceptor()],  # drflow's metrics (docs/observability.md)
     )
 
 

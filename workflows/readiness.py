@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from runbooks.model import render_url
     from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, load_runbook, tag_run
+    from workflows.metrics import record_readiness
     from workflows.readiness_people import people_findings
     from workflows.readiness_report import (
         EarlyWarning,
@@ -91,6 +92,7 @@ class ReadinessWorkflow:
         if request.alert:  # only scheduled checks ask, and none did before: no patch
             report = report.model_copy(update={"alert": await self._alert(loaded, report)})
         self._report = report
+        record_readiness(report, loaded.runbook.objectives.rpo)
         workflow.set_current_details(render_markdown(report))
         workflow.upsert_search_attributes([STEP_ATTR.value_set(report.verdict)])
         if request.archive:

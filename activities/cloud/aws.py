@@ -181,7 +181,9 @@ def call(
             return "retry"
         return "retry" if safe_to_repeat and may_have_run(error) else "raise"
 
-    return with_backoff(lambda: operation(**kwargs), classify, backoff, what)
+    return with_backoff(
+        lambda: operation(**kwargs), classify, backoff, what, provider="aws", throttled=is_throttling
+    )
 
 
 def aws_error(error: BaseException, doing: str, *, resource: str | None = None) -> ApplicationError:

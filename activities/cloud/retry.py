@@ -38,7 +38,13 @@ Verdict = Literal["retry", "raise"]
 
 
 def with_backoff(
-    call: Callable[[], T], classify: Callable[[Exception], Verdict], backoff: Backoff, what: str
+    call: Callable[[], T],
+    classify: Callable[[Exception], Verdict],
+    backoff: Backoff,
+    what: str,
+    *,
+    provider: str | None = None,
+    throttled: Callable[[Exception], bool] | None = None,
 ) -> T:
     """Run ``call``; while ``classify`` says an error is worth retrying, wait and run it again.
 
@@ -55,6 +61,8 @@ def with_backoff(
             if classify(error) == "raise" or attempt >= backoff.attempts:
                 raise
             delay = backoff.delay(attempt)
+            if provider is not None and throttled is not None and throttled(error):
+                count_throttled(provider)
             if activity.in_activity():
                 activity.logger.info(
                     "%s: %s, retry %d of %d in %.2fs",
@@ -66,6 +74,14 @@ def with_backoff(
                 )
             heartbeat(f"{what}: retry {attempt} after {type(error).__name__}")
             time.sleep(delay)
+
+
+def count_throttled(provider: str) -> None:
+    """``drflow_provider_throttled_total{provider}`` (docs/observability.md), through the activity's meter."""
+    if activity.in_activity():
+        activity.metric_meter().create_counter(
+            "drflow_provider_throttled_total", "provider calls throttled and retried by drflow's backoff"
+        ).add(1, {"provider": provider})
 
 
 def heartbeat(*details: object) -> None:

@@ -179,6 +179,8 @@ class CloudDnsProvider:
                 classify,
                 self.backoff,
                 f"Cloud DNS: {what}",
+                provider="gcp",
+                throttled=_is_throttling,
             )
         except (google_errors.GoogleAPICallError, auth_errors.GoogleAuthError, *_CONNECTION_ERRORS) as error:
             raise self._error(error, what, write=not safe_to_repeat) from None

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from activities.temporal_ui import workflow_url
 from runbooks.loader import LoadedRunbook, load_directory
@@ -72,9 +73,33 @@ def settings_from(options: dict[str, Any]) -> TemporalSettings:
         raise Failure(str(err)) from err
 
 
-async def connect(settings: TemporalSettings) -> Client:
+def metrics_option(func: F) -> F:
+    """``--metrics HOST:PORT``: serve Prometheus metrics there (docs/observability.md); off by default."""
+    return click.option(
+        "--metrics",
+        "metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics [env DRFLOW_METRICS_ADDRESS; off]",
+    )(func)
+
+
+def metrics_runtime_from(flag: str | None) -> Runtime | None:
+    """The runtime serving metrics where ``--metrics``/the env says, or None; a taken port is a Failure."""
+    from workers.telemetry import TelemetryError, metrics_address, metrics_runtime
+
     try:
-        return await settings.connect()
+        address = metrics_address(flag)
+        runtime = metrics_runtime(address)
+    except TelemetryError as err:
+        raise Failure(str(err)) from None
+    if address is not None:
+        logging.getLogger("drflow").info("metrics on http://%s/metrics", address)
+    return runtime
+
+
+async def connect(settings: TemporalSettings, runtime: Runtime | None = None) -> Client:
+    try:
+        return await settings.connect(runtime)
     except RuntimeError as err:
         raise Failure(
             f"cannot reach Temporal at {settings.describe()}: {err}\n"

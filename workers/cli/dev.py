@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from workers.cli.common import EXIT_OK, Failure, configure_logging
+from workers.cli.common import EXIT_OK, Failure, configure_logging, metrics_option
 
 
 @click.command()
@@ -21,19 +21,28 @@ from workers.cli.common import EXIT_OK, Failure, configure_logging
     "--no-worker", "no_worker", is_flag=True,
     help="no in-process worker: run `drflow worker` yourself (and kill it to rehearse a worker crash)",
 )  # fmt: skip
+@metrics_option
 @click.pass_obj
-def dev(directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bool, no_worker: bool) -> int:
+def dev(
+    directory: Path, /, port: int, ui_port: int, state_dir: str, sandbox: bool, no_worker: bool,
+    metrics: str | None,
+) -> int:  # fmt: skip
     """Run the embedded stack: Temporal dev server (SQLite under --state-dir), Web UI, a drflow worker.
 
     With --no-worker the worker is yours to start and stop, so a crash can be rehearsed: the run waits,
     then resumes where it was on the next worker.
     """
     from workers.dev import DevConfig, DevStackError, describe, run_dev
+    from workers.telemetry import TelemetryError, metrics_address
 
     configure_logging(logging.WARNING)
+    try:
+        address = metrics_address(metrics) if not no_worker else None
+    except TelemetryError as err:
+        raise Failure(str(err)) from None
     config = DevConfig(
         state_dir=Path(state_dir), port=port, ui_port=ui_port, runbooks_dir=directory, sandbox=sandbox,
-        worker=not no_worker,
+        worker=not no_worker, metrics=address,
     )  # fmt: skip
     if sandbox and Path(state_dir) != Path(".drflow"):
         raise Failure(

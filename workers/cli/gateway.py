@@ -10,9 +10,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from temporalio.runtime import Runtime
 
 from workers.connection import ConnectionSettingsError, TemporalSettings
 from workers.gateway import GatewayConfig, GatewayConfigError, serve
+from workers.telemetry import TelemetryError, metrics_address, metrics_runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,8 +60,15 @@ def temporal_options(func: F) -> F:
     envvar="DRFLOW_GATEWAY_IDLE_WITHOUT_SLACK",
     help="without Slack secrets, serve /healthz and wait instead of failing (Slack optional in a stack)",
 )
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    help="serve Prometheus metrics on http://HOST:PORT/metrics [env DRFLOW_METRICS_ADDRESS; off]",
+)
 @temporal_options
-def gateway(mode: str, host: str, port: int, idle_without_slack: bool, **options: Any) -> int:
+def gateway(
+    mode: str, host: str, port: int, idle_without_slack: bool, metrics: str | None, **options: Any
+) -> int:
     """Turn Slack button clicks into approvals: the run's validator decides who may pass its gate.
 
     Secrets only from the environment or files: SLACK_SIGNING_SECRET (HTTP), SLACK_APP_TOKEN (Socket Mode),
@@ -80,21 +89,22 @@ def gateway(mode: str, host: str, port: int, idle_without_slack: bool, **options
         config = GatewayConfig.from_env(
             "socket" if mode == "socket" else "http", host, port, idle_without_slack=idle_without_slack
         )
-    except (ConnectionSettingsError, GatewayConfigError) as err:
+        runtime = metrics_runtime(metrics_address(metrics))
+    except (ConnectionSettingsError, GatewayConfigError, TelemetryError) as err:
         raise GatewayFailure(str(err)) from err
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        asyncio.run(_run(settings, config))
+        asyncio.run(_run(settings, config, runtime))
     except OSError as err:
         raise GatewayFailure(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
     return 0
 
 
-async def _run(settings: TemporalSettings, config: GatewayConfig) -> None:
+async def _run(settings: TemporalSettings, config: GatewayConfig, runtime: Runtime | None = None) -> None:
     try:
-        client = await settings.connect()
+        client = await settings.connect(runtime)
     except RuntimeError as err:
         raise GatewayFailure(f"cannot reach Temporal at {settings.describe()}: {err}") from err
     stop = asyncio.Event()

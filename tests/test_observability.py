@@ -1,0 +1,323 @@
+"""Metrics, alerts, the dashboard and traces (docs/observability.md), with real promtool and Prometheus.
+
+Prometheus is a system dependency (``scripts/system-deps``): these tests fail, never skip, without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.dns import APP_ADDRESS, OTHER_ADDRESS
+from tests.support.http import AppBehaviour, serve_app
+from tests.test_readiness_workflow import World
+from workers.sandbox.named import NamedPair, free_port
+from workers.telemetry import TelemetryError, metrics_address, metrics_runtime
+from workers.worker import build_worker
+from workflows.metrics import step_label
+from workflows.readiness import ReadinessWorkflow
+from workflows.readiness_report import ReadinessRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "infra" / "prometheus"
+DASHBOARD = ROOT / "infra" / "grafana" / "drflow.json"
+DOC = ROOT / "docs" / "observability.md"
+
+
+@pytest.fixture
+def world(tmp_path: Path, dns_world: NamedPair) -> Iterator[World]:
+    """Two healthy regions and the BIND pair, as tests/test_readiness_workflow.py has them."""
+    with ExitStack() as stack:
+        region_a = stack.enter_context(serve_app(APP_ADDRESS, AppBehaviour()))
+        region_b = stack.enter_context(serve_app(OTHER_ADDRESS, AppBehaviour()))
+        runbooks = tmp_path / "runbooks"
+        runbooks.mkdir()
+        yield World(runbooks=runbooks, region_a=region_a, region_b=region_b, dns=dns_world)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    assert path, f"{name} is missing: run scripts/system-deps promtool (Debian package prometheus)"
+    return path
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    checked = subprocess.run(
+        [_tool("promtool"), "check", "rules", "rules.yaml"], cwd=RULES, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run(
+        [_tool("promtool"), "test", "rules", "tests.yaml"], cwd=RULES, capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def _documented() -> set[str]:
+    return set(re.findall(r"^\| `((?:drflow|temporal)_[a-z_]+)`", DOC.read_text(), re.MULTILINE))
+
+
+def _metrics_in(expr: str) -> set[str]:
+    names = set(re.findall(r"\b((?:drflow|temporal)_[a-z_]+)", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith("drflow_") else n for n in names}
+
+
+def test_dashboard_is_importable_and_uses_only_documented_metrics() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["title"] and isinstance(dash["schemaVersion"], int) and dash["panels"]
+    assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
+    assert "service" in [v["name"] for v in dash["templating"]["list"]]
+    documented = _documented()
+    assert "drflow_readiness_verdict" in documented
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
+        assert {"x", "y", "w", "h"} <= panel["gridPos"].keys()
+        for target in panel["targets"]:
+            unknown = _metrics_in(target["expr"]) - documented
+            assert not unknown, f"panel {panel['title']!r} uses undocumented {unknown}"
+    for rule in re.findall(r"expr: (.*)", (RULES / "rules.yaml").read_text()):
+        assert not _metrics_in(rule) - documented, rule
+
+
+def test_tracing_is_off_without_an_otlp_endpoint() -> None:
+    from workers.telemetry import tracing_enabled, tracing_interceptors
+
+    assert tracing_interceptors(env={}) == []
+    assert not tracing_enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    assert tracing_enabled({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
+
+
+def test_step_labels_leave_runbook_values_out() -> None:
+    assert step_label("wait out the old TTL (60s)") == "wait out the old TTL"
+    assert step_label("promote") == "promote"
+
+
+def test_a_taken_metrics_port_is_one_clear_error() -> None:
+    port = free_port()
+    first = metrics_runtime(f"127.0.0.1:{port}")
+    assert first is not None
+    with pytest.raises(
+        TelemetryError, match=rf"cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ):
+        metrics_runtime(f"127.0.0.1:{port}")
+    with pytest.raises(TelemetryError, match="not HOST:PORT"):
+        metrics_address("9464")
+    assert metrics_address(None, env={}) is None
+    assert metrics_address(None, env={"DRFLOW_METRICS_ADDRESS": "0.0.0.0:9464"}) == "0.0.0.0:9464"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "--address", "127.0.0.1:1"], ["gateway", "--idle-without-slack", "--address", "127.0.0.1:1"]],
+)
+def test_the_cli_says_so_in_one_line_when_the_metrics_port_is_taken(
+    tmp_path: Path, command: list[str]
+) -> None:
+    port = free_port()
+    held = metrics_runtime(f"127.0.0.1:{port}")
+    assert held is not None
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "drflow"), "--runbooks", str(tmp_path), command[0],
+         "--metrics", f"127.0.0.1:{port}", *command[1:]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _query(base: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def _start_prometheus(config: Path, tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    with (tmp_path / "prometheus.log").open("w") as log:
+        return subprocess.Popen(
+            [_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+
+
+async def _until(base: str, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await asyncio.to_thread(_query, base, expr)
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
+async def test_real_prometheus_scrapes_a_real_worker_during_a_readiness_check(
+    dev_env: WorkflowEnvironment, world: World, task_queue: str, tmp_path: Path
+) -> None:
+    world.write_runbook("web")
+    metrics_port, prom_port = free_port(), free_port()
+    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
+    assert runtime is not None
+    client = await Client.connect(
+        dev_env.client.service_client.config.target_host,
+        namespace=dev_env.client.namespace,
+        data_converter=dev_env.client.data_converter,
+        runtime=runtime,
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
+    )
+    prometheus = _start_prometheus(config, tmp_path, prom_port)
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        async with build_worker(client, world.runbooks, task_queue=task_queue):
+            report = await client.execute_workflow(
+                ReadinessWorkflow.run, ReadinessRequest(service="web"),
+                id=f"readiness-web-{uuid.uuid4()}", task_queue=task_queue,
+            )  # fmt: skip
+            assert report.verdict == "ready", report.reasons
+            ready = await _until(base, 'drflow_readiness_verdict{service="web",verdict="ready"} == 1')
+            assert [float(r["value"][1]) for r in ready] == [1.0], (tmp_path / "prometheus.log").read_text()
+            degraded = await _until(base, 'drflow_readiness_verdict{service="web",verdict="degraded"}')
+            assert [float(r["value"][1]) for r in degraded] == [0.0]
+            warnings = await _until(base, 'drflow_readiness_warning{service="web"}')
+            assert sorted((r["metric"]["warning"], float(r["value"][1])) for r in warnings) == [
+                ("approver-cannot-answer", 0.0), ("budget-near-rto", 0.0), ("lag-bytes-near-rpo", 0.0),
+                ("lag-near-rpo", 0.0), ("quorum-at-risk", 0.0),
+            ]  # fmt: skip
+            rpo = await _until(base, 'drflow_rpo_objective_seconds{service="web"}')
+            assert [float(r["value"][1]) for r in rpo] == [5.0]
+            runs = await _until(base, 'drflow_runs_total{kind="readiness",outcome="ready"}')
+            assert sum(float(r["value"][1]) for r in runs) >= 1
+            sdk = await _until(base, 'temporal_workflow_completed{workflow_type="Readiness"}')
+            assert sdk and float(sdk[0]["value"][1]) >= 1
+            up = await _until(base, 'up{job="drflow-worker"} == 1')
+            assert up
+    finally:
+        prometheus.terminate()
+        try:
+            prometheus.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            prometheus.kill()
+            prometheus.wait()
+
+
+async def test_a_readiness_run_is_traced_with_its_activities(
+    dev_env: WorkflowEnvironment, world: World, task_queue: str
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    world.write_runbook("web")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client = await Client.connect(
+        dev_env.client.service_client.config.target_host,
+        namespace=dev_env.client.namespace,
+        data_converter=dev_env.client.data_converter,
+        interceptors=[TracingInterceptor(provider.get_tracer("drflow-test"))],
+    )
+    async with build_worker(client, world.runbooks, task_queue=task_queue):
+        await client.execute_workflow(
+            ReadinessWorkflow.run, ReadinessRequest(service="web"),
+            id=f"readiness-web-{uuid.uuid4()}", task_queue=task_queue,
+        )  # fmt: skip
+    names = {span.name for span in exporter.get_finished_spans()}
+    assert {"StartWorkflow:Readiness", "RunWorkflow:Readiness"} <= names, names
+    assert {"RunActivity:load_runbook", "RunActivity:probe_health", "RunActivity:read_dns_record"} <= names, (
+        names
+    )
+
+
+async def test_real_prometheus_reads_a_sandbox_failovers_rto_runs_and_steps(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    from tests.support.failover import wait_for_gate
+    from tests.support.sandbox import sandbox_world
+    from tests.test_cli_check import drflow, target
+    from workflows.failover import FailoverWorkflow
+    from workflows.failover_models import FailoverRequest
+
+    metrics_port, prom_port = free_port(), free_port()
+    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
+    assert runtime is not None
+    client = await Client.connect(
+        dev_env.client.service_client.config.target_host,
+        namespace=dev_env.client.namespace,
+        data_converter=dev_env.client.data_converter,
+        runtime=runtime,
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
+    )
+    prometheus = _start_prometheus(config, tmp_path, prom_port)
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        with sandbox_world() as world:
+            async with build_worker(client, world.runbooks, task_queue=task_queue):
+                request = FailoverRequest.model_validate(
+                    {"service": world.service, "target": "region-b", "reason": "metrics test",
+                     "requested_by": "alice", "mode": "planned"}
+                )  # fmt: skip
+                handle = await client.start_workflow(
+                    FailoverWorkflow.run, request, id=f"failover-{world.service}-{uuid.uuid4().hex[:8]}",
+                    task_queue=task_queue,
+                )  # fmt: skip
+                await wait_for_gate(client, handle.id)
+                approved = await drflow(
+                    "approve", handle.id, "--as", "bob", "--reason", "go", "--address", target(dev_env)
+                )
+                assert approved.returncode == 0, approved.stderr
+                report = await handle.result()
+                assert report.outcome == "completed", report.messages
+                assert report.achieved_rto_seconds is not None
+                service = world.service
+                rto = await _until(
+                    base, f'drflow_failover_rto_seconds{{service="{service}",kind="failover",mode="planned"}}'
+                )
+                assert [round(float(r["value"][1]), 3) for r in rto] == [
+                    round(report.achieved_rto_seconds, 3)
+                ]
+                runs = await _until(base, 'drflow_runs_total{kind="failover",outcome="completed"}')
+                assert sum(float(r["value"][1]) for r in runs) >= 1
+                steps = await _until(base, 'drflow_step_duration_seconds_count{kind="failover"}')
+                assert {r["metric"]["step"] for r in steps} == {
+                    step_label(step.name) for step in report.steps if step.outcome == "ok"
+                }
+                waits = await _until(base, 'drflow_approval_wait_seconds_count{kind="failover"}')
+                assert waits and float(waits[0]["value"][1]) >= 1
+    finally:
+        prometheus.terminate()
+        try:
+            prometheus.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            prometheus.kill()
+            prometheus.wait()
