@@ -18,7 +18,6 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.approvals.requests import ExpectedRequest
     from activities.approvals.signatures import SIGNED_ANSWER, UPDATE_OF_RECORD, Binding, GateDecision
-    from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from runbooks.model import SLACK_USER_PATTERN, Gate
     from workflows.approval_rules import (
         Answerer,
@@ -31,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         unsigned_policy,
         verify_requester,
     )
-    from workflows.common import INFRA_RETRY
+    from workflows.common import load_people
     from workflows.failover_models import (
         ApprovalInput,
         ApprovalRecord,
@@ -104,13 +103,7 @@ class ApprovalGates(RunState[R]):
             return
         runbook = self._require_runbook()
         try:
-            loaded: LoadedPeople = await workflow.execute_activity_method(
-                RunbookActivities.load_people,
-                LoadPeopleRequest(service=runbook.service, approvals=runbook.approvals),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=INFRA_RETRY,
-                summary="load the people file",
-            )
+            loaded = await load_people(runbook)
         except ActivityError as err:
             if first:
                 raise Ended("refused", failure_message(err)) from None

@@ -13,9 +13,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.errors import ErrorType
-    from activities.runbook import LoadRunbookRequest, RunbookActivities
+    from activities.runbook import LoadedPeople, LoadPeopleRequest, LoadRunbookRequest, RunbookActivities
     from activities.search_attributes import KIND_ATTR, SERVICE_ATTR, STEP_ATTR
     from runbooks.loader import LoadedRunbook
+    from runbooks.model import Runbook
 
 TASK_QUEUE = "drflow"
 
@@ -47,6 +48,18 @@ async def load_runbook(service: str) -> LoadedRunbook:
         ):
             raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
         raise
+
+
+async def load_people(runbook: Runbook) -> LoadedPeople:
+    """The people file for the runbook the run holds, pinned in the history; a file that cannot be used
+    fails the activity without retries (ActivityError): the caller decides what that means."""
+    return await workflow.execute_activity_method(
+        RunbookActivities.load_people,
+        LoadPeopleRequest(service=runbook.service, approvals=runbook.approvals),
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=INFRA_RETRY,
+        summary="load the people file",
+    )
 
 
 def tag_run(service: str, kind: str, step: str) -> None:

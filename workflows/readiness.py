@@ -33,12 +33,11 @@ with workflow.unsafe.imports_passed_through():
         AlertRequest,
         ReadinessAlertActivities,
     )
-    from activities.runbook import LoadedPeople, LoadPeopleRequest, RunbookActivities
     from activities.search_attributes import STEP_ATTR
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
     from workflows.archive import start_archive
-    from workflows.common import INFRA_RETRY, load_runbook, tag_run
+    from workflows.common import INFRA_RETRY, load_people, load_runbook, tag_run
     from workflows.metrics import record_readiness
     from workflows.readiness_people import people_findings
     from workflows.readiness_report import (
@@ -184,13 +183,7 @@ class ReadinessWorkflow:
         """The people file as a gate would load it: refused approvers block, thin quorums warn."""
         runbook = loaded.runbook
         try:
-            people: LoadedPeople = await workflow.execute_activity_method(
-                RunbookActivities.load_people,
-                LoadPeopleRequest(service=runbook.service, approvals=runbook.approvals),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=INFRA_RETRY,
-                summary="load the people file",
-            )
+            people = await load_people(runbook)
         except ActivityError as err:
             return ([f"runs of {runbook.service} would be refused: {failure_message(err)}"], []), None
         snapshot = people.snapshot
