@@ -22,6 +22,7 @@ import pytest_asyncio
 from temporalio.client import ScheduleHandle
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.sandbox import Writer, sandbox_world
 from tests.support.slack.standin import SlackStandIn, slack_standin
 from tests.support.slack.workspace import BOT_TOKEN
 from tests.test_readiness_workflow import World, world  # noqa: F401  (fixture)
@@ -96,9 +97,11 @@ async def scheduled(
                 await handle.delete()
 
 
-async def scheduled_check(env: WorkflowEnvironment, handle: ScheduleHandle) -> ReadinessReport:
+async def scheduled_check(
+    env: WorkflowEnvironment, handle: ScheduleHandle, service: str = SERVICE
+) -> ReadinessReport:
     """Trigger the schedule and return the run's report (the newest run of the schedule)."""
-    query = f"TemporalScheduledById = '{schedule_id(SERVICE)}' AND ExecutionStatus = 'Completed'"
+    query = f"TemporalScheduledById = '{schedule_id(service)}' AND ExecutionStatus = 'Completed'"
     before = {w.run_id async for w in env.client.list_workflows(query)}
     await handle.trigger()
     async with asyncio.timeout(60):
@@ -147,3 +150,49 @@ async def test_a_change_is_told_once_each_way_and_a_failing_channel_never_fails_
     assert recovered.alert.failed == ["webhook: the webhook answered HTTP 500"]
     assert "s3cret" not in json.dumps(recovered.model_dump(mode="json"))  # the URL's token stays out
     assert standin.top_level()[-1].text.startswith(f"Readiness of {SERVICE}: NOT READY → READY")
+
+
+async def test_lag_creeping_on_the_sandbox_is_told_once_and_its_end_once(
+    dev_env: WorkflowEnvironment, standin: SlackStandIn
+) -> None:
+    """The sandbox's real PostgreSQL pair: replay paused on the standby while the primary takes writes, so
+    the lag grows past the warning fraction of the RPO. One message when it starts, none while it stays,
+    one when replay resumes."""
+    with sandbox_world() as sandbox:
+        sandbox.write_runbook(
+            objectives__rpo="20s", objectives__warn_at=0.25, alerts={"slack_channel": "C0DRFLOW"}
+        )
+        async with build_worker(dev_env.client, sandbox.runbooks, task_queue=TASK_QUEUE):
+            service = sandbox.service
+            handle = await dev_env.client.create_schedule(
+                schedule_id(service), readiness_schedule(service, timedelta(hours=1))
+            )
+            writer = Writer(sandbox, "region-a")
+            writer.start()
+            try:
+                calm = await scheduled_check(dev_env, handle, service)
+                assert calm.verdict == "ready" and calm.warnings == [], calm.reasons
+                with sandbox.connect("region-b") as standby:
+                    standby.execute("SELECT pg_wal_replay_pause()")
+                await asyncio.sleep(7)  # > 0.25 x 20 s of lag, well within the RPO
+                lagging = await scheduled_check(dev_env, handle, service)
+                assert [w.code for w in lagging.warnings] == ["lag-near-rpo"], lagging.reasons
+                assert lagging.alert is not None and lagging.alert.sent == ["slack"]
+                still = await scheduled_check(dev_env, handle, service)
+                assert [w.code for w in still.warnings] == ["lag-near-rpo"]
+                assert still.alert is not None and not still.alert.changed
+                with sandbox.connect("region-b") as standby:
+                    standby.execute("SELECT pg_wal_replay_resume()")
+                await asyncio.sleep(1)
+                resolved = await scheduled_check(dev_env, handle, service)
+                assert resolved.verdict == "ready" and resolved.warnings == [], resolved.reasons
+            finally:
+                writer.stop()
+                await handle.delete()
+    messages = [m.text.splitlines()[0] for m in standin.top_level()]
+    assert messages == [
+        f"Readiness of {service}: READY → DEGRADED",  # replay paused is a reason, the lag an early warning
+        f"Readiness of {service}: DEGRADED → READY",
+    ]
+    assert "early warning: replication lag region-a → region-b is" in standin.top_level()[0].text
+    assert "resolved: lag-near-rpo" in standin.top_level()[1].text
