@@ -98,16 +98,24 @@ def _mode(report: MoveReport) -> str:
     return "planned"
 
 
-def _record_move(meter: MetricMeter, kind: str, report: MoveReport) -> None:
-    labels = {"service": report.service, "kind": kind, "mode": _mode(report)}
-    if report.achieved_rto_seconds is not None:
+def _record_objectives(
+    meter: MetricMeter, labels: dict[str, str], rto: float | None, rpo: float | None
+) -> None:
+    """The achieved RTO and data-loss window of the service's last run of this kind (moves and drills)."""
+    if rto is not None:
         meter.create_gauge_float(
             "drflow_failover_rto_seconds", "the achieved RTO of the service's last run of this kind", "s"
-        ).set(report.achieved_rto_seconds, labels)
-    if report.data_loss is not None and report.data_loss.seconds is not None:
+        ).set(rto, labels)
+    if rpo is not None:
         meter.create_gauge_float(
             "drflow_failover_rpo_seconds", "the data-loss window of the service's last run of this kind", "s"
-        ).set(report.data_loss.seconds, labels)
+        ).set(rpo, labels)
+
+
+def _record_move(meter: MetricMeter, kind: str, report: MoveReport) -> None:
+    labels = {"service": report.service, "kind": kind, "mode": _mode(report)}
+    loss = report.data_loss.seconds if report.data_loss is not None else None
+    _record_objectives(meter, labels, report.achieved_rto_seconds, loss)
     if report.approvals or report.approval_wait_seconds:
         meter.create_histogram_float(
             "drflow_approval_wait_seconds", "time a run waited for people at its gates", "s"
@@ -121,14 +129,7 @@ def _record_move(meter: MetricMeter, kind: str, report: MoveReport) -> None:
 
 def _record_drill(meter: MetricMeter, report: DrillReport) -> None:
     labels = {"service": report.service, "kind": "drill", "mode": "drill"}
-    if report.rto_achieved_seconds is not None:
-        meter.create_gauge_float(
-            "drflow_failover_rto_seconds", "the achieved RTO of the service's last run of this kind", "s"
-        ).set(report.rto_achieved_seconds, labels)
-    if report.rpo_achieved_seconds is not None:
-        meter.create_gauge_float(
-            "drflow_failover_rpo_seconds", "the data-loss window of the service's last run of this kind", "s"
-        ).set(report.rpo_achieved_seconds, labels)
+    _record_objectives(meter, labels, report.rto_achieved_seconds, report.rpo_achieved_seconds)
     if report.outcome == "passed" and report.finished_at is not None:
         meter.create_gauge_float(
             "drflow_last_drill_success_timestamp_seconds", "when the service's last passed drill ended", "s"
