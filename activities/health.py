@@ -19,15 +19,17 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
 from activities.secrets import resolve_secret
 from runbooks.durations import Duration
-from runbooks.model import HttpCheck, StrictModel
+from runbooks.model import HttpCheck, StrictModel, drop_unset
 
 BODY_EXCERPT = 200
+VERSION_LENGTH = 100
 HEARTBEAT_EVERY = 2.0
 """Seconds between heartbeats while validation waits, for an answer or for the next probe: far inside the
 workflow's 10 s heartbeat timeout, whatever intervals and timeouts the runbook gives its checks."""
@@ -57,6 +59,14 @@ class HealthProbeResult(StrictModel):
     status: int | None
     latency_ms: float
     error: str | None = None
+    version: str | None = Field(
+        default=None, description="what the body holds at the check's version_path, when it has one"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """No version, no field: workers of the previous release still decode the result."""
+        return drop_unset(handler(self), "version")
 
 
 class HealthProbeResults(StrictModel):
@@ -90,7 +100,9 @@ async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeRe
     headers = resolve_headers(probe.http)
     started = time.monotonic()
 
-    def result(ok: bool, status: int | None, error: str | None) -> HealthProbeResult:
+    def result(
+        ok: bool, status: int | None, error: str | None, version: str | None = None
+    ) -> HealthProbeResult:
         latency = round((time.monotonic() - started) * 1000, 1)
         return HealthProbeResult(
             region=probe.region,
@@ -100,6 +112,7 @@ async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeRe
             status=status,
             latency_ms=latency,
             error=None if error is None else scrub(error, headers.values()),
+            version=version,
         )
 
     try:
@@ -110,7 +123,30 @@ async def _probe(client: httpx.AsyncClient, probe: HealthProbe) -> HealthProbeRe
     except httpx.HTTPError as err:
         return result(False, None, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
     problem = _expectation_problem(probe.http, response, headers.values())
-    return result(problem is None, response.status_code, problem)
+    version = None
+    if probe.http.version_path is not None:
+        version = reported_version(response.text, probe.http.version_path, headers.values())
+    return result(problem is None, response.status_code, problem, version)
+
+
+def reported_version(body: str, path: str, secrets: Iterable[str]) -> str | None:
+    """The value at ``path`` (dotted keys, a number indexes a list) in a JSON body, as short text; None
+    when the body is not JSON or has nothing there. Scrubbed: a body may echo a header back."""
+    try:
+        node: Any = json.loads(body)
+    except ValueError:
+        return None
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    if node is None or isinstance(node, dict | list):
+        return None
+    text = scrub(str(node), secrets)
+    return text[:VERSION_LENGTH]
 
 
 def resolve_headers(check: HttpCheck) -> dict[str, str]:

@@ -60,6 +60,8 @@ def drop_unset(data: Any, *names: str) -> Any:
 
 
 WARN_AT = 0.5  # readiness warns from half the RPO or the RTO: early enough to act, rarely noise
+VERSION_PATH = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"  # dotted keys; a number indexes a list
+TREND_HORIZON = timedelta(hours=1)  # a lag rising toward the RPO within an hour: time to act, not noise
 
 
 class Objectives(StrictModel):
@@ -80,16 +82,25 @@ class Objectives(StrictModel):
         "rpo_bytes), or the cutover budget (TTL + propagation + health minimum) this fraction of the RTO; "
         f"default {WARN_AT}",
     )
+    trend_horizon: Duration | None = Field(
+        default=None,
+        description="readiness warns when the replication lag of the last checks rises at a rate that "
+        "reaches the RPO within this time; default 1h",
+    )
 
     @property
     def warn_fraction(self) -> float:
         return WARN_AT if self.warn_at is None else self.warn_at
 
+    @property
+    def lag_trend_horizon(self) -> timedelta:
+        return TREND_HORIZON if self.trend_horizon is None else self.trend_horizon
+
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
         """A runbook without ``rpo_bytes`` or ``warn_at`` serialises as before they existed, so workers of
         the previous release still decode the runbook payloads that newer workers write into histories."""
-        return drop_unset(handler(self), "rpo_bytes", "warn_at")
+        return drop_unset(handler(self), "rpo_bytes", "warn_at", "trend_horizon")
 
 
 class Region(StrictModel):
@@ -358,10 +369,20 @@ class HttpCheck(StrictModel):
     expect_status: list[int] = Field(default_factory=lambda: [200])
     expect_body_contains: str | None = None
     expect_json: dict[str, Any] | None = Field(default=None, description="keys that must have these values")
+    version_path: str | None = Field(
+        default=None,
+        description="where the JSON body names the build, e.g. 'version' or 'build.git_sha': readiness "
+        "warns when the regions report different values",
+        pattern=VERSION_PATH,
+    )
     headers: dict[str, HeaderRef] = Field(
         default_factory=dict,
         description="request headers; every value is a secret reference (env:/file:) holding the whole value",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return drop_unset(handler(self), "version_path")
 
     @field_validator("expect_status", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from temporalio.client import Client
@@ -31,7 +31,7 @@ from workers.telemetry import TelemetryError, metrics_address, metrics_runtime
 from workers.worker import build_worker
 from workflows.metrics import step_label
 from workflows.readiness import ReadinessWorkflow
-from workflows.readiness_report import ReadinessRequest
+from workflows.readiness_report import ReadinessRequest, WarningCode
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "infra" / "prometheus"
@@ -203,10 +203,10 @@ async def test_real_prometheus_scrapes_a_real_worker_during_a_readiness_check(
             degraded = await _until(base, 'drflow_readiness_verdict{service="web",verdict="degraded"}')
             assert [float(r["value"][1]) for r in degraded] == [0.0]
             warnings = await _until(base, 'drflow_readiness_warning{service="web"}')
+            # every code of the closed set is exported, 0 when the check did not raise it
             assert sorted((r["metric"]["warning"], float(r["value"][1])) for r in warnings) == [
-                ("approver-cannot-answer", 0.0), ("budget-near-rto", 0.0), ("lag-bytes-near-rpo", 0.0),
-                ("lag-near-rpo", 0.0), ("quorum-at-risk", 0.0),
-            ]  # fmt: skip
+                (code, 0.0) for code in sorted(get_args(WarningCode))
+            ]
             rpo = await _until(base, 'drflow_rpo_objective_seconds{service="web"}')
             assert [float(r["value"][1]) for r in rpo] == [5.0]
             runs = await _until(base, 'drflow_runs_total{kind="readiness",outcome="ready"}')

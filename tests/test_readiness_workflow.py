@@ -41,7 +41,7 @@ dns:
   tsig: {{name: drflow-test, secret: "file:{tsig}"}}
 health:
   - name: app
-    http: {{url: "http://{{address}}:{{port}}/healthz", expect_json: {{status: ok}}}}
+    http: {{url: "http://{{address}}:{{port}}/healthz", expect_json: {{status: ok}}{version}}}
     timeout: 500ms
     interval: 1s
     consecutive_successes: 3
@@ -62,6 +62,7 @@ class World:
         record: str = APP_RECORD,
         extra_nameserver_port: int | None = None,
         rto: str = "2m",
+        version_path: str | None = None,
     ) -> None:
         servers = [("ns1.drflow.test.", self.dns.primary_port), ("ns2.drflow.test.", self.dns.secondary_port)]
         if extra_nameserver_port is not None:
@@ -80,6 +81,7 @@ class World:
                 primary_port=self.dns.primary_port,
                 nameservers=nameservers,
                 tsig=self.dns.tsig_secret_path,
+                version="" if version_path is None else f", version_path: {version_path}",
             )
         )
 

@@ -23,6 +23,7 @@ from activities.dns.reader import read_dns_record
 from activities.drill_report import REPORTS_ENV, reports_dir, write_drill_report
 from activities.health import probe_health, validate_health
 from activities.readiness_alerts import ReadinessAlertActivities
+from activities.readiness_history import ReadinessHistoryActivities
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
 from activities.slack.activities import SLACK_ACTIVITIES
@@ -180,6 +181,7 @@ def activities_for(client: Client, runbooks_dir: Path, archive: ArchiveWriter | 
         *TRAFFIC_ACTIVITIES,
         write_drill_report,
         ReadinessAlertActivities(client).readiness_alert,
+        ReadinessHistoryActivities(client).past_checks,
         *ArchiveActivities(client, archive or HistoryArchiver()).activities(),
         *SLACK_ACTIVITIES,
     ]

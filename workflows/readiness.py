@@ -33,13 +33,20 @@ with workflow.unsafe.imports_passed_through():
         AlertRequest,
         ReadinessAlertActivities,
     )
+    from activities.readiness_history import (
+        PastChecks,
+        PastChecksRequest,
+        ReadinessHistoryActivities,
+    )
     from activities.search_attributes import STEP_ATTR
+    from activities.slack.activities import check_users
+    from activities.slack.models import SlackUsers, SlackUsersRequest
     from runbooks.loader import LoadedRunbook
     from runbooks.model import render_url
     from workflows.archive import start_archive
     from workflows.common import INFRA_RETRY, load_people, load_runbook, tag_run
     from workflows.metrics import record_readiness
-    from workflows.readiness_people import people_findings
+    from workflows.readiness_people import people_findings, slack_ids_to_check
     from workflows.readiness_report import (
         EarlyWarning,
         ReadinessReport,
@@ -48,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         render_markdown,
         with_provider_checks,
     )
+    from workflows.readiness_trend import lag_trend
     from workflows.run_state import failure_message
 
 DNS_QUERY_TIMEOUT = 2.0
@@ -55,12 +63,18 @@ CHECKED_DNS = frozenset({"route53", "clouddns", "rfc2136"})  # rfc2136: the TSIG
 CHECKED_DATABASES = frozenset({"rds", "aurora-global"})  # PostgreSQL: the replication measurement
 PEOPLE_PATCH = "readiness-people"  # since: the check loads the people file as a gate would
 PROVIDERS_PATCH = "readiness-provider-checks"  # since: credentials and resources, as a failover's preflight
+WATCH_PATCH = "readiness-trend-and-slack"  # since: the lag trend over past checks, approvers' Slack accounts
 PeopleResult = tuple[tuple[list[str], list[EarlyWarning]], str | None]
 
 
 async def _no_providers() -> list[PreflightReport]:
     """Runs from before ``readiness-provider-checks``."""
     return []
+
+
+async def _no_past_checks() -> PastChecks:
+    """Runs from before ``readiness-trend-and-slack``, and services without a database: no trend."""
+    return PastChecks(checks=[])
 
 
 async def _no_people() -> PeopleResult:
@@ -72,6 +86,7 @@ async def _no_people() -> PeopleResult:
 class ReadinessWorkflow:
     def __init__(self) -> None:
         self._report: ReadinessReport | None = None
+        self._watch = False
 
     @workflow.run
     async def run(self, request: ReadinessRequest) -> ReadinessReport:
@@ -81,10 +96,14 @@ class ReadinessWorkflow:
         workflow.set_current_details(f"Probing health checks and DNS of {request.service}")
         people = self._check_people(loaded) if workflow.patched(PEOPLE_PATCH) else _no_people()
         providers = self._check_providers(loaded) if workflow.patched(PROVIDERS_PATCH) else _no_providers()
-        health, dns, replication, (findings, people_source), provider_checks = await asyncio.gather(
+        self._watch = workflow.patched(WATCH_PATCH)
+        past = self._past_checks(loaded) if self._watch and loaded.runbook.database else _no_past_checks()
+        health, dns, replication, (findings, people_source), provider_checks, history = await asyncio.gather(
             self._probe_health(loaded), self._read_dns(loaded), self._measure_replication(loaded), people,
-            providers,
+            providers, past,
         )  # fmt: skip
+        trend = lag_trend(history.checks, workflow.now(), replication, loaded.runbook.objectives)
+        findings = (findings[0], findings[1] + trend)
         report = assess(loaded, health.results, dns, workflow.now(), replication, findings, people_source)
         if provider_checks:
             report = with_provider_checks(report, provider_checks)
@@ -188,7 +207,43 @@ class ReadinessWorkflow:
             return ([f"runs of {runbook.service} would be refused: {failure_message(err)}"], []), None
         snapshot = people.snapshot
         source = snapshot.source if snapshot is not None else None
-        return people_findings(runbook.approvals, snapshot), source
+        slack = await self._slack_users(slack_ids_to_check(runbook.approvals, snapshot))
+        return people_findings(runbook.approvals, snapshot, slack), source
+
+    async def _slack_users(self, user_ids: list[str]) -> SlackUsers | None:
+        """Whether the approvers' Slack accounts still exist; a Slack that cannot tell (no token, down) is
+        an early warning, not a failed check."""
+        if not self._watch or not user_ids:
+            return None
+        try:
+            users: SlackUsers = await workflow.execute_activity(
+                check_users,
+                SlackUsersRequest(user_ids=user_ids),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                summary=f"{len(user_ids)} approvers' Slack accounts",
+            )
+        except ActivityError as err:
+            return SlackUsers(states={}, problems=[failure_message(err)])
+        return users
+
+    async def _past_checks(self, loaded: LoadedRunbook) -> PastChecks:
+        """The service's last checks for the lag trend; unreadable history is no trend, never a failure."""
+        horizon = loaded.runbook.objectives.lag_trend_horizon
+        try:
+            past: PastChecks = await workflow.execute_activity_method(
+                ReadinessHistoryActivities.past_checks,
+                PastChecksRequest(
+                    service=loaded.runbook.service, run_id=workflow.info().run_id,
+                    since=workflow.now() - 2 * horizon,
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+                summary="the lag of the last checks, for its trend",
+            )  # fmt: skip
+        except ActivityError:
+            return PastChecks(checks=[])
+        return past
 
     async def _measure_replication(self, loaded: LoadedRunbook) -> list[ReplicationStatus]:
         runbook = loaded.runbook

@@ -8,6 +8,7 @@ revoked and no Slack route under ``unsigned: refuse``) and quorums one absence a
 
 from __future__ import annotations
 
+from activities.slack.models import SlackUsers
 from runbooks.model import Approvals, Gate
 from runbooks.people import People, PeopleSnapshot
 from workflows.approval_rules import unsigned_policy
@@ -16,17 +17,45 @@ from workflows.readiness_report import EarlyWarning
 ALWAYS_GATES: tuple[Gate, ...] = ("failback",)  # a failback opens it whatever approvals.gates says
 
 
+def slack_ids_to_check(approvals: Approvals, snapshot: PeopleSnapshot | None) -> list[str]:
+    """The Slack ids of every approver a gate names, when the runbook approves through Slack."""
+    if snapshot is None or approvals.slack is None:
+        return []
+    people = snapshot.people
+    return [i for name in sorted(_approvers(approvals, people)) for i in people.person(name).slack]
+
+
 def people_findings(
-    approvals: Approvals, snapshot: PeopleSnapshot | None
+    approvals: Approvals, snapshot: PeopleSnapshot | None, slack: SlackUsers | None = None
 ) -> tuple[list[str], list[EarlyWarning]]:
-    """Blocking reasons and early warnings about who can pass the gates; nothing without a people file."""
+    """Blocking reasons and early warnings about who can pass the gates; nothing without a people file.
+
+    ``slack``: what Slack said of the approvers' accounts; a deactivated or unknown account is no Slack
+    route, so it counts toward the quorum only if the person can still sign a CLI answer."""
     if snapshot is None:
         return [], []
     people = snapshot.people
     named = _approvers(approvals, people)
-    able = {name for name in named if _can_answer(approvals, people, name)}
+    gone = {i for i, state in (slack.states if slack is not None else {}).items() if state != "active"}
+    able = {name for name in named if _can_answer(approvals, people, name, gone)}
     blocking: list[str] = []
     warnings: list[EarlyWarning] = []
+    for name in sorted(named):
+        for slack_id in people.person(name).slack:
+            if slack_id in gone and slack is not None:
+                state = "is deactivated" if slack.states[slack_id] == "deactivated" else "does not exist"
+                still = "a CLI answer still counts" if name in able else "and they have no other way"
+                warnings.append(EarlyWarning(
+                    code="approver-slack-inactive",
+                    message=f"approver {name}'s Slack account {slack_id} {state} in the workspace: their "
+                    f"clicks cannot arrive ({still}); fix their slack id in the people file",
+                ))  # fmt: skip
+    if slack is not None and slack.problems:
+        warnings.append(EarlyWarning(
+            code="slack-unverified",
+            message="Slack could not say whether these approvers' accounts are active: "
+            + "; ".join(slack.problems),
+        ))  # fmt: skip
     for name in sorted(named - able):
         warnings.append(EarlyWarning(
             code="approver-cannot-answer",
@@ -80,15 +109,16 @@ def _approvers(approvals: Approvals, people: People) -> set[str]:
     return found
 
 
-def _can_answer(approvals: Approvals, people: People, name: str) -> bool:
-    """A signed CLI answer (a key not revoked) or a Slack click the gateway attests, or any answer at all
-    where the runbook records unsigned ones."""
+def _can_answer(approvals: Approvals, people: People, name: str, gone: set[str]) -> bool:
+    """A signed CLI answer (a key not revoked) or a Slack click the gateway attests from an account that
+    still exists, or any answer at all where the runbook records unsigned ones."""
     if unsigned_policy(approvals) == "record":
         return True
     person = people.person(name)
     if any(fp not in person.revoked_keys for fp in person.fingerprints()):
         return True
-    return approvals.slack is not None and bool(people.gateways) and bool(person.slack)
+    live = [slack_id for slack_id in person.slack if slack_id not in gone]
+    return approvals.slack is not None and bool(people.gateways) and bool(live)
 
 
 def _listing(items: list[str]) -> str:

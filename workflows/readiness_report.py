@@ -56,7 +56,16 @@ class BudgetAssessment(StrictModel):
 
 
 WarningCode = Literal[
-    "lag-near-rpo", "lag-bytes-near-rpo", "budget-near-rto", "approver-cannot-answer", "quorum-at-risk"
+    "lag-near-rpo",
+    "lag-bytes-near-rpo",
+    "lag-rising",
+    "budget-near-rto",
+    "approver-cannot-answer",
+    "approver-slack-inactive",
+    "slack-unverified",
+    "quorum-at-risk",
+    "version-drift",
+    "version-unreported",
 ]
 
 
@@ -168,6 +177,7 @@ def assess(
         _replication_findings(status, runbook.objectives.rpo, blocking, warnings)
     blocking += people[0]
     early = early_warnings(runbook.objectives, budget, replication or []) + people[1]
+    early += version_findings(loaded, health)
 
     verdict: Verdict = "not-ready" if blocking else "degraded" if warnings else "ready"
     return ReadinessReport(
@@ -231,6 +241,32 @@ def early_warnings(
             f"{format_duration(budget.health_minimum)}) is {total / rto:.0%} of the RTO of "
             f"{format_duration(budget.rto)} (warns from {fraction:.0%}): a slightly higher TTL breaks it",
         ))  # fmt: skip
+    return found
+
+
+def version_findings(loaded: LoadedRunbook, health: list[HealthProbeResult]) -> list[EarlyWarning]:
+    """The regions of a check with a ``version_path`` should serve the same build: after a failover users
+    get whatever the standby runs. A warning, not a reason: a rolling deploy differs for minutes, and the
+    alert says so only if it is still true at the next check that changes."""
+    found: list[EarlyWarning] = []
+    paths = {c.name: c.http.version_path for c in loaded.runbook.health if c.http.version_path}
+    for check, path in paths.items():
+        answered = [r for r in health if r.check == check and r.status is not None]
+        for result in answered:
+            if result.version is None:
+                found.append(EarlyWarning(
+                    code="version-unreported",
+                    message=f"{result.region}'s {check} check reports no version at {path!r}: the build "
+                    "it serves cannot be compared with the other regions'",
+                ))  # fmt: skip
+        versions = {r.region: r.version for r in answered if r.version is not None}
+        if len(set(versions.values())) > 1:
+            listing = ", ".join(f"{region} {version}" for region, version in versions.items())
+            found.append(EarlyWarning(
+                code="version-drift",
+                message=f"the regions serve different builds ({check} at {path!r}: {listing}): after a "
+                "failover users would get another build; deploy the same one to every region",
+            ))  # fmt: skip
     return found
 
 

@@ -34,6 +34,9 @@ from activities.slack.models import (
     ProgressResult,
     ResolveApproversRequest,
     SlackDirectory,
+    SlackUsers,
+    SlackUsersRequest,
+    SlackUserState,
     SummaryRequest,
     UpdatedMessages,
 )
@@ -74,6 +77,29 @@ def resolve_approvers(request: ResolveApproversRequest) -> SlackDirectory:
         name = profile.get("display_name") or profile.get("real_name") or user.get("real_name")
         names[user_id] = str(name or user.get("name") or user_id)
     return SlackDirectory(members=members, names=names, problems=problems)
+
+
+@activity.defn(name="slack_check_users")
+def check_users(request: SlackUsersRequest) -> SlackUsers:
+    """Is each approver's Slack account still there (``users.info``)? A deactivated account (``deleted``)
+    cannot click, and Slack answers ``user_not_found`` for an id of another workspace or a typo. A
+    rate limit or an outage is a problem of that id, never a failed check."""
+    client = bot_client()
+    states: dict[str, SlackUserState] = {}
+    problems: list[str] = []
+    for user_id in dict.fromkeys(request.user_ids):
+        try:
+            user = call("users.info", client.users_info, user=user_id).get("user") or {}
+        except ApplicationError as err:
+            if err.type in FATAL_ERRORS:
+                raise
+            if err.type == SlackErrorType.REFUSED and err.message.endswith(": user_not_found"):
+                states[user_id] = "not-found"
+            else:
+                problems.append(f"{user_id}: {err.message}")
+            continue
+        states[user_id] = "deactivated" if user.get("deleted") else "active"
+    return SlackUsers(states=states, problems=problems)
 
 
 @activity.defn(name="slack_post_gate")
@@ -229,6 +255,7 @@ def post_summary(request: SummaryRequest) -> PostedMessage:
 
 SLACK_ACTIVITIES: list[Callable[..., Any]] = [
     resolve_approvers,
+    check_users,
     post_gate,
     update_gate,
     sync_progress,

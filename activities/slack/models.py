@@ -151,6 +151,20 @@ class SlackDirectory(StrictModel):
     problems: list[str] = Field(default_factory=list)
 
 
+class SlackUsersRequest(StrictModel):
+    user_ids: list[str]
+
+
+SlackUserState = Literal["active", "deactivated", "not-found"]
+
+
+class SlackUsers(StrictModel):
+    """Which approvers' Slack accounts could click a button today (readiness)."""
+
+    states: dict[str, SlackUserState]
+    problems: list[str] = Field(default_factory=list, description="ids Slack could not tell about, and why")
+
+
 class ProgressLine(StrictModel):
     key: str
     text: str

@@ -70,6 +70,7 @@ class SlackWorld:
     not_in_channel: set[str] = field(default_factory=set)
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)  # id -> display name
+    deactivated: set[str] = field(default_factory=set)  # users.info says ``deleted: true``, as Slack does
     rate_limited: dict[str, tuple[int, int]] = field(default_factory=dict)  # method -> (calls left, retry)
     failing: dict[str, tuple[int, str]] = field(default_factory=dict)  # method -> (calls left, error)
 
@@ -268,7 +269,8 @@ class SlackStandIn(SocketModeServer):
         return {
             "ok": True,
             "user": {"id": user, "team_id": TEAM, "name": name.lower(), "real_name": name,
-                     "profile": {"display_name": name, "real_name": name}, "is_bot": False},
+                     "profile": {"display_name": name, "real_name": name}, "is_bot": False,
+                     "deleted": user in self.world.deactivated},
         }  # fmt: skip
 
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
