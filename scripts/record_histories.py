@@ -203,6 +203,14 @@ async def readiness(client: Client, world: SandboxWorld, queue: str) -> Recorded
     return [handle.id]
 
 
+async def readiness_trend_and_slack(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """Since ``readiness-trend-and-slack``: the third check reads the two before it for the lag trend, and
+    asks Slack whether the approvers' accounts still exist (the sandbox has no Slack: slack-unverified)."""
+    for _ in range(2):
+        await readiness(client, world, queue)
+    return await readiness(client, world, queue)
+
+
 async def failback_canary(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
     await planned(client, world, queue)
@@ -334,9 +342,12 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     # since ``readiness-provider-checks``: the providers' preflight (rfc2136: the TSIG key by a signed read)
     "readiness-provider-checks": readiness,
     "failback-final-stage-plan": failback_final_stage_plan,
+    "readiness-trend-and-slack": readiness_trend_and_slack,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
-WITH_PEOPLE = frozenset({"failover-verified", "readiness-people", "readiness-provider-checks"})
+WITH_PEOPLE = frozenset(
+    {"failover-verified", "readiness-people", "readiness-provider-checks", "readiness-trend-and-slack"}
+)
 
 
 async def record(only: list[str]) -> None:
