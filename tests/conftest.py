@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.search_attributes import SEARCH_ATTRIBUTES
@@ -47,3 +50,24 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def task_queue() -> str:
     return f"drflow-test-{uuid.uuid4()}"
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def no_run_outlives_its_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """End the runs a test started on the shared dev server when it ends, passed or failed.
+
+    A run left waiting at a gate keeps its service's lock, and every later test of the sandbox's service is
+    then refused or times out: one drill that timed out once failed 26 tests after it. Set up before the
+    test's other fixtures, so this runs after their teardown (the sandbox is already down).
+    """
+    if "dev_env" not in request.fixturenames:
+        yield
+        return
+    env: WorkflowEnvironment = request.getfixturevalue("dev_env")
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    yield
+    query = f"ExecutionStatus = 'Running' AND StartTime >= '{since.isoformat()}'"
+    async for execution in env.client.list_workflows(query):
+        handle = env.client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        with contextlib.suppress(RPCError):  # it ended meanwhile
+            await handle.terminate(reason=f"{request.node.nodeid} has ended")

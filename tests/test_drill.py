@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -78,16 +79,23 @@ async def approve_children(client: Client, drill_id: str) -> None:
              (f"{drill_id}-failback", "failback-100", "carol")]  # fmt: skip
     for child, gate, approver in gates:
         handle = client.get_workflow_handle(child)
-        async with asyncio.timeout(180):
-            while True:
-                try:
-                    report = await handle.query("status", result_type=dict)
-                except (WorkflowQueryFailedError, RPCError):  # the child has not started yet
-                    await asyncio.sleep(0.2)
-                    continue
-                if report["open_gate"] == gate:
-                    break
-                await asyncio.sleep(0.1)
+        report: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(180):
+                while True:
+                    try:
+                        report = await handle.query("status", result_type=dict)
+                    except (WorkflowQueryFailedError, RPCError):  # the child has not started yet
+                        await asyncio.sleep(0.2)
+                        continue
+                    if report["open_gate"] == gate:
+                        break
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            # Say where the child stands instead: a bare timeout left nothing to read after a failed run.
+            seen = None if report is None else {k: report.get(k) for k in ("outcome", "open_gate", "messages")}
+            steps = [] if report is None else [(s["name"], s["outcome"], s.get("error")) for s in report["steps"]]
+            raise AssertionError(f"{child} never opened {gate!r}: {seen} steps={steps}") from None
         await handle.execute_update("approve", ApprovalInput(approver=approver, reason=f"drill {gate}"))
 
 
