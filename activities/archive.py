@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.codec import CodecError, decode_history
 from activities.errors import ArchiveRefused, ErrorType
+from activities.heartbeat import beating_async
 from activities.search_attributes import KIND_ATTR, SERVICE_ATTR
 from activities.start_input import StartInput
 from runbooks.model import StrictModel
@@ -150,31 +151,33 @@ class ArchiveActivities:
     @activity.defn(name="archive_start")
     async def start_archive_run(self, request: StartArchiveRequest) -> ArchiveStart:
         """Start ArchiveRun for a run (its own workflow, id ``archive-<workflow>-<run>``); idempotent."""
-        if not self._writer.enabled:
-            return ArchiveStart(
-                started=False,
-                archive_workflow_id=None,
-                note=f"archiving is off on this worker ({ARCHIVE_ENV})",
-            )
-        target = request.archive
-        archive_id = archive_workflow_id(target.workflow_id, target.run_id)
-        attributes: list[SearchAttributePair[str]] = [SearchAttributePair(KIND_ATTR, "archive")]
-        if request.service:
-            attributes.append(SearchAttributePair(SERVICE_ATTR, request.service))
-        try:
-            await self._client.start_workflow(
-                "ArchiveRun",
-                target,
-                id=archive_id,
-                task_queue=request.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(attributes),
-                static_summary=f"Archive the audit record of {target.workflow_id}",
-            )
-        except WorkflowAlreadyStartedError:
-            return ArchiveStart(started=True, archive_workflow_id=archive_id, note="already archived")
-        return ArchiveStart(started=True, archive_workflow_id=archive_id, note=f"archiving in {archive_id}")
+        async with beating_async():
+            if not self._writer.enabled:
+                return ArchiveStart(
+                    started=False,
+                    archive_workflow_id=None,
+                    note=f"archiving is off on this worker ({ARCHIVE_ENV})",
+                )
+            target = request.archive
+            archive_id = archive_workflow_id(target.workflow_id, target.run_id)
+            attributes: list[SearchAttributePair[str]] = [SearchAttributePair(KIND_ATTR, "archive")]
+            if request.service:
+                attributes.append(SearchAttributePair(SERVICE_ATTR, request.service))
+            try:
+                await self._client.start_workflow(
+                    "ArchiveRun",
+                    target,
+                    id=archive_id,
+                    task_queue=request.task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    search_attributes=TypedSearchAttributes(attributes),
+                    static_summary=f"Archive the audit record of {target.workflow_id}",
+                )
+            except WorkflowAlreadyStartedError:
+                return ArchiveStart(started=True, archive_workflow_id=archive_id, note="already archived")
+            note = f"archiving in {archive_id}"
+            return ArchiveStart(started=True, archive_workflow_id=archive_id, note=note)
 
     @activity.defn(name="archive_run")
     async def archive_run(self, request: ArchiveRequest) -> ArchiveResult:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from temporalio import activity
 
+from activities.heartbeat import beating
 from runbooks.model import StrictModel
 
 REPORTS_ENV = "DRFLOW_DRILL_REPORTS"
@@ -31,13 +32,14 @@ def reports_dir() -> Path:
 @activity.defn(name="write_drill_report")
 def write_drill_report(files: DrillReportFiles) -> WrittenReport:
     """Idempotent: the same drill id writes the same two files again."""
-    folder = reports_dir() / files.service
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix, text in ((".json", files.json_text), (".md", files.markdown)):
-        path = folder / f"{files.drill_id}{suffix}"
-        temporary = path.with_suffix(suffix + ".tmp")
-        temporary.write_text(text)
-        temporary.replace(path)
-        written.append(str(path))
-    return WrittenReport(paths=written)
+    with beating():
+        folder = reports_dir() / files.service
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for suffix, text in ((".json", files.json_text), (".md", files.markdown)):
+            path = folder / f"{files.drill_id}{suffix}"
+            temporary = path.with_suffix(suffix + ".tmp")
+            temporary.write_text(text)
+            temporary.replace(path)
+            written.append(str(path))
+        return WrittenReport(paths=written)

@@ -24,6 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
+from activities.heartbeat import beating_async
 from activities.secrets import resolve_secret
 from runbooks.durations import Duration
 from runbooks.model import HttpCheck, StrictModel, drop_unset
@@ -75,11 +76,12 @@ class HealthProbeResults(StrictModel):
 
 @activity.defn(name="probe_health")
 async def probe_health(request: HealthProbeRequest) -> HealthProbeResults:
-    # Health checks go straight to the service: a proxy from the worker's environment is not the path
-    # users take, and would make the result depend on where the worker runs.
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
-        results = await _all(_probe(client, probe) for probe in request.probes)
-    return HealthProbeResults(results=results)
+    async with beating_async():
+        # Health checks go straight to the service: a proxy from the worker's environment is not the path
+        # users take, and would make the result depend on where the worker runs.
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+            results = await _all(_probe(client, probe) for probe in request.probes)
+        return HealthProbeResults(results=results)
 
 
 async def _all(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:

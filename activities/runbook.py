@@ -9,6 +9,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
+from activities.heartbeat import beating
 from runbooks.loader import LoadedRunbook, RunbookError, UnknownServiceError, find_runbook
 from runbooks.model import Approvals, StrictModel
 from runbooks.people import PeopleFileError, PeopleSnapshot, people_for
@@ -39,25 +40,27 @@ class RunbookActivities:
 
     @activity.defn(name="load_runbook")
     def load_runbook(self, request: LoadRunbookRequest) -> LoadedRunbook:
-        try:
-            return find_runbook(request.service, self._directory)
-        except UnknownServiceError as err:
-            raise ApplicationError(str(err), type=ErrorType.UNKNOWN_SERVICE, non_retryable=True) from err
-        except RunbookError as err:
-            raise ApplicationError(
-                f"runbook for {request.service} is invalid:\n{err}",
-                type=ErrorType.INVALID_RUNBOOK,
-                non_retryable=True,
-            ) from err
+        with beating():
+            try:
+                return find_runbook(request.service, self._directory)
+            except UnknownServiceError as err:
+                raise ApplicationError(str(err), type=ErrorType.UNKNOWN_SERVICE, non_retryable=True) from err
+            except RunbookError as err:
+                raise ApplicationError(
+                    f"runbook for {request.service} is invalid:\n{err}",
+                    type=ErrorType.INVALID_RUNBOOK,
+                    non_retryable=True,
+                ) from err
 
     @activity.defn(name="load_people")
     def load_people(self, request: LoadPeopleRequest) -> LoadedPeople:
         """The people file as this gate will use it; a broken or mismatched file fails without retries."""
-        try:
-            return LoadedPeople(snapshot=people_for(request.service, request.approvals, self._directory))
-        except PeopleFileError as err:
-            raise ApplicationError(
-                f"the people file for {request.service} cannot be used:\n{err}",
-                type=ErrorType.INVALID_RUNBOOK,
-                non_retryable=True,
-            ) from err
+        with beating():
+            try:
+                return LoadedPeople(snapshot=people_for(request.service, request.approvals, self._directory))
+            except PeopleFileError as err:
+                raise ApplicationError(
+                    f"the people file for {request.service} cannot be used:\n{err}",
+                    type=ErrorType.INVALID_RUNBOOK,
+                    non_retryable=True,
+                ) from err

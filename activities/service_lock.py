@@ -10,6 +10,7 @@ from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecut
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.heartbeat import beating_async
 from activities.search_attributes import run_attributes
 from activities.start_input import StartInput
 from runbooks.model import StrictModel
@@ -72,36 +73,38 @@ class ServiceLockActivities:
     @activity.defn(name="acquire_service_lock")
     async def acquire(self, request: AcquireLockRequest) -> AcquireResult:
         """Idempotent: a retry by the same run is granted the lock it already holds."""
-        start: WithStartWorkflowOperation[Any, LockHistory] = WithStartWorkflowOperation(
-            "ServiceLock",
-            LockRequest(service=request.service),
-            id=lock_workflow_id(request.service),
-            task_queue=request.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=f"Lock: one failover, failback or drill of {request.service} at a time",
-            search_attributes=run_attributes(request.service, "lock", "held"),
-            execution_timeout=timedelta(days=30),
-            result_type=LockHistory,
-        )
-        result: AcquireResult = await self._client.execute_update_with_start_workflow(
-            "acquire",
-            request.contender,
-            start_workflow_operation=start,
-            result_type=AcquireResult,
-            id=f"acquire-{request.contender.workflow_id}-{request.contender.run_id}",
-        )
-        return result
+        async with beating_async():
+            start: WithStartWorkflowOperation[Any, LockHistory] = WithStartWorkflowOperation(
+                "ServiceLock",
+                LockRequest(service=request.service),
+                id=lock_workflow_id(request.service),
+                task_queue=request.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=f"Lock: one failover, failback or drill of {request.service} at a time",
+                search_attributes=run_attributes(request.service, "lock", "held"),
+                execution_timeout=timedelta(days=30),
+                result_type=LockHistory,
+            )
+            result: AcquireResult = await self._client.execute_update_with_start_workflow(
+                "acquire",
+                request.contender,
+                start_workflow_operation=start,
+                result_type=AcquireResult,
+                id=f"acquire-{request.contender.workflow_id}-{request.contender.run_id}",
+            )
+            return result
 
     @activity.defn(name="lock_holder_status")
     async def holder_status(self, request: HolderStatusRequest) -> HolderStatus:
-        try:
-            described = await self._client.get_workflow_handle(
-                request.workflow_id, run_id=request.run_id
-            ).describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return HolderStatus(running=False, status="not found")
-            raise
-        status = described.status
-        running = status == WorkflowExecutionStatus.RUNNING
-        return HolderStatus(running=running, status=status.name.lower() if status else "unknown")
+        async with beating_async():
+            try:
+                described = await self._client.get_workflow_handle(
+                    request.workflow_id, run_id=request.run_id
+                ).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return HolderStatus(running=False, status="not found")
+                raise
+            status = described.status
+            running = status == WorkflowExecutionStatus.RUNNING
+            return HolderStatus(running=running, status=status.name.lower() if status else "unknown")

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.errors import ErrorType
     from activities.search_attributes import SERVICE_ATTR
-    from workflows.common import INFRA_RETRY
+    from workflows.common import HEARTBEAT, INFRA_RETRY
 
 __all__ = [
     "ARCHIVE_PATCH",
@@ -87,6 +87,7 @@ def begin_archive(kind: str) -> workflow.ActivityHandle[Any] | None:
         ArchiveActivities.start_archive_run,
         request,
         start_to_close_timeout=timedelta(seconds=30),
+        heartbeat_timeout=HEARTBEAT,
         retry_policy=INFRA_RETRY,
         summary=f"start the archive of this run ({kind})",
     )

@@ -28,6 +28,10 @@ INFRA_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
 )
+# Every activity a run awaits is called with this heartbeat timeout and heartbeats (activities/heartbeat.py):
+# a worker killed mid-activity costs about this long, never the whole start-to-close timeout. Activity
+# options are not commands a replay compares, so changing them needs no patch (docs/versioning.md).
+HEARTBEAT = timedelta(seconds=10)
 
 
 async def load_runbook(service: str) -> LoadedRunbook:
@@ -37,6 +41,7 @@ async def load_runbook(service: str) -> LoadedRunbook:
             RunbookActivities.load_runbook,
             LoadRunbookRequest(service=service),
             start_to_close_timeout=timedelta(seconds=30),
+            heartbeat_timeout=HEARTBEAT,
             retry_policy=INFRA_RETRY,
             summary=f"load runbook {service}",
         )
@@ -57,6 +62,7 @@ async def load_people(runbook: Runbook) -> LoadedPeople:
         RunbookActivities.load_people,
         LoadPeopleRequest(service=runbook.service, approvals=runbook.approvals),
         start_to_close_timeout=timedelta(seconds=30),
+        heartbeat_timeout=HEARTBEAT,
         retry_policy=INFRA_RETRY,
         summary="load the people file",
     )

@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.drill_report import DrillReportFiles, write_drill_report
     from activities.search_attributes import STEP_ATTR
     from workflows.archive import start_archive
-    from workflows.common import INFRA_RETRY, load_runbook, tag_run
+    from workflows.common import HEARTBEAT, INFRA_RETRY, load_runbook, tag_run
     from workflows.drill_models import (
         DrillReport,
         DrillRequest,
@@ -83,6 +83,7 @@ class DrillWorkflow:
                 markdown=render_drill(self._report),
             ),
             start_to_close_timeout=timedelta(seconds=30),
+            heartbeat_timeout=HEARTBEAT,
             retry_policy=INFRA_RETRY,
             summary="write the drill report (JSON + Markdown)",
         )  # fmt: skip

@@ -349,7 +349,6 @@ class FailbackWorkflow(Moves[FailbackReport]):
             ),
             f"analysis window at {percent}%",
             timeout=analysis.duration + timedelta(seconds=60),
-            heartbeat=True,
         )
         return result
 

@@ -154,7 +154,6 @@ class Moves(ControlledRun[M]):
                     ),
                     f"wait for {plan.target} to replay up to {final_lsn}",
                     timeout=wait + timedelta(seconds=30),
-                    heartbeat=True,
                 ),
                 _describe_replay,
             )
@@ -346,7 +345,6 @@ class Moves(ControlledRun[M]):
                 ),
                 f"{runbook.dns.provider} change {change_id} live",
                 timeout=budget + timedelta(seconds=30),
-                heartbeat=True,
             ),
             lambda r: f"{r.status} after {r.waited_ms:.0f} ms",
         )
@@ -366,7 +364,6 @@ class Moves(ControlledRun[M]):
                 ),
                 f"every authoritative nameserver answers {plan.target_address}",
                 timeout=budget + timedelta(seconds=30),
-                heartbeat=True,
             ),
             _describe_propagation,
         )
@@ -399,7 +396,6 @@ class Moves(ControlledRun[M]):
                 HealthValidationRequest(probes=validated, timeout=window),
                 f"{len(validated)} health checks on {plan.target}, consecutive successes",
                 timeout=start_to_close,
-                heartbeat=True,
             ),
             _describe_health,
         )

@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.service_lock import AcquireLockRequest, LockHolder, ReleaseRequest, ServiceLockActivities
     from activities.service_lock import lock_workflow_id as lock_id
     from workflows.approval_gates import ApprovalGates
-    from workflows.common import INFRA_RETRY
+    from workflows.common import HEARTBEAT, INFRA_RETRY
     from workflows.failover_models import (
         DecisionInput,
         DecisionRecord,
@@ -50,6 +50,7 @@ class ControlledRun(ApprovalGates[R]):
                 task_queue=info.task_queue,
             ),
             start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=HEARTBEAT,
             retry_policy=INFRA_RETRY,
             summary=f"take the lock of {service}",
         )

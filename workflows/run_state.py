@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from runbooks.model import Gate, Runbook
     from runbooks.people import PeopleSnapshot
     from workflows.approval_rules import ShownPlan
-    from workflows.common import INFRA_RETRY
+    from workflows.common import HEARTBEAT, INFRA_RETRY
     from workflows.failover_models import (
         ApprovalRecord,
         DecisionRecord,
@@ -35,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 R = TypeVar("R", bound=RunReport)
-HEARTBEAT = timedelta(seconds=10)
 # After promotion an unanswered decision keeps waiting instead of expiring into an abort.
 FORWARD_PATCH = "forward-after-promotion"
 # The people file: verified approvers, signed requests, quorum (docs/approvals.md).
@@ -129,9 +128,11 @@ class RunState(Generic[R]):
         summary: str,
         *,
         timeout: timedelta = timedelta(seconds=60),
-        heartbeat: bool = False,
+        heartbeat: bool = True,
         retry: RetryPolicy = INFRA_RETRY,
     ) -> Any:
+        """Every step's activity heartbeats (its own progress, or ``activities.heartbeat`` beside a blocking
+        call): a dead worker is noticed after ``HEARTBEAT``, whatever ``timeout`` allows the call itself."""
         return await workflow.execute_activity(
             activity,
             arg,

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ServiceLockActivities,
         lock_workflow_id,
     )
-    from workflows.common import INFRA_RETRY, tag_run
+    from workflows.common import HEARTBEAT, INFRA_RETRY, tag_run
 
 
 __all__ = ["ServiceLockWorkflow", "lock_workflow_id"]
@@ -60,6 +60,7 @@ class ServiceLockWorkflow:
                 ServiceLockActivities.holder_status,
                 HolderStatusRequest(workflow_id=holder.workflow_id, run_id=holder.run_id),
                 start_to_close_timeout=timedelta(seconds=30),
+                heartbeat_timeout=HEARTBEAT,
                 retry_policy=INFRA_RETRY,
                 summary=f"is {holder.workflow_id} still running?",
             )

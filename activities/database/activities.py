@@ -14,7 +14,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from temporalio import activity
 
 from activities.cloud.preflight import PreflightReport
-from activities.database.provider import SettingsComparer, WriteVerifier
+from activities.database.provider import DatabaseProvider, SettingsComparer, WriteVerifier
 from activities.database.registry import database_provider_for
 from activities.database.results import (
     FenceResult,
@@ -24,6 +24,7 @@ from activities.database.results import (
     UnfenceResult,
     WaitForReplayResult,
 )
+from activities.heartbeat import beating
 from runbooks.model import DatabaseConfig, StrictModel, drop_unset
 
 
@@ -99,18 +100,20 @@ class WritableResult(StrictModel):
 @activity.defn(name="db_measure_replication")
 def measure_replication(request: ReplicationRequest) -> ReplicationStatus:
     provider = database_provider_for(request.database)
-    status = provider.measure_replication(request.primary, request.standby)
-    if not request.compare_settings or not isinstance(provider, SettingsComparer):
-        return status
-    drift, errors = provider.settings_drift(request.primary, request.standby)
+    with beating():
+        status = provider.measure_replication(request.primary, request.standby)
+        if not request.compare_settings or not isinstance(provider, SettingsComparer):
+            return status
+        drift, errors = provider.settings_drift(request.primary, request.standby)
     return status.model_copy(update={"drift": drift, "errors": [*status.errors, *errors]})
 
 
 @activity.defn(name="db_fence")
 def fence(request: DatabaseFenceRequest) -> FenceResult:
-    return database_provider_for(request.database).fence(
-        request.region, request.mode, request.timeout_seconds
-    )
+    with beating():
+        return database_provider_for(request.database).fence(
+            request.region, request.mode, request.timeout_seconds
+        )
 
 
 @activity.defn(name="db_wait_for_replay")
@@ -122,28 +125,32 @@ def wait_for_replay(request: ReplayRequest) -> WaitForReplayResult:
 
 @activity.defn(name="db_promote")
 def promote(request: DatabasePromoteRequest) -> PromoteResult:
-    return database_provider_for(request.database).promote(
-        request.region, request.timeout_seconds, request.mode
-    )
+    with beating():
+        return database_provider_for(request.database).promote(
+            request.region, request.timeout_seconds, request.mode
+        )
 
 
 @activity.defn(name="db_unfence")
 def unfence(request: DatabaseUnfenceRequest) -> UnfenceResult:
     """Compensation: give the old primary its service back when the failover stops before promotion."""
-    return database_provider_for(request.database).unfence(request.region)
+    with beating():
+        return database_provider_for(request.database).unfence(request.region)
 
 
 @activity.defn(name="db_prepare_standby")
 def prepare_standby(request: PrepareStandbyDatabaseRequest) -> PrepareStandbyResult:
     """Failback: re-sync the former primary as a streaming standby of the current one (PostgreSQL: rewind)."""
-    return database_provider_for(request.database).prepare_standby(
-        request.region, request.source, request.timeout_seconds
-    )
+    with beating():
+        return database_provider_for(request.database).prepare_standby(
+            request.region, request.source, request.timeout_seconds
+        )
 
 
 @activity.defn(name="db_preflight")
 def db_preflight(request: DatabasePreflightRequest) -> PreflightReport:
-    return database_provider_for(request.database).preflight(request.primary, request.standby)
+    with beating():
+        return database_provider_for(request.database).preflight(request.primary, request.standby)
 
 
 @activity.defn(name="db_verify_writable")
@@ -154,6 +161,11 @@ def verify_writable(request: WritableRequest) -> WritableResult:
     proves it). Other providers: the writer status their API reports (``measure_replication``).
     """
     provider = database_provider_for(request.database)
+    with beating():
+        return _verify_writable(provider, request)
+
+
+def _verify_writable(provider: DatabaseProvider, request: WritableRequest) -> WritableResult:
     checks: list[str] = []
     for region in request.regions:
         if isinstance(provider, WriteVerifier):

@@ -32,6 +32,7 @@ from activities.dns.plan import (
 )
 from activities.dns.weights import TrafficState, WeightPlan, desired_weights
 from activities.errors import ConcurrentChange, ErrorType
+from activities.heartbeat import beating, beating_async
 from runbooks.model import DnsConfig, StrictModel
 
 
@@ -39,45 +40,48 @@ from runbooks.model import DnsConfig, StrictModel
 @activity.defn(name="dns_plan_change")
 async def plan_dns_change(req: PlanDnsChangeRequest) -> DnsChangePlan:
     """Observe the provider and compute the change to approve; writes nothing."""
-    desired = desired_state(req.dns, req.target_address)
-    provider = registry.dns_provider_for(req.dns)
-    current = await provider.read(req.dns.record, req.dns.type)
-    plan = DnsChangePlan.build(provider.name, req.dns.zone, current, desired)
-    activity.logger.info("DNS plan for %s: %s", req.dns.record, plan.markdown().replace("\n", " / "))
-    return plan
+    async with beating_async():
+        desired = desired_state(req.dns, req.target_address)
+        provider = registry.dns_provider_for(req.dns)
+        current = await provider.read(req.dns.record, req.dns.type)
+        plan = DnsChangePlan.build(provider.name, req.dns.zone, current, desired)
+        activity.logger.info("DNS plan for %s: %s", req.dns.record, plan.markdown().replace("\n", " / "))
+        return plan
 
 
 @activity.defn(name="dns_apply_change")
 async def apply_dns_change(req: ApplyDnsChangeRequest) -> DnsChangeResult:
     """Apply an approved plan if what it was computed from still holds; idempotent under retries."""
-    plan = req.plan
-    _check_plan_fits(req.dns, plan)
-    provider = registry.dns_provider_for(req.dns)
-    before = await provider.read(plan.record, plan.type)
-    if before == plan.desired:
-        return _already_desired(plan, before)
-    if before != plan.current:
-        raise _stale(plan, before)
+    async with beating_async():
+        plan = req.plan
+        _check_plan_fits(req.dns, plan)
+        provider = registry.dns_provider_for(req.dns)
+        before = await provider.read(plan.record, plan.type)
+        if before == plan.desired:
+            return _already_desired(plan, before)
+        if before != plan.current:
+            raise _stale(plan, before)
 
-    try:
-        change_id = await provider.apply(plan)
-    except ConcurrentChange as refused:
-        now = await provider.read(plan.record, plan.type)
-        if now == plan.desired:
-            return _already_desired(plan, now)
-        raise _stale(plan, now) from refused
+        try:
+            change_id = await provider.apply(plan)
+        except ConcurrentChange as refused:
+            now = await provider.read(plan.record, plan.type)
+            if now == plan.desired:
+                return _already_desired(plan, now)
+            raise _stale(plan, now) from refused
 
-    after = await provider.read(plan.record, plan.type)
-    if after != plan.desired:
-        raise ApplicationError(
-            f"{provider.name} accepted the update of {plan.record} {plan.type} but now serves "
-            f"{after.describe()} instead of {plan.desired.describe()}; look for another writer, then re-plan",
-            type=ErrorType.DNS_UPDATE_FAILED,
-            non_retryable=True,
-        )
-    detail = f"{plan.record} {plan.type}: {before.describe()} -> {after.describe()} ({provider.name})"
-    activity.logger.info("DNS change applied: %s", detail)
-    return DnsChangeResult(applied=True, before=before, after=after, change_id=change_id, detail=detail)
+        after = await provider.read(plan.record, plan.type)
+        if after != plan.desired:
+            raise ApplicationError(
+                f"{provider.name} accepted the update of {plan.record} {plan.type} but now serves "
+                f"{after.describe()} instead of {plan.desired.describe()}; "
+                "look for another writer, then re-plan",
+                type=ErrorType.DNS_UPDATE_FAILED,
+                non_retryable=True,
+            )
+        detail = f"{plan.record} {plan.type}: {before.describe()} -> {after.describe()} ({provider.name})"
+        activity.logger.info("DNS change applied: %s", detail)
+        return DnsChangeResult(applied=True, before=before, after=after, change_id=change_id, detail=detail)
 
 
 def _check_plan_fits(dns: DnsConfig, plan: DnsChangePlan) -> None:
@@ -271,7 +275,8 @@ class DnsPreflightRequest(StrictModel):
 
 @activity.defn(name="dns_preflight")
 def dns_preflight(request: DnsPreflightRequest) -> PreflightReport:
-    return registry.dns_provider_for(request.dns).preflight(request.weighted)
+    with beating():
+        return registry.dns_provider_for(request.dns).preflight(request.weighted)
 
 
 DNS_ACTIVITIES = [

@@ -29,6 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ErrorType
+from activities.heartbeat import beating_async
 from runbooks.model import Nameserver, StrictModel, drop_unset
 
 RecordType = Literal["A", "AAAA", "CNAME"]
@@ -119,13 +120,14 @@ class DnsReadout(StrictModel):
 @activity.defn(name="read_dns_record")
 async def read_dns_record(query: DnsQuery) -> DnsReadout:
     """Ask every nameserver at once; each answer carries its own error rather than failing the read."""
-    discovered = not query.nameservers
-    nameservers = await discover_nameservers(query) if discovered else query.nameservers
-    answers = await asyncio.gather(*(ask_nameserver(query, nameserver) for nameserver in nameservers))
-    owners = await record_owners(query, nameservers, list(answers)) if query.owners else None
-    return DnsReadout(
-        record=query.record, type=query.type, answers=list(answers), discovered=discovered, owners=owners
-    )
+    async with beating_async():
+        discovered = not query.nameservers
+        nameservers = await discover_nameservers(query) if discovered else query.nameservers
+        answers = await asyncio.gather(*(ask_nameserver(query, nameserver) for nameserver in nameservers))
+        owners = await record_owners(query, nameservers, list(answers)) if query.owners else None
+        return DnsReadout(
+            record=query.record, type=query.type, answers=list(answers), discovered=discovered, owners=owners
+        )
 
 
 async def record_owners(

@@ -12,6 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import ConcurrentChange, ErrorType, TrafficManagerRefused, TrafficManagerUnreachable
+from activities.heartbeat import beating_async
 from activities.traffic.analysis import analyse
 from activities.traffic.provider import TrafficManager, TrafficWeightsState
 from activities.traffic.registry import traffic_manager_for
@@ -39,40 +40,44 @@ class SetWeightsResult(StrictModel):
 
 @activity.defn(name="traffic_read_weights")
 async def read_weights(req: ReadWeightsRequest) -> TrafficWeightsState:
-    return await _read(traffic_manager_for(req.traffic, req.dns))
+    async with beating_async():
+        return await _read(traffic_manager_for(req.traffic, req.dns))
 
 
 @activity.defn(name="traffic_set_weights")
 async def set_weights(req: SetWeightsRequest) -> SetWeightsResult:
     """Set every region's weight unless it already holds, then read back what the manager really serves."""
-    desired = _desired_weights(req.traffic, req.weights)
-    manager = traffic_manager_for(req.traffic, req.dns)
-    before = await _read(manager)
-    try:
-        applied = await manager.write(desired)
-    except TrafficManagerRefused as err:
-        raise ApplicationError(
-            f"{manager.name} {err}", type=ErrorType.TRAFFIC_WEIGHTS_REFUSED, non_retryable=True
-        ) from None
-    except TrafficManagerUnreachable as err:
-        raise ApplicationError(str(err), type=ErrorType.TRAFFIC_MANAGER_UNREACHABLE) from None
-    except ConcurrentChange as err:
-        raise ApplicationError(f"{err}; planning again", type=ErrorType.PLAN_STALE) from None
-    if not applied:
-        return SetWeightsResult(before=before, after=before, applied=False)
-    after = await _read(manager)
-    wrong = {
-        region: after.raw[region] for region, weight in desired.items() if after.weights[region] != weight
-    }
-    if wrong:
-        raise ApplicationError(
-            f"{manager.name} did not take the weights: asked {desired}, reads back "
-            + ", ".join(f"{region} {raw}" for region, raw in sorted(wrong.items())),
-            type=ErrorType.TRAFFIC_WEIGHTS_REFUSED,
-            non_retryable=True,
+    async with beating_async():
+        desired = _desired_weights(req.traffic, req.weights)
+        manager = traffic_manager_for(req.traffic, req.dns)
+        before = await _read(manager)
+        try:
+            applied = await manager.write(desired)
+        except TrafficManagerRefused as err:
+            raise ApplicationError(
+                f"{manager.name} {err}", type=ErrorType.TRAFFIC_WEIGHTS_REFUSED, non_retryable=True
+            ) from None
+        except TrafficManagerUnreachable as err:
+            raise ApplicationError(str(err), type=ErrorType.TRAFFIC_MANAGER_UNREACHABLE) from None
+        except ConcurrentChange as err:
+            raise ApplicationError(f"{err}; planning again", type=ErrorType.PLAN_STALE) from None
+        if not applied:
+            return SetWeightsResult(before=before, after=before, applied=False)
+        after = await _read(manager)
+        wrong = {
+            region: after.raw[region] for region, weight in desired.items() if after.weights[region] != weight
+        }
+        if wrong:
+            raise ApplicationError(
+                f"{manager.name} did not take the weights: asked {desired}, reads back "
+                + ", ".join(f"{region} {raw}" for region, raw in sorted(wrong.items())),
+                type=ErrorType.TRAFFIC_WEIGHTS_REFUSED,
+                non_retryable=True,
+            )
+        activity.logger.info(
+            "traffic weights (%s): %s -> %s", manager.name, before.describe(), after.describe()
         )
-    activity.logger.info("traffic weights (%s): %s -> %s", manager.name, before.describe(), after.describe())
-    return SetWeightsResult(before=before, after=after, applied=True)
+        return SetWeightsResult(before=before, after=after, applied=True)
 
 
 def _desired_weights(traffic: TrafficConfig, weights: dict[str, int]) -> dict[str, int]:

@@ -23,6 +23,7 @@ import httpx
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from temporalio import activity
 
+from activities.heartbeat import beating_async
 from runbooks.model import CanaryAnalysis, StrictModel
 
 MAX_CONCURRENCY = 32
@@ -109,49 +110,50 @@ async def analyse(req: CanaryRequest) -> CanaryResult:
     analysis is a result (passed=False with reasons). Requests go straight to the frontend (no proxy from
     the environment), at most ``MAX_CONCURRENCY`` at a time.
     """
-    analysis = req.analysis
-    base = req.url.rstrip("/") + "/"
-    url = base + analysis.path.lstrip("/")
-    write_url = base + analysis.write_path.lstrip("/") if analysis.write_path is not None else None
-    count = analysis.requests
-    writes = write_indexes(count, analysis.write_share) if write_url is not None else set()
-    interval = analysis.duration.total_seconds() / count
-    timeout = max(MIN_REQUEST_TIMEOUT, 2 * analysis.max_p95_latency.total_seconds())
-    concurrency = min(count, MAX_CONCURRENCY)
-    slots = asyncio.Semaphore(concurrency)
-    samples: list[_Sample] = []
-    started = time.monotonic()
+    async with beating_async():
+        analysis = req.analysis
+        base = req.url.rstrip("/") + "/"
+        url = base + analysis.path.lstrip("/")
+        write_url = base + analysis.write_path.lstrip("/") if analysis.write_path is not None else None
+        count = analysis.requests
+        writes = write_indexes(count, analysis.write_share) if write_url is not None else set()
+        interval = analysis.duration.total_seconds() / count
+        timeout = max(MIN_REQUEST_TIMEOUT, 2 * analysis.max_p95_latency.total_seconds())
+        concurrency = min(count, MAX_CONCURRENCY)
+        slots = asyncio.Semaphore(concurrency)
+        samples: list[_Sample] = []
+        started = time.monotonic()
 
-    async def one(client: httpx.AsyncClient, write: bool) -> None:
-        try:
-            if write and write_url is not None:
-                sample = await _request(client, write_url, timeout, analysis.write_method)
-                sample.write = True
-            else:
-                sample = await _request(client, url, timeout, "GET")
-            samples.append(sample)
-        finally:
-            slots.release()
+        async def one(client: httpx.AsyncClient, write: bool) -> None:
+            try:
+                if write and write_url is not None:
+                    sample = await _request(client, write_url, timeout, analysis.write_method)
+                    sample.write = True
+                else:
+                    sample = await _request(client, url, timeout, "GET")
+                samples.append(sample)
+            finally:
+                slots.release()
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, limits=limits) as client:
-        tasks: set[asyncio.Task[None]] = set()
-        last_beat = started
-        for index in range(count):
-            await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
-            await slots.acquire()
-            task = asyncio.create_task(one(client, index in writes))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            if time.monotonic() - last_beat >= HEARTBEAT_EVERY:
-                last_beat = time.monotonic()
-                _heartbeat(index, samples)
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-    return _judge(req, samples, round((time.monotonic() - started) * 1000, 1))
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, limits=limits) as client:
+            tasks: set[asyncio.Task[None]] = set()
+            last_beat = started
+            for index in range(count):
+                await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
+                await slots.acquire()
+                task = asyncio.create_task(one(client, index in writes))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if time.monotonic() - last_beat >= HEARTBEAT_EVERY:
+                    last_beat = time.monotonic()
+                    _heartbeat(index, samples)
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+        return _judge(req, samples, round((time.monotonic() - started) * 1000, 1))
 
 
 async def _request(client: httpx.AsyncClient, url: str, timeout: float, method: str) -> _Sample:
