@@ -68,7 +68,8 @@ async def beating_async(every: float = BEAT_EVERY) -> AsyncIterator[None]:
     async def beat() -> None:
         while True:
             await asyncio.sleep(every)
-            activity.heartbeat()
+            with contextlib.suppress(Exception):  # as above: a lost beat must not fail the body
+                activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:

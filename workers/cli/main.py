@@ -20,6 +20,7 @@ from workers.cli.common import EXIT_OK
 from workers.cli.dev import dev
 from workers.cli.drill import drill
 from workers.cli.failover import accept_data_loss, approve, decide, failback, failover, reject, status
+from workers.cli.faults import faults
 from workers.cli.gateway import gateway
 from workers.cli.people import people
 from workers.cli.readiness import readiness
@@ -60,6 +61,7 @@ for command in (
     codec_server,
     audit,
     drill,
+    faults,
 ):
     cli.add_command(command)
 
