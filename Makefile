@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drflow-installed
 
-.PHONY: demo dev test lint typecheck architecture install system-deps sandbox-deps schema clean
+.PHONY: demo dev test faults lint typecheck architecture install system-deps sandbox-deps schema clean
 
 demo: $(STAMP) sandbox-deps
 	$(BIN)/drflow dev --sandbox
@@ -20,6 +20,11 @@ test: $(STAMP) system-deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+
+# The fault suite alone (docs/reliability.md), with the kill -9 sweeps over every activity boundary that
+# `make test` leaves out (about 15 min for the failover, 30 for the failback, on 2 cores).
+faults: $(STAMP) system-deps
+	$(BIN)/pytest -m faults
 
 install: $(STAMP)
 

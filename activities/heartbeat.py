@@ -10,8 +10,11 @@ each heartbeat is a billable action on Temporal Cloud), and not before ``every``
 short activity sends none.
 
 They prove the worker is alive, not that the call makes progress: a call that hangs with a live worker is
-bounded by its start-to-close timeout, as before. Activities that heartbeat their own progress (propagation,
-whose retry resumes from the details) do not use these: a beat without details would replace them.
+bounded by its start-to-close timeout, as before. A body that wants its retry to know what it did calls
+``progress(...)`` before the step that must not be repeated blindly (``pg_promote``): that beat is sent at
+once when it is the attempt's first (the SDK throttles later ones), and the liveness beats repeat its
+details instead of replacing them; the retry reads them with ``previous_progress()``. Activities that
+heartbeat their own progress on every poll (propagation) do not use the liveness beats at all.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from temporalio import activity
 
@@ -28,8 +32,42 @@ BEAT_EVERY = 2.0
 """Seconds between liveness heartbeats: far inside the workflows' 10 s heartbeat timeout."""
 
 
+class _Details:
+    """What the liveness beats send: the last ``progress`` of the body, or nothing."""
+
+    def __init__(self) -> None:
+        self.values: tuple[Any, ...] = ()
+
+
+_details: contextvars.ContextVar[_Details | None] = contextvars.ContextVar("drflow_heartbeat", default=None)
+
+
 def _listened() -> bool:
     return activity.in_activity() and bool(activity.info().heartbeat_timeout)
+
+
+def _beat(details: _Details) -> None:
+    with contextlib.suppress(Exception):  # a heartbeat lost is no reason to fail the activity
+        activity.heartbeat(*details.values)
+
+
+def progress(*values: Any) -> None:
+    """Heartbeat ``values`` now (JSON-able) and have the liveness beats of this attempt repeat them."""
+    if not _listened():
+        return
+    details = _details.get()
+    if details is None:
+        details = _Details()
+        _details.set(details)
+    details.values = values
+    _beat(details)
+
+
+def previous_progress() -> list[Any]:
+    """The details of the previous attempt's last heartbeat (decoded JSON), or [] on a first attempt."""
+    if not activity.in_activity() or activity.info().attempt == 1:
+        return []
+    return list(activity.info().heartbeat_details or [])
 
 
 @contextlib.contextmanager
@@ -39,13 +77,14 @@ def beating(every: float = BEAT_EVERY) -> Iterator[None]:
         yield
         return
     stop = threading.Event()
+    details = _Details()
+    token = _details.set(details)  # before the copy: the body's progress() and this thread share it
 
     def beat() -> None:
         while not stop.wait(every):
             # The SDK's heartbeat of a threaded activity is thread-safe; it needs the activity's context,
             # which ``context.run`` gives this thread.
-            with contextlib.suppress(Exception):  # a heartbeat lost is no reason to fail the activity
-                activity.heartbeat()
+            _beat(details)
 
     context = contextvars.copy_context()
     name = f"heartbeat-{activity.info().activity_type}"
@@ -56,6 +95,7 @@ def beating(every: float = BEAT_EVERY) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        _details.reset(token)
 
 
 @contextlib.asynccontextmanager
@@ -65,11 +105,13 @@ async def beating_async(every: float = BEAT_EVERY) -> AsyncIterator[None]:
         yield
         return
 
+    details = _Details()
+    token = _details.set(details)  # the task copies the context: the body's progress() and it share it
+
     async def beat() -> None:
         while True:
             await asyncio.sleep(every)
-            with contextlib.suppress(Exception):  # as above: a lost beat must not fail the body
-                activity.heartbeat()
+            _beat(details)
 
     task = asyncio.create_task(beat())
     try:
@@ -78,3 +120,4 @@ async def beating_async(every: float = BEAT_EVERY) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        _details.reset(token)

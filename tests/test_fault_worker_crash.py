@@ -56,8 +56,12 @@ async def test_a_worker_killed_mid_promotion_is_replaced_after_a_heartbeat_timeo
                 handle = await start(dev_env, world, task_queue)
                 await wait_for_gate(dev_env.client, handle.id)
                 proxy.set_fault(ProxyFaultSpec(mode="blackhole", after=b"pg_promote"))
-                await handle.execute_update(FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go"))
-                assert await asyncio.to_thread(proxy.triggered.wait, 90), "the promotion never reached the proxy"
+                await handle.execute_update(
+                    FailoverWorkflow.approve, ApprovalInput(approver="bob", reason="go")
+                )
+                assert await asyncio.to_thread(proxy.triggered.wait, 90), (
+                    "the promotion never reached the proxy"
+                )
                 # The server acts on the call; its answer is what the proxy holds back.
                 await asyncio.to_thread(
                     eventually, lambda: not in_recovery(world, "region-b"), what="region-b promoted"
@@ -75,9 +79,12 @@ async def test_a_worker_killed_mid_promotion_is_replaced_after_a_heartbeat_timeo
                         await worker.wait()
 
         assert report.outcome == "completed", report.messages
-        # One promotion: the first attempt's, which the retry found done.
-        assert report.promotion is not None and report.promotion.already_primary and report.promotion.timeline == 2
-        assert report.promotion.writable
+        # One promotion: the first attempt's, which the retry recognised from the heartbeat sent before
+        # pg_promote and reports as this run's promotion (not as a primary found in place).
+        promotion = report.promotion
+        assert promotion is not None and promotion.timeline == 2 and promotion.writable
+        assert promotion.promoted and not promotion.already_primary
+        assert "region-b promoted by attempt 1, whose answer was lost" in " ".join(promotion.actions)
         assert soa_serial(world.runbook.dns.zone, names.primary_port) == serial_before + 1
         assert await answers(world) == [[REGION_B], [REGION_B]]
 
@@ -99,8 +106,6 @@ async def test_a_worker_killed_mid_promotion_is_replaced_after_a_heartbeat_timeo
         assert started.attempt == 2
         timeout = started.last_failure.timeout_failure_info.timeout_type
         assert timeout == TimeoutType.TIMEOUT_TYPE_HEARTBEAT, started.last_failure
-        [attributes] = [
-            s for s in scheduled.values() if s.activity_type.name == "db_promote"
-        ]
+        [attributes] = [s for s in scheduled.values() if s.activity_type.name == "db_promote"]
         assert attributes.heartbeat_timeout.ToTimedelta() == HEARTBEAT
         print(f"kill -9 mid-promotion: the run completed {recovered:.1f}s after the kill")

@@ -86,7 +86,9 @@ class HeartbeatProbe:
         )
 
 
-async def probe(env: WorkflowEnvironment, task_queue: str, name: str, heartbeat: float | None = 1.0) -> object:
+async def probe(
+    env: WorkflowEnvironment, task_queue: str, name: str, heartbeat: float | None = 1.0
+) -> object:
     with ThreadPoolExecutor(4) as executor:
         async with Worker(
             env.client, task_queue=task_queue, workflows=[HeartbeatProbe], activity_executor=executor,

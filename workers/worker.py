@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.archive import ArchiveActivities, ArchiveWriter
 from activities.database.activities import DATABASE_ACTIVITIES
@@ -21,6 +21,7 @@ from activities.dns.activities import DNS_ACTIVITIES
 from activities.dns.propagation import verify_propagation
 from activities.dns.reader import read_dns_record
 from activities.drill_report import REPORTS_ENV, reports_dir, write_drill_report
+from activities.faults.crash_point import CRASH_ENV, CrashAt, CrashPointInterceptor
 from activities.health import probe_health, validate_health
 from activities.readiness_alerts import ReadinessAlertActivities
 from activities.readiness_history import ReadinessHistoryActivities
@@ -202,8 +203,17 @@ def build_worker(
         or ThreadPoolExecutor(max_workers=16, thread_name_prefix="drflow-activity"),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         workflow_runner=workflow_runner(),
-        interceptors=[RunMetricsInterceptor()],  # drflow's metrics (docs/observability.md)
+        interceptors=[RunMetricsInterceptor(), *crash_points()],  # metrics: docs/observability.md
     )
+
+
+def crash_points() -> list[Interceptor]:
+    """The fault sweep's self-kill (docs/reliability.md), only while DRFLOW_FAULT_CRASH_AT is set."""
+    at = CrashAt.from_env()
+    if at is None:
+        return []
+    log.warning("%s=%s: this worker kills itself with -9 at that activity boundary", CRASH_ENV, at)
+    return [CrashPointInterceptor(at)]
 
 
 async def run_until_signalled(worker: Worker, stop: asyncio.Event | None = None) -> None:

@@ -32,7 +32,7 @@ from activities.dns.plan import (
 )
 from activities.dns.weights import TrafficState, WeightPlan, desired_weights
 from activities.errors import ConcurrentChange, ErrorType
-from activities.heartbeat import beating, beating_async
+from activities.heartbeat import beating, beating_async, previous_progress, progress
 from runbooks.model import DnsConfig, StrictModel
 
 
@@ -58,10 +58,11 @@ async def apply_dns_change(req: ApplyDnsChangeRequest) -> DnsChangeResult:
         provider = registry.dns_provider_for(req.dns)
         before = await provider.read(plan.record, plan.type)
         if before == plan.desired:
-            return _already_desired(plan, before)
+            return _applied_earlier(plan, before) or _already_desired(plan, before)
         if before != plan.current:
             raise _stale(plan, before)
 
+        progress({"dns_apply": plan.checksum})  # before the write: a retry after a lost answer knows it
         try:
             change_id = await provider.apply(plan)
         except ConcurrentChange as refused:
@@ -113,6 +114,25 @@ def _already_desired(plan: DnsChangePlan, state: DnsRecordState) -> DnsChangeRes
         after=state,
         change_id=None,
         detail=f"{plan.record} {plan.type} is already in the desired state ({state.describe()})",
+    )
+
+
+def _applied_earlier(plan: DnsChangePlan, state: DnsRecordState) -> DnsChangeResult | None:
+    """The change of the previous attempt of this activity, whose answer was lost (its worker died after
+    the write): reported as this run's change, from the plan's state, not as found in place. The provider's
+    change id went with the lost answer, so the provider's own status is not waited for; propagation is
+    still proven on every nameserver."""
+    sent = any(isinstance(d, dict) and d.get("dns_apply") == plan.checksum for d in previous_progress())
+    if not sent or plan.no_op:
+        return None
+    return DnsChangeResult(
+        applied=True,
+        before=plan.current,
+        after=state,
+        change_id=None,
+        detail=f"{plan.record} {plan.type}: {plan.current.describe()} -> {state.describe()} "
+        f"({plan.provider}), applied by attempt {activity.info().attempt - 1}, whose answer was lost; "
+        "not applied again",
     )
 
 

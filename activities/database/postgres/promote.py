@@ -6,6 +6,8 @@ import math
 import time
 
 import psycopg
+from pydantic import ValidationError
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.database.postgres.connection import (
@@ -24,6 +26,7 @@ from activities.database.postgres.connection import (
 )
 from activities.database.results import PromoteResult, WaitForReplayResult, lsn_to_int
 from activities.errors import ErrorType
+from activities.heartbeat import previous_progress, progress
 from runbooks.model import StrictModel
 
 
@@ -68,6 +71,28 @@ def wait_for_replay(req: WaitForReplayRequest) -> WaitForReplayResult:
             conn.close()
 
 
+class PromoteSent(StrictModel):
+    """The heartbeat sent just before ``pg_promote``: what a retry needs to recognise its own promotion."""
+
+    region: str
+    replay_lsn: str | None
+    timeline: int | None
+
+
+def _sent_before(region: str, timeline: int | None) -> PromoteSent | None:
+    """The previous attempt's ``pg_promote`` of ``region``, if it sent one and the node has since moved to a
+    later timeline (a promotion makes the next one): then that promotion was this run's, not another's."""
+    for details in reversed(previous_progress()):
+        try:
+            sent = PromoteSent.model_validate(details)
+        except ValidationError:
+            continue
+        later = sent.timeline is not None and timeline is not None and timeline > sent.timeline
+        if sent.region == region and later:
+            return sent
+    return None
+
+
 class PromoteRequest(StrictModel):
     standby: PostgresTarget
     timeout_seconds: float = 60
@@ -91,14 +116,21 @@ def promote(req: PromoteRequest) -> PromoteResult:
             type=ErrorType.DATABASE_UNREACHABLE,
         ) from None
     replay_lsn: str | None = None
+    promoted = False
     with conn:
         try:
-            row = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+                "(SELECT timeline_id FROM pg_control_checkpoint())"
+            ).fetchone()
             in_recovery = bool(row and row[0])
             if in_recovery:
                 replay_lsn = row[1] if row else None
                 wait = max(1, math.floor(time_left(deadline)))
                 actions.append(f"{region} in recovery at replay LSN {replay_lsn}: pg_promote (wait {wait}s)")
+                # Told to the server before the call: a retry after a lost answer knows it was sent.
+                sent = PromoteSent(region=region, replay_lsn=replay_lsn, timeline=row[2] if row else None)
+                progress(sent.model_dump(mode="json"))
                 done = conn.execute("SELECT pg_promote(wait => true, wait_seconds => %s)", (wait,)).fetchone()
                 if not (done and done[0]):
                     raise ApplicationError(
@@ -106,12 +138,23 @@ def promote(req: PromoteRequest) -> PromoteResult:
                         type=ErrorType.PROMOTION_FAILED,
                     )
                 actions.append(f"{region} promoted: out of recovery")
-            else:
-                actions.append(f"{region} is already a primary (not in recovery): no promotion needed")
+                promoted = True
             timeline_row = conn.execute(
                 "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
             ).fetchone()
             timeline = int(timeline_row[0], 16) if timeline_row else None
+            if not in_recovery:
+                earlier = _sent_before(region, timeline)
+                if earlier is None:
+                    actions.append(f"{region} is already a primary (not in recovery): no promotion needed")
+                else:
+                    promoted, replay_lsn = True, earlier.replay_lsn
+                    actions.append(
+                        f"{region} promoted by attempt {activity.info().attempt - 1}, whose answer was lost: "
+                        f"it sent pg_promote at replay LSN {earlier.replay_lsn} on timeline "
+                        f"{earlier.timeline}, and {region} now writes on timeline {timeline}; "
+                        "not promoted again"
+                    )
             allow_connections(conn, actions)
         except psycopg.Error as err:
             raise ApplicationError(
@@ -121,8 +164,8 @@ def promote(req: PromoteRequest) -> PromoteResult:
     actions.append(detail)
     return PromoteResult(
         region=region,
-        promoted=in_recovery,
-        already_primary=not in_recovery,
+        promoted=promoted,
+        already_primary=not promoted,
         replay_lsn_at_promotion=replay_lsn,
         timeline=timeline,
         writable=writable,
