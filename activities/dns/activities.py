@@ -230,15 +230,21 @@ class WeightsResult(StrictModel):
 @activity.defn(name="traffic_plan_weights")
 async def plan_weights(req: PlanWeightsRequest) -> WeightPlan:
     """Observe the provider and compute the weight change to approve; writes nothing."""
-    provider = registry.weights_provider_for(req.dns)
-    current = await provider.read_weights(req.dns.record, req.dns.type, req.addresses)
-    desired = desired_weights(current, req.weights, req.addresses, req.dns.ttl)
-    return WeightPlan.build(provider.name, current, desired)
+    async with beating_async():
+        provider = registry.weights_provider_for(req.dns)
+        current = await provider.read_weights(req.dns.record, req.dns.type, req.addresses)
+        desired = desired_weights(current, req.weights, req.addresses, req.dns.ttl)
+        return WeightPlan.build(provider.name, current, desired)
 
 
 @activity.defn(name="traffic_apply_weights")
 async def apply_weights(req: ApplyWeightsRequest) -> WeightsResult:
     """Apply an approved weight plan if what it was planned from still holds; idempotent under retries."""
+    async with beating_async():  # a throttled provider's backoff may outlast the heartbeat timeout
+        return await _apply_weights(req)
+
+
+async def _apply_weights(req: ApplyWeightsRequest) -> WeightsResult:
     plan = req.plan
     if (
         plan.checksum != plan.content_checksum()
