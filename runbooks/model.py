@@ -147,8 +147,9 @@ class _DnsBase(StrictModel):
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Without ``managed_by``, serialised as before it existed (previous workers decode it)."""
-        return drop_unset(handler(self), "managed_by")
+        """Without ``managed_by`` (or Route53's ``accelerated_recovery``), serialised as before they existed
+        (previous workers decode it)."""
+        return drop_unset(handler(self), "managed_by", "accelerated_recovery")
 
     @field_validator("zone", "record")
     @classmethod
@@ -161,6 +162,11 @@ class _DnsBase(StrictModel):
 class Route53Dns(_DnsBase):
     provider: Literal["route53"]
     hosted_zone_id: str = Field(pattern=r"^Z[A-Z0-9]{1,32}$", description="e.g. Z0123456789ABCDEFGHIJ")
+    accelerated_recovery: bool = Field(
+        default=False,
+        description="the hosted zone should have Route53 accelerated recovery enabled (changes accepted "
+        "even while us-east-1 is impaired); readiness warns while it is not",
+    )
 
 
 class CloudDns(_DnsBase):

@@ -19,12 +19,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from runbooks.model import Nameserver
 from tests.support.aws import (
+    Route53Extras,
     client,
     hosted_zone,
     ministack_server,  # noqa: F401  (session fixture ministack_endpoint)
     moto_server,  # noqa: F401  (session fixture moto_endpoint)
     point_aws_at,
     route53_nameserver,
+    throttling_proxy,
     unique,
 )
 from tests.support.failover import wait_for_gate
@@ -248,3 +250,46 @@ async def test_readiness_runs_the_providers_preflight_and_a_missing_replica_bloc
     assert broken.verdict == "not-ready"
     assert broken.reasons[0].startswith("aurora-global preflight: "), broken.reasons
     assert "no-such-cluster" in broken.reasons[0]
+
+
+async def test_readiness_warns_while_accelerated_recovery_is_off_and_the_zone_nears_its_quota(
+    dev_env: WorkflowEnvironment, aws_service: AwsService, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Route53's own readiness, from the wire stand-in in front of moto (which lacks GetHostedZone's
+    Features and GetHostedZoneLimit): early warnings that alert and count, with the verdict unchanged,
+    since the failover would still go."""
+    from workflows.readiness import ReadinessWorkflow
+    from workflows.readiness_report import ReadinessReport, ReadinessRequest, render_markdown
+
+    path = aws_service.runbooks / f"{aws_service.service}.yaml"
+    path.write_text(
+        path.read_text().replace(
+            f"hosted_zone_id: {aws_service.zone_id}\n",
+            f"hosted_zone_id: {aws_service.zone_id}\n  accelerated_recovery: true\n",
+        )
+    )
+
+    async def check() -> ReadinessReport:
+        async with build_worker(dev_env.client, aws_service.runbooks, task_queue=task_queue):
+            return await dev_env.client.execute_workflow(
+                ReadinessWorkflow.run, ReadinessRequest(service=aws_service.service),
+                id=f"readiness-{aws_service.service}-{uuid.uuid4().hex[:6]}", task_queue=task_queue,
+            )  # fmt: skip
+
+    with throttling_proxy(aws_service.route53) as proxy:
+        extras = Route53Extras(proxy, limit=3, enabling_reads=0).install()
+        point_aws_at(monkeypatch, route53=proxy.endpoint, sts=aws_service.route53)
+        report = await check()
+        assert report.verdict == "ready", report.reasons
+        assert sorted(w.code for w in report.warnings) == ["accelerated-recovery-off", "zone-quota-near"]
+        [accelerated] = [w for w in report.warnings if w.code == "accelerated-recovery-off"]
+        assert accelerated.message.startswith("route53: accelerated recovery: the runbook expects it")
+        assert "- ! record-set quota: 3 of 3 record sets (100%)" in render_markdown(report)
+
+        client("route53", proxy.endpoint).update_hosted_zone_features(
+            HostedZoneId=aws_service.zone_id, EnableAcceleratedRecovery=True
+        )
+        extras.limit = 10000
+        fixed = await check()
+    assert fixed.verdict == "ready" and fixed.warnings == [], fixed.warnings
+    assert extras.status[aws_service.zone_id] == "ENABLED"

@@ -23,8 +23,7 @@ from temporalio.client import ScheduleHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.sandbox import Writer, sandbox_world
-from tests.support.slack.standin import SlackStandIn, slack_standin
-from tests.support.slack.workspace import BOT_TOKEN
+from tests.support.slack.standin import SlackStandIn, slack_for_worker
 from tests.test_readiness_workflow import World, world  # noqa: F401  (fixture)
 from workers.cli.readiness import readiness_schedule, schedule_id
 from workers.worker import build_worker
@@ -66,9 +65,7 @@ def webhook_receiver() -> Iterator[tuple[Receiver, str]]:
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
-    with slack_standin() as running:
-        monkeypatch.setenv("SLACK_API_URL", running.api_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    with slack_for_worker(monkeypatch) as running:
         yield running
 
 

@@ -23,8 +23,7 @@ from activities.slack.models import SlackUsers
 from runbooks.model import Objectives
 from runbooks.people import PeopleSnapshot, parse_people
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
-from tests.support.slack.standin import SlackStandIn, slack_standin
-from tests.support.slack.workspace import BOT_TOKEN
+from tests.support.slack.standin import SlackStandIn, slack_for_worker
 from tests.support.sshkeys import Key
 from tests.test_readiness_people import approvals, keys  # noqa: F401  (fixture)
 from tests.test_readiness_workflow import World, readiness, run_readiness, world  # noqa: F401
@@ -168,9 +167,7 @@ async def test_regions_serving_different_builds_warn_and_a_missing_version_too(
 # ------------------------------------------------------------------------------------ on the sandbox
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
-    with slack_standin() as running:
-        monkeypatch.setenv("SLACK_API_URL", running.api_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    with slack_for_worker(monkeypatch) as running:
         yield running
 
 

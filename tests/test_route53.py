@@ -26,6 +26,7 @@ from activities.dns.route53 import Route53Provider
 from activities.errors import ConcurrentChange
 from runbooks.model import Route53Dns
 from tests.support.aws import (
+    Route53Extras,
     client,
     clients_for,
     hosted_zone,
@@ -291,8 +292,62 @@ def test_preflight_checks_credentials_zone_and_record_and_says_what_it_cannot_ve
     report = Route53Provider(moto_zone.dns).preflight()
 
     assert report.ok, report.markdown()
-    assert [check.ok for check in report.checks] == [True, True, True, None]
+    # moto has no GetHostedZoneLimit: the quota is unknown, never guessed
+    assert [check.ok for check in report.checks] == [True, True, None, True, None]
+    assert "record-set quota: could not be read: 404" in report.markdown()
     assert "serves 203.0.113.10" in report.markdown()
+
+
+def test_accelerated_recovery_the_runbook_expects_is_advice_until_route53_reports_it_enabled(
+    moto_zone: Zone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetHostedZone's Features and UpdateHostedZoneFeatures, which moto lacks, from the wire stand-in."""
+    expecting = moto_zone.dns.model_copy(update={"accelerated_recovery": True})
+    with throttling_proxy(moto_zone.endpoint) as proxy:
+        Route53Extras(proxy).install()
+        point_aws_at(monkeypatch, route53=proxy.endpoint, sts=moto_zone.endpoint)
+
+        off = Route53Provider(expecting).preflight()
+        assert off.ok and off.problems == [], "advice never refuses a failover"
+        [advice] = off.advice
+        assert advice.warning == "accelerated-recovery-off"
+        assert "--enable-accelerated-recovery" in advice.detail, advice.detail
+        assert "- ! accelerated recovery: the runbook expects it" in off.markdown()
+
+        client("route53", proxy.endpoint).update_hosted_zone_features(
+            HostedZoneId=moto_zone.dns.hosted_zone_id, EnableAcceleratedRecovery=True
+        )
+        enabling = Route53Provider(expecting).preflight()
+        [advice] = enabling.advice
+        assert advice.detail.startswith("ENABLING, the runbook expects ENABLED"), advice.detail
+        assert "--enable" not in advice.detail, "it is on its way: nothing to run"
+
+        enabled = Route53Provider(expecting).preflight()
+        assert enabled.advice == [] and "- ✓ accelerated recovery: ENABLED" in enabled.markdown()
+
+        # A runbook that does not ask for it still sees what the zone reports.
+        told = Route53Provider(moto_zone.dns).preflight()
+        assert "- ✓ accelerated recovery: ENABLED (the runbook does not ask for it)" in told.markdown()
+
+
+@pytest.mark.parametrize(("limit", "warned"), [(10000, False), (3, True)])
+def test_a_zone_near_its_record_set_quota_is_advice_with_what_to_ask_for(
+    moto_zone: Zone, monkeypatch: pytest.MonkeyPatch, limit: int, warned: bool
+) -> None:
+    """GetHostedZoneLimit (moto lacks it) counts the zone's real record sets: SOA, NS and the record."""
+    with throttling_proxy(moto_zone.endpoint) as proxy:
+        Route53Extras(proxy, limit=limit).install()
+        point_aws_at(monkeypatch, route53=proxy.endpoint, sts=moto_zone.endpoint)
+        report = Route53Provider(moto_zone.dns).preflight()
+
+    [quota] = [check for check in report.checks if check.name == "record-set quota"]
+    assert quota.detail.startswith(f"3 of {limit} record sets"), quota.detail
+    assert report.ok
+    if warned:
+        assert quota.ok is False and quota.warning == "zone-quota-near"
+        assert "Service Quotas" in quota.detail
+    else:
+        assert quota.ok is True and report.advice == []
 
 
 def test_preflight_names_a_missing_hosted_zone(moto_zone: Zone) -> None:

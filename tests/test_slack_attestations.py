@@ -29,8 +29,8 @@ from activities.approvals.requests import REQUEST_NAMESPACE, RequestPayload
 from activities.approvals.signatures import utc_stamp
 from runbooks.people import load_people_file
 from tests.support.failover import StatelessService, stateless_service, wait_for_gate
-from tests.support.slack.standin import Message, SlackStandIn, populate, signed, slack_standin
-from tests.support.slack.workspace import BOT_TOKEN, PLAIN_APPROVALS, SIGNING_SECRET
+from tests.support.slack.standin import Message, SlackStandIn, populate, signed, slack_for_worker
+from tests.support.slack.workspace import PLAIN_APPROVALS, SIGNING_SECRET
 from tests.support.sshkeys import SSH_KEYGEN, Key, keygen_sign, make_key
 from workers.gateway import GatewayConfig, GatewayConfigError
 from workers.gateway.approvals import ApprovalGateway
@@ -134,10 +134,7 @@ class World:
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
-    with slack_standin() as running:
-        monkeypatch.setenv("SLACK_API_URL", running.api_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
-        monkeypatch.delenv("SLACK_BOT_TOKEN_FILE", raising=False)
+    with slack_for_worker(monkeypatch) as running:
         yield populate(running)
 
 

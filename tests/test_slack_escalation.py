@@ -14,8 +14,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import stateless_service
-from tests.support.slack.standin import SlackStandIn, populate, slack_standin
-from tests.support.slack.workspace import BOT_TOKEN, approve_in_slack
+from tests.support.slack.standin import SlackStandIn, populate, slack_for_worker
+from tests.support.slack.workspace import approve_in_slack
 from workers.sandbox.named import NamedPair
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
@@ -24,9 +24,7 @@ from workflows.failover_models import FailoverRequest
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
-    with slack_standin() as running:
-        monkeypatch.setenv("SLACK_API_URL", running.api_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+    with slack_for_worker(monkeypatch) as running:
         yield populate(running)
 
 

@@ -22,7 +22,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.failover import StatelessService, stateless_service, wait_for_decision, wait_for_gate
-from tests.support.slack.standin import Message, SlackStandIn, populate, signed, slack_standin
+from tests.support.slack.standin import Message, SlackStandIn, populate, signed, slack_for_worker
 from tests.support.slack.workspace import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -73,10 +73,7 @@ class World:
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
-    with slack_standin() as running:
-        monkeypatch.setenv("SLACK_API_URL", running.api_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
-        monkeypatch.delenv("SLACK_BOT_TOKEN_FILE", raising=False)
+    with slack_for_worker(monkeypatch) as running:
         yield populate(running)
 
 

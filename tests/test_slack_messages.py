@@ -43,7 +43,7 @@ from activities.slack.models import (
     SummaryRequest,
 )
 from tests.support.slack.block_kit import block_kit_problems
-from tests.support.slack.standin import SlackStandIn, slack_standin
+from tests.support.slack.standin import SlackStandIn, slack_for_worker
 from tests.support.slack.workspace import BOT_TOKEN
 
 A = TypeVar("A")
@@ -52,12 +52,9 @@ R = TypeVar("R")
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
-    with slack_standin() as running:
+    with slack_for_worker(monkeypatch) as running:
         running.world.usergroups = {"S0ONCALL": ["U01ALICE", "U03CAROL"]}
         running.world.users = {"U02BOB": "Bob", "U01ALICE": "Alice"}
-        monkeypatch.setenv("SLACK_API_URL", running.api_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
-        monkeypatch.delenv("SLACK_BOT_TOKEN_FILE", raising=False)
         yield running
 
 

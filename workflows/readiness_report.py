@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from activities.cloud.preflight import PreflightReport
+from activities.cloud.preflight import PreflightReport, ProviderWarning
 from activities.database.results import ReplicationStatus
 from activities.dns.reader import DnsReadout
 from activities.health import HealthProbeResult
@@ -66,6 +66,7 @@ WarningCode = Literal[
     "quorum-at-risk",
     "version-drift",
     "version-unreported",
+    ProviderWarning,  # accelerated-recovery-off, zone-quota-near
 ]
 
 
@@ -199,11 +200,25 @@ def assess(
 
 def with_provider_checks(report: ReadinessReport, checks: list[PreflightReport]) -> ReadinessReport:
     """A failed provider check (credentials, a missing zone or replica) blocks: the failover's own
-    preflight would refuse the same way, at the worst moment."""
+    preflight would refuse the same way, at the worst moment. A failed advisory check (accelerated recovery
+    off, a zone near its quota) is an early warning: the failover would still go."""
     problems = [f"{c.provider} preflight: {problem}" for c in checks for problem in c.problems]
     reasons = problems + report.reasons
     verdict: Verdict = "not-ready" if problems else report.verdict
-    return report.model_copy(update={"provider_checks": checks, "reasons": reasons, "verdict": verdict})
+    advice = [
+        EarlyWarning(code=check.warning, message=f"{c.provider}: {check.name}: {check.detail}")
+        for c in checks
+        for check in c.advice
+        if check.warning is not None
+    ]
+    return report.model_copy(
+        update={
+            "provider_checks": checks,
+            "reasons": reasons,
+            "verdict": verdict,
+            "warnings": report.warnings + advice,
+        }
+    )
 
 
 def early_warnings(

@@ -42,6 +42,34 @@ if TYPE_CHECKING:
 _CONFLICT_PHRASES = ("already exists", "but it was not found", "do not match")
 
 
+ZONE_QUOTA_WARN = 0.9
+"""A hosted zone using this fraction of its record sets is warned about: creating one more may be refused."""
+
+
+def _accelerated_recovery(zone_id: str, zone: Any, status: str | None) -> PreflightCheck:
+    """Route53 accelerated recovery lets the zone accept changes (from us-west-2) within about an hour of a
+    us-east-1 impairment; it must be enabled beforehand, so the time to find it off is now."""
+    name = "accelerated recovery"
+    if status == "ENABLED":
+        return PreflightCheck(name=name, ok=True, detail="ENABLED")
+    enable = (
+        f"enable it beforehand: aws route53 update-hosted-zone-features --hosted-zone-id {zone_id} "
+        "--enable-accelerated-recovery"
+    )
+    if status is None:
+        private = (zone.get("Config") or {}).get("PrivateZone")
+        why = "a private zone cannot have it" if private else "the zone reports no status"
+        detail = f"the runbook expects it, but {why}"
+        if not private:
+            detail += f"; {enable}"
+    else:
+        reason = ((zone.get("Features") or {}).get("FailureReasons") or {}).get("AcceleratedRecovery")
+        detail = f"{status}, the runbook expects ENABLED" + (f" ({reason})" if reason else "")
+        if status not in ("ENABLING", "ENABLING_HOSTED_ZONE_LOCKED"):
+            detail += f"; {enable}"
+    return PreflightCheck(name=name, ok=False, warning="accelerated-recovery-off", detail=detail)
+
+
 class Route53Provider:
     name = "route53"
     supports_weights = True
@@ -109,6 +137,7 @@ class Route53Provider:
                     ),
                 )
             )
+            checks += self._zone_advice(zone)
         except (ClientError, BotoCoreError) as error:
             checks.append(
                 PreflightCheck(
@@ -144,6 +173,51 @@ class Route53Provider:
             )
         )
         return PreflightReport.of(self.name, checks)
+
+    def _zone_advice(self, zone: Any) -> list[PreflightCheck]:
+        """Advisory checks of the zone: accelerated recovery where the runbook expects it, the record-set
+        quota. A failover works without either today, so they are early warnings, never blockers."""
+        checks: list[PreflightCheck] = []
+        features = zone.get("Features") or {}
+        status = features.get("AcceleratedRecoveryStatus")
+        if self.config.accelerated_recovery:
+            checks.append(_accelerated_recovery(self.config.hosted_zone_id, zone, status))
+        elif status is not None:
+            checks.append(
+                PreflightCheck(
+                    name="accelerated recovery", ok=True, detail=f"{status} (the runbook does not ask for it)"
+                )
+            )
+        checks.append(self._record_set_quota())
+        return checks
+
+    def _record_set_quota(self) -> PreflightCheck:
+        name = "record-set quota"
+        try:
+            answer = call(
+                self.clients.route53().get_hosted_zone_limit, "get hosted zone limit", backoff=self.backoff,
+                Type="MAX_RRSETS_BY_ZONE", HostedZoneId=self.config.hosted_zone_id,
+            )  # fmt: skip
+        except (ClientError, BotoCoreError) as error:
+            if error_code(error) in ("AccessDenied", "AccessDeniedException"):
+                detail = "not permitted: grant route53:GetHostedZoneLimit (infra/aws/iam-policy.json)"
+            else:
+                detail = (
+                    f"could not be read: {error_code(error) or type(error).__name__}: {error_message(error)}"
+                )
+            return PreflightCheck(name=name, ok=None, detail=detail)
+        limit, count = int(answer["Limit"]["Value"]), int(answer["Count"])
+        used = count / limit if limit else 1.0
+        detail = f"{count} of {limit} record sets ({used:.0%})"
+        if used < ZONE_QUOTA_WARN:
+            return PreflightCheck(name=name, ok=True, detail=detail)
+        return PreflightCheck(
+            name=name,
+            ok=False,
+            warning="zone-quota-near",
+            detail=f"{detail}, warns from {ZONE_QUOTA_WARN:.0%}: a change that must create a record set is "
+            "refused at the limit; ask for more in Service Quotas (Route 53, record sets per hosted zone)",
+        )
 
     # ------------------------------------------------------------------------------------- internals
     def _record_sets(self, record: str, type: RecordType) -> list[ResourceRecordSetOutputTypeDef]:

@@ -17,6 +17,7 @@ import http.client
 import importlib.util
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -184,6 +185,11 @@ class Rule:
     action: str  # "Throttling", "PriorRequestNotComplete": refused unforwarded; "lose": forwarded, then 503
 
 
+Reply = tuple[int, bytes]
+Answer = Callable[[str, str, str], Reply | None]  # answered here, never forwarded
+Rewrite = Callable[[str, str, bytes], bytes]  # applied to the upstream's answer
+
+
 @dataclass
 class ThrottlingProxy:
     upstream: str
@@ -191,6 +197,8 @@ class ThrottlingProxy:
     rules: list[Rule] = field(default_factory=list)
     forwarded: list[tuple[str, str, str]] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -222,6 +230,11 @@ def throttling_proxy(upstream: str) -> Iterator[ThrottlingProxy]:
             method, path = self.command, self.path
             with lock:
                 action = proxy._take(method, path, body.decode(errors="replace"))
+            for answer in proxy.answers:
+                reply = answer(method, path, body.decode(errors="replace"))
+                if reply is not None:
+                    self._answer(reply[0], {"Content-Type": "text/xml"}, reply[1])
+                    return
             if action in ("Throttling", "PriorRequestNotComplete"):
                 with lock:
                     proxy.refused.append((method, path, action))
@@ -243,6 +256,8 @@ def throttling_proxy(upstream: str) -> Iterator[ThrottlingProxy]:
             if action == "lose":
                 self._answer(503, {"Content-Type": "text/plain"}, b"upstream connection reset")
                 return
+            for rewrite in proxy.rewrites:
+                payload = rewrite(method, path, payload)
             kept = {
                 k: v for k, v in response.getheaders() if k.lower() not in ("transfer-encoding", "connection")
             }
@@ -273,6 +288,71 @@ def throttling_proxy(upstream: str) -> Iterator[ThrottlingProxy]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# ------------------------------------------------------------------ Route53 APIs moto does not answer
+ROUTE53_NS = "https://route53.amazonaws.com/doc/2013-04-01/"
+
+
+@dataclass
+class Route53Extras:
+    """Wire stand-ins, in front of moto, for the Route53 APIs it lacks, in the XML Route53 documents:
+    UpdateHostedZoneFeatures / GetHostedZone's ``Features`` (accelerated recovery: ENABLING for
+    ``enabling_reads`` reads of the zone, then ENABLED, as the real one takes minutes) and GetHostedZoneLimit
+    (``MAX_RRSETS_BY_ZONE``: ``limit``, and the zone's real ResourceRecordSetCount from moto)."""
+
+    proxy: ThrottlingProxy
+    limit: int = 10000
+    enabling_reads: int = 1
+    status: dict[str, str] = field(default_factory=dict)  # zone id -> AcceleratedRecoveryStatus
+    reads: dict[str, int] = field(default_factory=dict)
+
+    def install(self) -> Route53Extras:
+        self.proxy.answers += [self._update_features, self._zone_limit]
+        self.proxy.rewrites.append(self._with_features)
+        return self
+
+    def _update_features(self, method: str, path: str, body: str) -> Reply | None:
+        found = re.fullmatch(r"/2013-04-01/hostedzone/([^/]+)/features", path)
+        if method != "POST" or found is None:
+            return None
+        enable = re.search(r"<EnableAcceleratedRecovery>(\w+)</EnableAcceleratedRecovery>", body)
+        wanted = enable is not None and enable.group(1) == "true"
+        self.status[found.group(1)] = "ENABLING" if wanted else "DISABLED"
+        self.reads[found.group(1)] = 0
+        return 200, f'<?xml version="1.0"?><UpdateHostedZoneFeaturesResponse xmlns="{ROUTE53_NS}"/>'.encode()
+
+    def _zone_limit(self, method: str, path: str, body: str) -> Reply | None:
+        found = re.fullmatch(r"/2013-04-01/hostedzonelimit/([^/]+)/([A-Z_]+)", path)
+        if method != "GET" or found is None:
+            return None
+        zone_id, kind = found.groups()
+        if kind != "MAX_RRSETS_BY_ZONE":
+            return 400, THROTTLED.format(
+                code="InvalidInput", message=f"unsupported limit {kind}", request_id=uuid.uuid4()
+            ).encode()
+        count = client("route53", self.proxy.upstream).get_hosted_zone(Id=zone_id)["HostedZone"][
+            "ResourceRecordSetCount"
+        ]
+        return 200, (
+            f'<?xml version="1.0"?><GetHostedZoneLimitResponse xmlns="{ROUTE53_NS}"><Limit>'
+            f"<Type>{kind}</Type><Value>{self.limit}</Value></Limit><Count>{count}</Count>"
+            "</GetHostedZoneLimitResponse>"
+        ).encode()
+
+    def _with_features(self, method: str, path: str, payload: bytes) -> bytes:
+        found = re.fullmatch(r"/2013-04-01/hostedzone/([^/]+)", path)
+        if method != "GET" or found is None or found.group(1) not in self.status:
+            return payload
+        zone_id = found.group(1)
+        self.reads[zone_id] += 1
+        if self.status[zone_id] == "ENABLING" and self.reads[zone_id] > self.enabling_reads:
+            self.status[zone_id] = "ENABLED"
+        features = (
+            f"<Features><AcceleratedRecoveryStatus>{self.status[zone_id]}</AcceleratedRecoveryStatus>"
+            "</Features></HostedZone>"
+        )
+        return payload.replace(b"</HostedZone>", features.encode(), 1)
 
 
 # ------------------------------------------------------------------------------- Route53 nameserver

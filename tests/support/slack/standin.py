@@ -376,3 +376,14 @@ def populate(standin: SlackStandIn) -> SlackStandIn:
     standin.world.usergroups = {"S0ONCALL": ["U01ALICE", "U03CAROL"], "S0LEADS": ["U07LEAD"]}
     standin.world.users = {"U01ALICE": "Alice", "U02BOB": "Bob", "U03CAROL": "Carol", "U09MALLORY": "Mallory"}
     return standin
+
+
+@contextmanager
+def slack_for_worker(monkeypatch: Any) -> Iterator[SlackStandIn]:
+    """The stand-in, with the environment a worker reads pointed at it (API URL, bot token; no token file):
+    what every test that lets a worker talk to Slack starts from."""
+    with slack_standin() as running:
+        monkeypatch.setenv("SLACK_API_URL", running.api_url)
+        monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)
+        monkeypatch.delenv("SLACK_BOT_TOKEN_FILE", raising=False)
+        yield running
