@@ -67,7 +67,7 @@ class ReadinessAlertActivities:
             self._send(outcome, "slack", lambda: _post_slack(request, before, resolved, link))
         if request.webhook is not None:
             body = _webhook_body(request, before, resolved, link)
-            self._send(outcome, "webhook", lambda: _post_webhook(request.webhook or "", body))
+            self._send(outcome, "webhook", lambda: post_webhook(request.webhook or "", body))
         return outcome
 
     async def _previous(self, request: AlertRequest) -> dict[str, Any] | None:
@@ -145,7 +145,7 @@ def _webhook_body(
     }
 
 
-def _post_webhook(reference: str, body: dict[str, Any]) -> None:
+def post_webhook(reference: str, body: dict[str, Any]) -> None:
     url = resolve_secret(reference)  # the URL often carries a token: a reference, never in a message
     try:
         response = httpx.post(url, json=body, timeout=WEBHOOK_TIMEOUT)

@@ -24,6 +24,7 @@ from activities.drill_report import REPORTS_ENV, reports_dir, write_drill_report
 from activities.faults.crash_point import CRASH_ENV, CrashAt, CrashPointInterceptor
 from activities.health import probe_health, validate_health
 from activities.readiness_alerts import ReadinessAlertActivities
+from activities.readiness_digest import ReadinessDigestActivities
 from activities.readiness_history import ReadinessHistoryActivities
 from activities.runbook import RunbookActivities
 from activities.service_lock import ServiceLockActivities
@@ -39,6 +40,7 @@ from workflows.failback import FailbackWorkflow
 from workflows.failover import FailoverWorkflow
 from workflows.metrics import RunMetricsInterceptor
 from workflows.readiness import ReadinessWorkflow
+from workflows.readiness_digest import ReadinessDigestWorkflow
 from workflows.runner import workflow_runner
 from workflows.service_lock import ServiceLockWorkflow
 
@@ -46,6 +48,7 @@ log = logging.getLogger("drflow.worker")
 
 WORKFLOWS: Sequence[type] = (
     ReadinessWorkflow,
+    ReadinessDigestWorkflow,
     FailoverWorkflow,
     FailbackWorkflow,
     DrillWorkflow,
@@ -183,6 +186,7 @@ def activities_for(client: Client, runbooks_dir: Path, archive: ArchiveWriter | 
         write_drill_report,
         ReadinessAlertActivities(client).readiness_alert,
         ReadinessHistoryActivities(client).past_checks,
+        ReadinessDigestActivities(client, runbooks_dir).readiness_digest,
         *ArchiveActivities(client, archive or HistoryArchiver()).activities(),
         *SLACK_ACTIVITIES,
     ]

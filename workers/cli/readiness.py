@@ -13,10 +13,12 @@ evacuation is dispatched first on a shared task queue).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from temporalio.client import (
@@ -24,23 +26,38 @@ from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
+    ScheduleRange,
     ScheduleSpec,
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WorkflowFailureError,
 )
 from temporalio.common import Priority
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from activities.readiness_digest import DIGEST_SCHEDULE, digest_text
 from activities.search_attributes import STEP_ATTR, run_attributes
 from runbooks.durations import format_duration, parse_duration
 from runbooks.loader import load_directory
-from workers.cli.common import EXIT_OK, Failure, connect, connection_options, services_to_check, settings_from
+from workers.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Failure,
+    connect,
+    connection_options,
+    services_to_check,
+    settings_from,
+    workflow_link,
+)
 from workers.connection import TemporalSettings
 from workflows.common import TASK_QUEUE
+from workflows.readiness_digest import DigestInput, ReadinessDigestWorkflow
 from workflows.readiness_report import ReadinessRequest
 
 SCHEDULE_PREFIX = "readiness-"
@@ -265,3 +282,161 @@ for _name, _help in (
     ("delete", "Delete the readiness schedule of SERVICE (or --all); past checks stay."),
 ):
     readiness.add_command(_schedule_command(_name, _help))
+
+
+# ------------------------------------------------------------------------------------------------ digest
+DIGEST_AT = "09:00"
+DIGEST_TIMEOUT = timedelta(minutes=15)
+
+
+def parse_at(text: str) -> tuple[int, int]:
+    hour, _, minute = text.partition(":")
+    try:
+        at = (int(hour), int(minute or "0"))
+    except ValueError:
+        at = (-1, -1)
+    if not (0 <= at[0] <= 23 and 0 <= at[1] <= 59):
+        raise click.BadParameter(f"{text!r} is not a time of day HH:MM", param_hint="--at")
+    return at
+
+
+def digest_schedule(request: DigestInput, at: tuple[int, int], time_zone: str) -> Schedule:
+    """Once a day at ``at`` in ``time_zone``: what ``digest schedule`` creates, or replaces."""
+    action = ScheduleActionStartWorkflow(
+        "ReadinessDigest",
+        request,
+        id=DIGEST_SCHEDULE,  # the server appends the scheduled time
+        task_queue=TASK_QUEUE,
+        static_summary="Daily readiness digest of every service",
+        execution_timeout=DIGEST_TIMEOUT,
+        priority=PRIORITY,
+    )
+    calendar = ScheduleCalendarSpec(
+        second=(ScheduleRange(0),),
+        minute=(ScheduleRange(at[1]),),
+        hour=(ScheduleRange(at[0]),),
+        comment=f"daily at {at[0]:02d}:{at[1]:02d} {time_zone}",
+    )
+    return Schedule(
+        action=action,
+        spec=ScheduleSpec(calendars=[calendar], time_zone_name=time_zone),
+        # a digest missed during an outage is sent within the hour, not the next morning, and never twice
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=1)),
+        state=ScheduleState(note=f"readiness digest daily at {at[0]:02d}:{at[1]:02d} {time_zone}"),
+    )
+
+
+def _digest_input(channel: str | None, webhook: str | None, window_text: str) -> DigestInput:
+    try:
+        window = parse_duration(window_text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--window") from err
+    if window <= timedelta(0):
+        raise click.BadParameter("the window must be longer than 0", param_hint="--window")
+    if webhook is not None and not webhook.startswith(("env:", "file:")):
+        raise click.BadParameter(
+            "a webhook URL often carries a token: give a reference, env:NAME or file:/path, never the URL",
+            param_hint="--webhook",
+        )
+    return DigestInput(slack_channel=channel, webhook=webhook, window=window)
+
+
+@readiness.group("digest")
+def digest() -> None:
+    """The daily digest of every service's readiness: schedule, now, delete."""
+
+
+@digest.command("schedule")
+@click.option("--channel", help="the Slack channel id to post to, e.g. C0123456789")
+@click.option("--webhook", help="env:NAME or file:/path holding a webhook URL to post the JSON digest to")
+@click.option("--at", "at_text", default=DIGEST_AT, show_default=True, help="time of day, HH:MM")
+@click.option(
+    "--timezone", "time_zone", default="UTC", show_default=True, help="IANA name, e.g. Europe/Berlin"
+)
+@click.option("--window", "window_text", default="24h", show_default=True, help="the checks counted")
+@connection_options
+def digest_schedule_command(
+    channel: str | None, webhook: str | None, at_text: str, time_zone: str, window_text: str, **options: Any
+) -> int:
+    """Post the fleet's readiness every day at --at (the services are the worker's runbooks)."""
+    if channel is None and webhook is None:
+        raise click.UsageError("give --channel, --webhook or both: a digest nobody receives is no digest")
+    request = _digest_input(channel, webhook, window_text)
+    at = parse_at(at_text)
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise click.BadParameter(f"{time_zone!r} is not an IANA time zone", param_hint="--timezone") from err
+    return asyncio.run(_schedule_digest(settings_from(options), digest_schedule(request, at, time_zone)))
+
+
+async def _schedule_digest(settings: TemporalSettings, wanted: Schedule) -> int:
+    client = await connect(settings)
+    try:
+        handle = await client.create_schedule(DIGEST_SCHEDULE, wanted)
+        verb = "scheduled"
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(DIGEST_SCHEDULE)
+
+        def replace(update: ScheduleUpdateInput) -> ScheduleUpdate:
+            wanted.state.paused = update.description.schedule.state.paused  # keep a pause
+            return ScheduleUpdate(schedule=wanted)
+
+        await handle.update(replace)
+        verb = "updated"
+    description = await handle.describe()
+    upcoming = description.info.next_action_times[:1]
+    first = f"; next {upcoming[0]:%Y-%m-%d %H:%M} UTC" if upcoming else ""
+    click.echo(f"{verb} {DIGEST_SCHEDULE}: {wanted.state.note}{first}")
+    return EXIT_OK
+
+
+@digest.command("now")
+@click.option("--channel", help="also post it to this Slack channel id")
+@click.option("--webhook", help="also post it to the webhook URL this env:/file: reference holds")
+@click.option("--window", "window_text", default="24h", show_default=True, help="the checks counted")
+@connection_options
+def digest_now(channel: str | None, webhook: str | None, window_text: str, **options: Any) -> int:
+    """Build the digest now and print it (posted too, with --channel or --webhook)."""
+    request = _digest_input(channel, webhook, window_text)
+    return asyncio.run(_digest_now(settings_from(options), request))
+
+
+async def _digest_now(settings: TemporalSettings, request: DigestInput) -> int:
+    client = await connect(settings)
+    handle = await client.start_workflow(
+        ReadinessDigestWorkflow.run,
+        request,
+        id=f"{DIGEST_SCHEDULE}-now-{uuid.uuid4().hex[:8]}",
+        task_queue=TASK_QUEUE,
+        execution_timeout=DIGEST_TIMEOUT,
+        static_summary="Readiness digest, by hand",
+    )
+    try:
+        outcome = await handle.result()
+    except WorkflowFailureError as err:
+        cause: BaseException = err.cause
+        while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
+            cause = cause.__cause__
+        raise Failure(f"the digest failed: {getattr(cause, 'message', cause)}") from err
+    click.echo(digest_text(outcome, workflow_link(settings, handle.id)))
+    for failed in outcome.failed:
+        click.echo(f"drflow: not posted through {failed}", err=True)
+    return EXIT_ERROR if outcome.failed else EXIT_OK
+
+
+@digest.command("delete")
+@connection_options
+def digest_delete(**options: Any) -> int:
+    """Stop the daily digest."""
+    return asyncio.run(_delete_digest(settings_from(options)))
+
+
+async def _delete_digest(settings: TemporalSettings) -> int:
+    client = await connect(settings)
+    try:
+        await client.get_schedule_handle(DIGEST_SCHEDULE).delete()
+    except RPCError as err:
+        raise Failure(f"{DIGEST_SCHEDULE}: {err.message}") from err
+    click.echo(f"{DIGEST_SCHEDULE}: deleted")
+    return EXIT_OK
