@@ -23,9 +23,11 @@ def target(env: WorkflowEnvironment) -> str:
     return env.client.service_client.config.target_host
 
 
-async def drflow(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+async def drflow(
+    *args: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     process = await asyncio.create_subprocess_exec(
-        *DRFLOW, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *DRFLOW, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
