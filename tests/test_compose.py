@@ -312,7 +312,11 @@ def test_worker_builds_from_the_repo_dockerfile_and_runs_worker(
         ARCHIVE_ENV: f"{STATE_DIR}/archive",
         REPORTS_ENV: f"{STATE_DIR}/drills",
         UI_URL_ENV: "http://localhost:8080",
+        "DRFLOW_METRICS_ADDRESS": "0.0.0.0:9464",
     }
+    assert [(p["host_ip"], p["published"], p["target"]) for p in worker["ports"]] == [
+        ("127.0.0.1", "9464", 9464)
+    ]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert worker["image"] == f"drflow:{version}", "tag the worker image with the project version"
 
@@ -404,7 +408,11 @@ def test_gateway_runs_the_worker_image_with_slack_secrets_from_its_env_file(
     assert gateway["command"] == ["gateway"]
     assert gateway["environment"]["TEMPORAL_ADDRESS"] == worker["environment"]["TEMPORAL_ADDRESS"]
     assert gateway["environment"]["DRFLOW_GATEWAY_MODE"] in ("socket", "http")
-    assert [p["host_ip"] for p in gateway["ports"]] == ["127.0.0.1"], "published on loopback only"
+    assert [(p["host_ip"], p["target"]) for p in gateway["ports"]] == [
+        ("127.0.0.1", 3000),
+        ("127.0.0.1", 9465),
+    ], "published on loopback only: the gateway's port and its metrics"
+    assert gateway["environment"]["DRFLOW_METRICS_ADDRESS"] == "0.0.0.0:9465"
     assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
     with_files = config_with_env_files["services"]
     assert {k for k in with_files["drflow-gateway"]["environment"] if k.startswith("SLACK_")} == {

@@ -22,6 +22,7 @@ import asyncio
 import os
 import shutil
 import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,7 +44,8 @@ from tests.support.readonly_root import READY, SETUP_FAILED
 from tests.test_cli_check import target
 from tests.test_compose import dockerfile_env
 from workers.audit.archive import DEFAULT_ARCHIVE, verify
-from workers.sandbox.named import NamedPair
+from workers.sandbox.named import NamedPair, free_port
+from workers.telemetry import METRICS_ENV
 from workflows.readiness import ReadinessWorkflow
 from workflows.readiness_report import ReadinessReport, ReadinessRequest
 
@@ -177,6 +179,11 @@ async def worker_in(view: Container, task_queue: str) -> AsyncIterator[list[str]
         await asyncio.wait_for(reader, 10)
 
 
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 async def readiness_and_its_archive(client: Client, service: str, task_queue: str) -> ArchiveResult:
     handle = await client.start_workflow(
         ReadinessWorkflow.run, ReadinessRequest(service=service, archive=True),
@@ -210,6 +217,11 @@ async def test_the_compose_worker_archives_a_run_into_its_state_volume_and_write
     assert state in volumes, f"{ARCHIVE_ENV}: archives would go to {archive_dir}, on no writable volume"
     assert reports_dir.parent == state, f"{REPORTS_ENV}: drill reports would go to {reports_dir}, not beside"
 
+    # The compose file publishes the metrics port; here the same listener, on a port of the test's own.
+    assert view.environment[METRICS_ENV].endswith(":9464"), "the compose worker serves metrics"
+    metrics_port = free_port()
+    view.environment[METRICS_ENV] = f"127.0.0.1:{metrics_port}"
+
     with stateless_service(runbooks, dns_world) as service:
         runbook_files = tree(runbooks)
         async with worker_in(view, task_queue) as log:
@@ -221,9 +233,13 @@ async def test_the_compose_worker_archives_a_run_into_its_state_volume_and_write
             assert " ERROR " not in started, started
             try:
                 archived = await readiness_and_its_archive(dev_env.client, service.service, task_queue)
+                metrics = await asyncio.to_thread(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
             except BaseException:
                 print("the worker's log:", *log, sep="\n")
                 raise
+            # served from the read-only tree: the SDK's metrics and drflow's, for the run it just did
+            assert f'drflow_readiness_verdict{{service="{service.service}"' in metrics, metrics[:2000]
+            assert "temporal_workflow_completed" in metrics
         workflow_id, run_id = archived.manifest.workflow_id, archived.manifest.run_id
 
     output = "\n".join(log)

@@ -321,3 +321,88 @@ async def test_real_prometheus_reads_a_sandbox_failovers_rto_runs_and_steps(
         except subprocess.TimeoutExpired:
             prometheus.kill()
             prometheus.wait()
+
+
+async def test_real_prometheus_reads_a_drills_rto_its_age_and_its_failback(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox drill (failover and failback children, real approvals): the drill's own RTO and RPO, the
+    time of the last passed drill (what `DrflowDrillOverdue` reads), and the failback child's run, RTO and
+    steps, as Prometheus scraped them from the worker."""
+    from tests.support.sandbox import sandbox_world
+    from tests.test_drill import approve_children
+    from workflows.drill import DrillWorkflow
+    from workflows.drill_models import DrillRequest
+
+    monkeypatch.setenv("DRFLOW_DRILL_REPORTS", str(tmp_path / "drills"))
+    metrics_port, prom_port = free_port(), free_port()
+    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
+    assert runtime is not None
+    client = await Client.connect(
+        dev_env.client.service_client.config.target_host,
+        namespace=dev_env.client.namespace,
+        data_converter=dev_env.client.data_converter,
+        runtime=runtime,
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
+    )
+    prometheus = _start_prometheus(config, tmp_path, prom_port)
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        with sandbox_world() as world:
+            world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
+            service = world.service
+            async with build_worker(client, world.runbooks, task_queue=task_queue):
+                handle = await client.start_workflow(
+                    DrillWorkflow.run, DrillRequest(service=service),
+                    id=f"drill-{service}-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
+                )  # fmt: skip
+                await approve_children(client, handle.id)
+                report = await handle.result()
+                assert report.outcome == "passed", report.deviations
+                assert report.rto_achieved_seconds is not None and report.finished_at is not None
+                assert report.failback is not None and report.failback.achieved_rto_seconds is not None
+
+                drill_labels = f'service="{service}",kind="drill",mode="drill"'
+                rto = await _until(base, f"drflow_failover_rto_seconds{{{drill_labels}}}")
+                assert [round(float(r["value"][1]), 3) for r in rto] == [
+                    round(report.rto_achieved_seconds, 3)
+                ]
+                rpo = await _until(base, f"drflow_failover_rpo_seconds{{{drill_labels}}}")
+                assert [float(r["value"][1]) for r in rpo] == [report.rpo_achieved_seconds]
+                last = await _until(
+                    base, f'drflow_last_drill_success_timestamp_seconds{{service="{service}"}}'
+                )
+                assert [round(float(r["value"][1])) for r in last] == [round(report.finished_at.timestamp())]
+                age = await _until(
+                    base, f'time() - drflow_last_drill_success_timestamp_seconds{{service="{service}"}}'
+                )
+                assert 0 <= float(age[0]["value"][1]) < 600, "not overdue: the alert's expression reads it"
+
+                back = await _until(
+                    base, f'drflow_failover_rto_seconds{{service="{service}",kind="failback"}}'
+                )
+                assert [round(float(r["value"][1]), 3) for r in back] == [
+                    round(report.failback.achieved_rto_seconds, 3)
+                ]
+                runs = await _until(base, 'drflow_runs_total{kind=~"drill|failback|failover"}')
+                assert {(r["metric"]["kind"], r["metric"]["outcome"]) for r in runs} >= {
+                    ("drill", "passed"),
+                    ("failback", "completed"),
+                    ("failover", "completed"),
+                }
+                steps = await _until(base, 'drflow_step_duration_seconds_count{kind="failback"}')
+                assert {r["metric"]["step"] for r in steps} >= {
+                    step_label(step.name) for step in report.failback.steps if step.outcome == "ok"
+                }
+    finally:
+        prometheus.terminate()
+        try:
+            prometheus.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            prometheus.kill()
+            prometheus.wait()
