@@ -38,6 +38,7 @@ from workflows.failback_models import FailbackReport, FailbackRequest
 from workflows.failover import FailoverWorkflow
 from workflows.failover_models import ApprovalInput, DecisionInput, FailoverReport, FailoverRequest, RunReport
 from workflows.readiness import ReadinessWorkflow
+from workflows.readiness_digest import DigestInput, ReadinessDigestWorkflow
 from workflows.readiness_report import ReadinessRequest
 
 HISTORIES = ROOT / "tests" / "histories"
@@ -211,6 +212,17 @@ async def readiness_trend_and_slack(client: Client, world: SandboxWorld, queue: 
     return await readiness(client, world, queue)
 
 
+async def readiness_digest(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """The digest over the sandbox's one service after one check; no channel (the sandbox has no Slack)."""
+    await readiness(client, world, queue)
+    handle = await client.start_workflow(
+        ReadinessDigestWorkflow.run, DigestInput(), id=f"drflow-readiness-digest-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+    )  # fmt: skip
+    await handle.result()
+    return [handle.id]
+
+
 async def failback_canary(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
     await planned(client, world, queue)
@@ -343,6 +355,7 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "readiness-provider-checks": readiness,
     "failback-final-stage-plan": failback_final_stage_plan,
     "readiness-trend-and-slack": readiness_trend_and_slack,
+    "readiness-digest": readiness_digest,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
 WITH_PEOPLE = frozenset(

@@ -19,17 +19,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.query
 import psycopg
 import pytest
 
-from activities.faults.base import UnsafeTarget
+from activities.faults.base import FaultError, UnsafeTarget
 from activities.faults.postgres import ReplayPaused, replay_paused
 from activities.faults.process import KilledProcess, alive
 from activities.faults.proxy import ProxyFault, ProxyFaultSpec, TcpFaultProxy
 from activities.faults.state import FaultRegistry, cleanup_leftovers
+from activities.faults.udp import UdpFaultProxy, UdpFaultSpec, UdpProxyFault
 from runbooks.model import PostgresNode
+from tests.support.dns import APP_ADDRESS, APP_RECORD
 from tests.support.postgres import eventually
 from tests.test_cli_runbooks import DRFLOW
+from workers.sandbox.named import NamedPair
 from workers.sandbox.postgres import PostgresPair
 
 
@@ -141,7 +147,9 @@ def test_a_fault_after_a_statement_lets_the_server_act_and_loses_its_answer(pg_p
     assert not thread.is_alive() and failures, "stopping the proxy ends the held connection"
 
 
-def test_replay_paused_stops_the_standby_replaying_until_removed(pg_pair: PostgresPair, tmp_path: Path) -> None:
+def test_replay_paused_stops_the_standby_replaying_until_removed(
+    pg_pair: PostgresPair, tmp_path: Path
+) -> None:
     standby = pg_pair.node("region-b")
     fault = ReplayPaused(standby)
     registry = FaultRegistry(tmp_path)
@@ -233,7 +241,10 @@ def test_faults_left_by_a_crashed_process_are_undone_by_cleanup_and_live_ones_ar
     other.wait(5)
 
     cleaned = subprocess.run(
-        [*DRFLOW, "faults", "cleanup", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+        [*DRFLOW, "faults", "cleanup", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     restarted = re.search(r"as pid (\d+)", cleaned.stdout)
     try:
@@ -251,3 +262,45 @@ def test_faults_left_by_a_crashed_process_are_undone_by_cleanup_and_live_ones_ar
             os.kill(int(restarted.group(1)), signal.SIGKILL)
     live.remove(live_fault)
     assert FaultRegistry(tmp_path).records() == []
+
+
+def test_the_udp_proxy_delays_loses_and_blackholes_a_real_nameservers_answers(
+    dns_world: NamedPair, tmp_path: Path
+) -> None:
+    """Queries to the real BIND secondary through the UDP proxy, as propagation checks make them."""
+    registry = FaultRegistry(tmp_path)
+
+    def ask(proxy: UdpFaultProxy, timeout: float = 2.0) -> float:
+        query = dns.message.make_query(APP_RECORD, "A")
+        started = time.monotonic()
+        answer = dns.query.udp(query, "127.0.0.1", port=proxy.port, timeout=timeout)
+        assert [rr.address for rrset in answer.answer for rr in rrset] == [APP_ADDRESS]
+        return time.monotonic() - started
+
+    with UdpFaultProxy("127.0.0.1", dns_world.secondary_port) as proxy:
+        ask(proxy)
+        with registry.injected(UdpProxyFault(proxy, UdpFaultSpec(mode="delay", delay=0.3))) as record:
+            assert record.kind == "udp-proxy" and "delay +0.3s on udp" in record.description
+            assert ask(proxy) >= 0.6  # 0.3 s each way
+        with (
+            registry.injected(UdpProxyFault(proxy, UdpFaultSpec(mode="blackhole"))),
+            pytest.raises(dns.exception.Timeout),
+        ):
+            ask(proxy, timeout=0.5)
+        with registry.injected(UdpProxyFault(proxy, UdpFaultSpec(mode="loss", loss=0.5, seed=7))):
+            outcomes = []
+            for _ in range(20):
+                try:
+                    ask(proxy, timeout=0.3)
+                    outcomes.append(True)
+                except dns.exception.Timeout:
+                    outcomes.append(False)
+        assert 0 < sum(outcomes) < 20, outcomes  # some queries or answers lost, some not
+        assert proxy.counts.dropped >= outcomes.count(False)
+        ask(proxy)  # cleared: every answer again
+        assert registry.records() == []
+
+    with pytest.raises(FaultError, match="loss must be a probability"):
+        UdpFaultSpec(mode="loss", loss=1.5)
+    with pytest.raises(UnsafeTarget):
+        UdpFaultProxy("192.0.2.53", 53)

@@ -39,6 +39,7 @@ def test_every_workflow_type_has_recorded_histories() -> None:
     assert {"failover-planned", "failover-emergency-data-loss", "failover-aborted", "readiness"} <= names
     assert "failover-planned-lock" in names
     assert {"failback-canary", "drill", "drill-failover", "drill-failback"} <= names
+    assert "readiness-digest" in names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

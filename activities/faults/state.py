@@ -45,6 +45,7 @@ REMOVERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "process-kill": process.remove_recorded,
     "postgres-replay-paused": postgres.remove_recorded,
     "tcp-proxy": _proxy_gone,
+    "udp-proxy": _proxy_gone,
 }
 
 
