@@ -21,6 +21,7 @@ import pytest_asyncio
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities.faults.proxy import ProxyFaultSpec, TcpFaultProxy
 from tests.support.failover import StatelessService, stateless_service, wait_for_decision, wait_for_gate
 from tests.support.slack.standin import Message, SlackStandIn, populate, signed, slack_for_worker
 from tests.support.slack.workspace import (
@@ -309,6 +310,46 @@ async def test_slack_failures_never_block_approval_from_the_cli(world_without_ch
         for note in report.messages
     ), report.messages
     assert world.slack.top_level() == []
+
+
+@pytest.mark.faults
+async def test_slack_hanging_through_a_whole_failover_never_holds_its_steps_or_its_approval(
+    dev_env: WorkflowEnvironment,
+    tmp_path: Path,
+    dns_world: NamedPair,
+    task_queue: str,
+    standin: SlackStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slack's API behind the fault proxy, blackholed: connections open, nothing answers (the worst kind of
+    down). The gate opens, the CLI approves, every step runs; Slack's failures are notes in the report."""
+    host, _, port = standin.base_url.removeprefix("http://").partition(":")
+    with TcpFaultProxy(host, int(port)) as proxy:
+        monkeypatch.setenv("SLACK_API_URL", f"http://{proxy.address}/api/")
+        proxy.set_fault(ProxyFaultSpec(mode="blackhole"))
+        with stateless_service(tmp_path, dns_world, ttl=1, propagation="10s") as service:
+            approve_in_slack(tmp_path / f"{service.service}.yaml", channel="C0DRFLOW")
+            async with build_worker(dev_env.client, tmp_path, task_queue=task_queue):
+                world = World(dev_env, service, task_queue, standin)
+                started = time.monotonic()
+                handle = await world.start()
+                await wait_for_gate(dev_env.client, handle.id, timeout=90)
+                gate_open = time.monotonic() - started
+                outcome = await handle.execute_update(
+                    FailoverWorkflow.approve,
+                    ApprovalInput(approver="bob", reason="Slack hangs", channel="cli"),
+                )
+                assert outcome.accepted
+                approved = time.monotonic()
+                report = await asyncio.wait_for(handle.result(), 600)
+                closed = time.monotonic() - approved
+    assert report.outcome == "completed", report.messages
+    assert all(step.outcome == "ok" for step in report.steps), [(s.name, s.outcome) for s in report.steps]
+    assert any("Slack" in note for note in report.messages), report.messages
+    assert standin.top_level() == [], "nothing reached Slack"
+    print(
+        f"gate open after {gate_open:.1f}s; run closed {closed:.1f}s after the approval; RTO {report.achieved_rto_seconds}"
+    )
 
 
 # ---------------------------------------------------------------------------------------- Socket Mode
