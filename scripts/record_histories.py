@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 from activities.service_lock import lock_workflow_id
 from tests.support.failover import wait_for_decision, wait_for_gate
 from tests.support.sandbox import SandboxWorld, Writer, sandbox_world
+from tests.support.slack.standin import populate, slack_standin
+from tests.support.slack.workspace import BOT_TOKEN
 from tests.support.temporal import start_dev_server
 from tests.test_canary_guard import until
 from workers.cli.signing import Signer, sign_decision, sign_request
@@ -68,6 +71,27 @@ async def planned(client: Client, world: SandboxWorld, queue: str) -> Recorded:
     )
     await handle.result()
     return [handle.id, ("lock", lock_workflow_id(world.service))]
+
+
+async def planned_with_slack(client: Client, world: SandboxWorld, queue: str) -> Recorded:
+    """Since ``slack-close-bounded``: a failover mirrored in Slack (the suite's wire stand-in); at its end
+    the run waits for Slack to catch up, at most ``CLOSE_WAIT``."""
+    with slack_standin() as slack:
+        populate(slack)
+        saved = {name: os.environ.get(name) for name in ("SLACK_API_URL", "SLACK_BOT_TOKEN")}
+        os.environ.update(SLACK_API_URL=slack.api_url, SLACK_BOT_TOKEN=BOT_TOKEN)
+        world.write_runbook(
+            approvals__slack={"channel": "C0DRFLOW", "approvers": ["U02BOB"], "usergroup": "S0ONCALL",
+                              "identities": {"U01ALICE": "alice", "U02BOB": "bob"}}
+        )  # fmt: skip
+        try:
+            return await planned(client, world, queue)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 async def emergency_data_loss(client: Client, world: SandboxWorld, queue: str) -> Recorded:
@@ -356,6 +380,7 @@ SCENARIOS: dict[str, Callable[[Client, SandboxWorld, str], Awaitable[Recorded]]]
     "failback-final-stage-plan": failback_final_stage_plan,
     "readiness-trend-and-slack": readiness_trend_and_slack,
     "readiness-digest": readiness_digest,
+    "failover-slack-close": planned_with_slack,
 }
 # Scenarios that run with the sandbox's people file (verified approvers); the others use string approvers.
 WITH_PEOPLE = frozenset(

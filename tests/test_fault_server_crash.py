@@ -49,7 +49,7 @@ async def test_a_temporal_server_killed_mid_failover_and_restarted_loses_nothing
         client = await server.wait_until_serving()
         await register_search_attributes(client, config.namespace)
         with sandbox_world() as world:
-            before = soa_serial(world.runbook.dns.zone, world.ports.dns_primary)
+            before = soa_serial(world.runbook.dns.zone, world.sandbox.ports.dns_primary)
             async with build_worker(client, world.runbooks, task_queue=task_queue):
                 request = FailoverRequest(
                     service=world.service, target="region-b", reason="server crash test", requested_by="alice"
@@ -76,7 +76,7 @@ async def test_a_temporal_server_killed_mid_failover_and_restarted_loses_nothing
                 report = await asyncio.wait_for(handle.result(), 240)
                 resumed_after = time.monotonic() - killed_at
             history = await handle.fetch_history()
-            after = soa_serial(world.runbook.dns.zone, world.ports.dns_primary)
+            after = soa_serial(world.runbook.dns.zone, world.sandbox.ports.dns_primary)
             served = await answers(world)
             promoted_timeline = timeline(world, "region-b")
     finally:

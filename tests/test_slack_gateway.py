@@ -346,6 +346,7 @@ async def test_slack_hanging_through_a_whole_failover_never_holds_its_steps_or_i
     assert report.outcome == "completed", report.messages
     assert all(step.outcome == "ok" for step in report.steps), [(s.name, s.outcome) for s in report.steps]
     assert any("Slack" in note for note in report.messages), report.messages
+    assert any("not caught up 15s after the run ended" in note for note in report.messages), report.messages
     assert standin.top_level() == [], "nothing reached Slack"
     print(
         f"gate open after {gate_open:.1f}s; run closed {closed:.1f}s after the approval; RTO {report.achieved_rto_seconds}"

@@ -58,6 +58,11 @@ with workflow.unsafe.imports_passed_through():
 SLACK_PATCH = "slack-approvals"
 # Failed steps shown in Slack with Retry / Skip / Abort: a run recorded before it replays without them.
 DECISIONS_PATCH = "slack-decisions"
+# Since this patch the end of a run waits at most CLOSE_WAIT for Slack to catch up: a hung Slack held a
+# finished failover open for 94 s (measured, tests/test_slack_gateway.py), and with it `--wait`, the
+# archive and a drill's next child. A run recorded before it waits for the mirror as long as it takes.
+CLOSE_PATCH = "slack-close-bounded"
+CLOSE_WAIT = timedelta(seconds=15)
 SLACK_TIMEOUT = timedelta(seconds=30)
 # Bounded: a rate limit waits Slack's Retry-After, an outage a few seconds; then the run moves on without it.
 SLACK_RETRY = RetryPolicy(
@@ -190,10 +195,24 @@ class SlackMirror:
         view.record = record
 
     async def close(self) -> None:
-        """Let Slack catch up with the end of the run (final statuses, last lines, the summary)."""
+        """Let Slack catch up with the end of the run (final statuses, last lines, the summary), for at most
+        ``CLOSE_WAIT``: the run's report, not its Slack thread, is the record."""
         self._closing = True
-        if self._task is not None:
-            await self._task
+        task = self._task
+        if task is None:
+            return
+        if not workflow.patched(CLOSE_PATCH):
+            await task
+            return
+        try:
+            await workflow.wait_condition(task.done, timeout=CLOSE_WAIT)
+        except TimeoutError:
+            task.cancel()  # the activity in flight is cancelled; nothing more is posted for this run
+            self._disabled = True
+            self._note(
+                f"Slack: not caught up {format_duration(CLOSE_WAIT)} after the run ended; its final state is "
+                "in this report, not in Slack"
+            )
 
     def requester_slack_id(self, requested_by: str | None) -> str | None:
         if requested_by is None:
