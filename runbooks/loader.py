@@ -6,6 +6,7 @@ pydantic traceback.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -82,7 +83,16 @@ def load_runbook_file(path: str | os.PathLike[str]) -> LoadedRunbook:
         raw = file.read_bytes()
     except OSError as err:
         raise RunbookError([Problem(str(file), None, "", f"cannot read: {err.strerror or err}")]) from err
-    return parse_runbook(raw, str(file))
+    return _parsed(raw, str(file))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(raw: bytes, source: str) -> LoadedRunbook:
+    """``parse_runbook``, once per content: every run reads the whole directory (a service is found by
+    the name inside its file, and two files naming one service are refused), and parsing is the costly
+    part, 14 ms a runbook here: 50 runbooks cost each run 0.7 s of CPU before this. The result depends
+    on the bytes and the path alone, and is immutable, so an edited file is simply parsed anew."""
+    return parse_runbook(raw, source)
 
 
 def parse_runbook(raw: bytes, source: str) -> LoadedRunbook:
