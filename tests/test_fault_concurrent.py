@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.dns.reader import DnsQuery, read_dns_record
 from runbooks.model import Nameserver
 from tests.support.dns import ZONE
-from tests.support.failover import StatelessService, stateless_service, wait_for_gate
+from tests.support.failover import HealthSettings, StatelessService, stateless_service, wait_for_gate
 from workers.sandbox.named import NamedPair, soa_serial
 from workers.worker import build_worker
 from workflows.failover import FailoverWorkflow
@@ -60,7 +60,16 @@ async def test_fifty_concurrent_failovers_each_change_their_record_once_and_ever
     client = dev_env.client
     with ExitStack() as stack:
         services = [
-            stack.enter_context(stateless_service(tmp_path, dns_world, ttl=1, propagation="30s"))
+            # 100 app servers share this process's two cores with the worker: a 3 s health timeout
+            stack.enter_context(
+                stateless_service(
+                    tmp_path,
+                    dns_world,
+                    ttl=1,
+                    propagation="30s",
+                    health=HealthSettings(timeout="3s", interval="1s"),
+                )
+            )
             for _ in range(SERVICES)
         ]
         before = soa_serial(ZONE, dns_world.primary_port)

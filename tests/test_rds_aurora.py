@@ -23,6 +23,7 @@ from activities.database.aurora import AuroraProvider
 from activities.database.rds import RdsProvider
 from runbooks.model import AuroraGlobalDatabase, RdsDatabase
 from tests.support.aws import (
+    RdsExtras,
     StubbedClients,
     client,
     clients_for,
@@ -352,6 +353,37 @@ def test_rds_preflight_checks_both_instances_and_the_replication_source(replica:
         WEST, EAST
     )
     assert not swapped.ok and any("us-east-1 replicates from us-west-2" in p for p in swapped.problems)
+
+
+def test_rds_preflight_advises_when_the_source_region_has_no_room_for_the_re_sync(
+    replica: ReadReplica,
+) -> None:
+    """DescribeAccountAttributes (moto lacks it) from the wire stand-in: the DBInstances quota of the region
+    the request is signed for, its use counted from moto's instances there."""
+    without = RdsProvider(replica.config, clients=clients_for(replica.endpoint), backoff=FAST).preflight(
+        EAST, WEST
+    )
+    [unknown] = [c for c in without.checks if c.name == "DB instance quota in us-east-1"]
+    assert unknown.ok is None and unknown.detail.startswith("could not be read"), "never guessed"
+
+    used = len(client("rds", replica.endpoint, EAST).describe_db_instances()["DBInstances"])
+    with throttling_proxy(replica.endpoint) as proxy:
+        extras = RdsExtras(proxy, max_instances=used + 10).install()
+        roomy = RdsProvider(replica.config, clients=clients_for(proxy.endpoint), backoff=FAST).preflight(
+            EAST, WEST
+        )
+        extras.max_instances = used
+        full = RdsProvider(replica.config, clients=clients_for(proxy.endpoint), backoff=FAST).preflight(
+            EAST, WEST
+        )
+
+    [fine] = [c for c in roomy.checks if c.name == "DB instance quota in us-east-1"]
+    assert fine.ok is True and fine.detail == f"{used} of {used + 10} DB instances"
+    assert roomy.advice == []
+    [advice] = full.advice
+    assert advice.warning == "instance-quota-near" and advice.name == "DB instance quota in us-east-1"
+    assert "(no room)" in advice.detail and "Service Quotas" in advice.detail
+    assert full.ok, "advice never refuses a failover"
 
 
 def instance(identifier: str, status: str, source: str | None) -> dict[str, object]:

@@ -18,7 +18,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from runbooks.model import StrictModel, drop_unset
 
-ProviderWarning = Literal["accelerated-recovery-off", "zone-quota-near"]
+ProviderWarning = Literal["accelerated-recovery-off", "zone-quota-near", "instance-quota-near"]
 """The early-warning codes a provider's advisory checks report under (readiness's ``WarningCode``)."""
 
 

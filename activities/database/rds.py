@@ -38,6 +38,7 @@ from activities.cloud.aws import (
     aws_error,
     call,
     error_code,
+    error_message,
     latest_metric,
 )
 from activities.cloud.preflight import PreflightCheck, PreflightReport
@@ -756,6 +757,7 @@ class RdsProvider:
             )
         if source.region in described:
             checks.extend(self._resync_checks(source, replica, described))
+            checks.append(self._instance_quota(source))
         lag, problem = latest_metric(
             self.clients,
             replica.aws_region,
@@ -781,6 +783,41 @@ class RdsProvider:
             )
         )
         return PreflightReport.of(self.name, checks)
+
+    def _instance_quota(self, source: RdsInstance) -> PreflightCheck:
+        """The re-sync after a failover creates one instance in the source's region and keeps the old
+        primary beside it (renamed), so that region needs room for one more DB instance. Advice: the
+        failover itself creates nothing."""
+        name = f"DB instance quota in {source.aws_region}"
+        try:
+            answer = call(
+                self.clients.rds(source.aws_region).describe_account_attributes,
+                "describe account attributes", backoff=self.backoff,
+            )  # fmt: skip
+        except Exception as error:  # advice: no answer of any shape may break the preflight
+            code = error_code(error)
+            if code in ("AccessDenied", "AccessDeniedException"):
+                detail = "not permitted: grant rds:DescribeAccountAttributes (infra/aws/iam-policy.json)"
+            else:
+                detail = f"could not be read: {code or type(error).__name__}: {error_message(error)}"
+            return PreflightCheck(name=name, ok=None, detail=detail)
+        quota = next(
+            (q for q in answer.get("AccountQuotas", []) if q.get("AccountQuotaName") == "DBInstances"), None
+        )
+        if quota is None:
+            return PreflightCheck(name=name, ok=None, detail="RDS reports no DBInstances quota")
+        used, limit = int(quota.get("Used", 0)), int(quota.get("Max", 0))
+        detail = f"{used} of {limit} DB instances"
+        if used + 1 <= limit and used < INSTANCE_QUOTA_WARN * limit:
+            return PreflightCheck(name=name, ok=True, detail=detail)
+        room = "no room" if used + 1 > limit else f"{limit - used} left, warns from {INSTANCE_QUOTA_WARN:.0%}"
+        return PreflightCheck(
+            name=name,
+            ok=False,
+            warning="instance-quota-near",
+            detail=f"{detail} ({room}): the re-sync after a failover creates one more here while it keeps "
+            "the old primary; ask for more in Service Quotas (Amazon RDS, DB instances)",
+        )
 
     def _resync_checks(
         self, source: RdsInstance, replica: RdsInstance, described: dict[str, DBInstanceTypeDef]
@@ -948,6 +985,10 @@ class RdsProvider:
             type=failure.type if failure.non_retryable else ErrorType.PROMOTION_FAILED,
             non_retryable=failure.non_retryable,
         )
+
+
+INSTANCE_QUOTA_WARN = 0.9
+"""A region using this fraction of its DB instance quota is warned about: a re-sync needs one more."""
 
 
 def _is_replica(instance: DBInstanceTypeDef) -> bool:

@@ -185,6 +185,7 @@ class Rule:
     action: str  # "Throttling", "PriorRequestNotComplete": refused unforwarded; "lose": forwarded, then 503
 
 
+REQUEST = threading.local()  # the headers of the request this handler thread is answering, for answers
 Reply = tuple[int, bytes]
 Answer = Callable[[str, str, str], Reply | None]  # answered here, never forwarded
 Rewrite = Callable[[str, str, bytes], bytes]  # applied to the upstream's answer
@@ -228,6 +229,7 @@ def throttling_proxy(upstream: str) -> Iterator[ThrottlingProxy]:
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             method, path = self.command, self.path
+            REQUEST.headers = dict(self.headers.items())
             with lock:
                 action = proxy._take(method, path, body.decode(errors="replace"))
             for answer in proxy.answers:
@@ -353,6 +355,40 @@ class Route53Extras:
             "</Features></HostedZone>"
         )
         return payload.replace(b"</HostedZone>", features.encode(), 1)
+
+
+@dataclass
+class RdsExtras:
+    """A wire stand-in, in front of moto, for RDS's DescribeAccountAttributes (moto and ministack lack it),
+    in the Query protocol's XML: the ``DBInstances`` quota of the region the request is signed for, with
+    ``Used`` counted from moto's instances there and ``Max`` = ``max_instances``."""
+
+    proxy: ThrottlingProxy
+    max_instances: int = 40
+
+    def install(self) -> RdsExtras:
+        self.proxy.answers.append(self._account_attributes)
+        return self
+
+    def _account_attributes(self, method: str, path: str, body: str) -> Reply | None:
+        if method != "POST" or "Action=DescribeAccountAttributes" not in body:
+            return None
+        region = self._signed_region()
+        used = len(client("rds", self.proxy.upstream, region).describe_db_instances()["DBInstances"])
+        return 200, (
+            '<?xml version="1.0"?><DescribeAccountAttributesResponse '
+            'xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><DescribeAccountAttributesResult><AccountQuotas>'
+            f"<AccountQuota><AccountQuotaName>DBInstances</AccountQuotaName><Used>{used}</Used>"
+            f"<Max>{self.max_instances}</Max></AccountQuota>"
+            "</AccountQuotas></DescribeAccountAttributesResult>"
+            f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+            "</DescribeAccountAttributesResponse>"
+        ).encode()
+
+    def _signed_region(self) -> str:
+        authorization = getattr(REQUEST, "headers", {}).get("Authorization", "")
+        found = re.search(r"Credential=[^/]+/\d+/([a-z0-9-]+)/rds/", authorization)
+        return found.group(1) if found else "us-east-1"
 
 
 # ------------------------------------------------------------------------------- Route53 nameserver
