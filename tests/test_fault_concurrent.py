@@ -67,7 +67,7 @@ async def test_fifty_concurrent_failovers_each_change_their_record_once_and_ever
                     dns_world,
                     ttl=1,
                     propagation="30s",
-                    health=HealthSettings(timeout="3s", interval="1s"),
+                    health=HealthSettings(timeout="2s", interval="2s"),
                 )
             )
             for _ in range(SERVICES)
