@@ -5,19 +5,14 @@ Prometheus is a system dependency (``scripts/system-deps``): these tests fail, n
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import shutil
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import pytest
 from temporalio.client import Client
@@ -25,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.dns import APP_ADDRESS, OTHER_ADDRESS
 from tests.support.http import AppBehaviour, serve_app
+from tests.support.prometheus import scraped_client, tool, until
 from tests.test_readiness_workflow import World
 from workers.sandbox.named import NamedPair, free_port
 from workers.telemetry import TelemetryError, metrics_address, metrics_runtime
@@ -50,19 +46,13 @@ def world(tmp_path: Path, dns_world: NamedPair) -> Iterator[World]:
         yield World(runbooks=runbooks, region_a=region_a, region_b=region_b, dns=dns_world)
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-    assert path, f"{name} is missing: run scripts/system-deps promtool (Debian package prometheus)"
-    return path
-
-
 def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
     checked = subprocess.run(
-        [_tool("promtool"), "check", "rules", "rules.yaml"], cwd=RULES, capture_output=True, text=True
+        [tool("promtool"), "check", "rules", "rules.yaml"], cwd=RULES, capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     tested = subprocess.run(
-        [_tool("promtool"), "test", "rules", "tests.yaml"], cwd=RULES, capture_output=True, text=True
+        [tool("promtool"), "test", "rules", "tests.yaml"], cwd=RULES, capture_output=True, text=True
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -143,85 +133,36 @@ def test_the_cli_says_so_in_one_line_when_the_metrics_port_is_taken(
     assert "Traceback" not in result.stderr
 
 
-def _query(base: str, expr: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body = json.load(response)
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
-def _start_prometheus(config: Path, tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    with (tmp_path / "prometheus.log").open("w") as log:
-        return subprocess.Popen(
-            [_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-
-
-async def _until(base: str, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await asyncio.to_thread(_query, base, expr)
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.5)
-
-
 async def test_real_prometheus_scrapes_a_real_worker_during_a_readiness_check(
     dev_env: WorkflowEnvironment, world: World, task_queue: str, tmp_path: Path
 ) -> None:
     world.write_runbook("web")
-    metrics_port, prom_port = free_port(), free_port()
-    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
-    assert runtime is not None
-    client = await Client.connect(
-        dev_env.client.service_client.config.target_host,
-        namespace=dev_env.client.namespace,
-        data_converter=dev_env.client.data_converter,
-        runtime=runtime,
-    )
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
-    )
-    prometheus = _start_prometheus(config, tmp_path, prom_port)
-    base = f"http://127.0.0.1:{prom_port}"
-    try:
-        async with build_worker(client, world.runbooks, task_queue=task_queue):
-            report = await client.execute_workflow(
-                ReadinessWorkflow.run, ReadinessRequest(service="web"),
-                id=f"readiness-web-{uuid.uuid4()}", task_queue=task_queue,
-            )  # fmt: skip
-            assert report.verdict == "ready", report.reasons
-            ready = await _until(base, 'drflow_readiness_verdict{service="web",verdict="ready"} == 1')
-            assert [float(r["value"][1]) for r in ready] == [1.0], (tmp_path / "prometheus.log").read_text()
-            degraded = await _until(base, 'drflow_readiness_verdict{service="web",verdict="degraded"}')
-            assert [float(r["value"][1]) for r in degraded] == [0.0]
-            warnings = await _until(base, 'drflow_readiness_warning{service="web"}')
-            # every code of the closed set is exported, 0 when the check did not raise it
-            assert sorted((r["metric"]["warning"], float(r["value"][1])) for r in warnings) == [
-                (code, 0.0) for code in sorted(get_args(WarningCode))
-            ]
-            rpo = await _until(base, 'drflow_rpo_objective_seconds{service="web"}')
-            assert [float(r["value"][1]) for r in rpo] == [5.0]
-            runs = await _until(base, 'drflow_runs_total{kind="readiness",outcome="ready"}')
-            assert sum(float(r["value"][1]) for r in runs) >= 1
-            sdk = await _until(base, 'temporal_workflow_completed{workflow_type="Readiness"}')
-            assert sdk and float(sdk[0]["value"][1]) >= 1
-            up = await _until(base, 'up{job="drflow-worker"} == 1')
-            assert up
-    finally:
-        prometheus.terminate()
-        try:
-            prometheus.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-            prometheus.wait()
+    async with (
+        scraped_client(dev_env, tmp_path) as (client, base),
+        build_worker(client, world.runbooks, task_queue=task_queue),
+    ):
+        report = await client.execute_workflow(
+            ReadinessWorkflow.run, ReadinessRequest(service="web"),
+            id=f"readiness-web-{uuid.uuid4()}", task_queue=task_queue,
+        )  # fmt: skip
+        assert report.verdict == "ready", report.reasons
+        ready = await until(base, 'drflow_readiness_verdict{service="web",verdict="ready"} == 1')
+        assert [float(r["value"][1]) for r in ready] == [1.0], (tmp_path / "prometheus.log").read_text()
+        degraded = await until(base, 'drflow_readiness_verdict{service="web",verdict="degraded"}')
+        assert [float(r["value"][1]) for r in degraded] == [0.0]
+        warnings = await until(base, 'drflow_readiness_warning{service="web"}')
+        # every code of the closed set is exported, 0 when the check did not raise it
+        assert sorted((r["metric"]["warning"], float(r["value"][1])) for r in warnings) == [
+            (code, 0.0) for code in sorted(get_args(WarningCode))
+        ]
+        rpo = await until(base, 'drflow_rpo_objective_seconds{service="web"}')
+        assert [float(r["value"][1]) for r in rpo] == [5.0]
+        runs = await until(base, 'drflow_runs_total{kind="readiness",outcome="ready"}')
+        assert sum(float(r["value"][1]) for r in runs) >= 1
+        sdk = await until(base, 'temporal_workflow_completed{workflow_type="Readiness"}')
+        assert sdk and float(sdk[0]["value"][1]) >= 1
+        up = await until(base, 'up{job="drflow-worker"} == 1')
+        assert up
 
 
 async def test_a_readiness_run_is_traced_with_its_activities(
@@ -263,24 +204,7 @@ async def test_real_prometheus_reads_a_sandbox_failovers_rto_runs_and_steps(
     from workflows.failover import FailoverWorkflow
     from workflows.failover_models import FailoverRequest
 
-    metrics_port, prom_port = free_port(), free_port()
-    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
-    assert runtime is not None
-    client = await Client.connect(
-        dev_env.client.service_client.config.target_host,
-        namespace=dev_env.client.namespace,
-        data_converter=dev_env.client.data_converter,
-        runtime=runtime,
-    )
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
-    )
-    prometheus = _start_prometheus(config, tmp_path, prom_port)
-    base = f"http://127.0.0.1:{prom_port}"
-    try:
+    async with scraped_client(dev_env, tmp_path) as (client, base):
         with sandbox_world() as world:
             async with build_worker(client, world.runbooks, task_queue=task_queue):
                 request = FailoverRequest.model_validate(
@@ -300,27 +224,20 @@ async def test_real_prometheus_reads_a_sandbox_failovers_rto_runs_and_steps(
                 assert report.outcome == "completed", report.messages
                 assert report.achieved_rto_seconds is not None
                 service = world.service
-                rto = await _until(
+                rto = await until(
                     base, f'drflow_failover_rto_seconds{{service="{service}",kind="failover",mode="planned"}}'
                 )
                 assert [round(float(r["value"][1]), 3) for r in rto] == [
                     round(report.achieved_rto_seconds, 3)
                 ]
-                runs = await _until(base, 'drflow_runs_total{kind="failover",outcome="completed"}')
+                runs = await until(base, 'drflow_runs_total{kind="failover",outcome="completed"}')
                 assert sum(float(r["value"][1]) for r in runs) >= 1
-                steps = await _until(base, 'drflow_step_duration_seconds_count{kind="failover"}')
+                steps = await until(base, 'drflow_step_duration_seconds_count{kind="failover"}')
                 assert {r["metric"]["step"] for r in steps} == {
                     step_label(step.name) for step in report.steps if step.outcome == "ok"
                 }
-                waits = await _until(base, 'drflow_approval_wait_seconds_count{kind="failover"}')
+                waits = await until(base, 'drflow_approval_wait_seconds_count{kind="failover"}')
                 assert waits and float(waits[0]["value"][1]) >= 1
-    finally:
-        prometheus.terminate()
-        try:
-            prometheus.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-            prometheus.wait()
 
 
 async def test_real_prometheus_reads_a_drills_rto_its_age_and_its_failback(
@@ -335,24 +252,7 @@ async def test_real_prometheus_reads_a_drills_rto_its_age_and_its_failback(
     from workflows.drill_models import DrillRequest
 
     monkeypatch.setenv("DRFLOW_DRILL_REPORTS", str(tmp_path / "drills"))
-    metrics_port, prom_port = free_port(), free_port()
-    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
-    assert runtime is not None
-    client = await Client.connect(
-        dev_env.client.service_client.config.target_host,
-        namespace=dev_env.client.namespace,
-        data_converter=dev_env.client.data_converter,
-        runtime=runtime,
-    )
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
-    )
-    prometheus = _start_prometheus(config, tmp_path, prom_port)
-    base = f"http://127.0.0.1:{prom_port}"
-    try:
+    async with scraped_client(dev_env, tmp_path) as (client, base):
         with sandbox_world() as world:
             world.write_runbook(failback__analysis__duration="1s", failback__analysis__requests=100)
             service = world.service
@@ -368,41 +268,34 @@ async def test_real_prometheus_reads_a_drills_rto_its_age_and_its_failback(
                 assert report.failback is not None and report.failback.achieved_rto_seconds is not None
 
                 drill_labels = f'service="{service}",kind="drill",mode="drill"'
-                rto = await _until(base, f"drflow_failover_rto_seconds{{{drill_labels}}}")
+                rto = await until(base, f"drflow_failover_rto_seconds{{{drill_labels}}}")
                 assert [round(float(r["value"][1]), 3) for r in rto] == [
                     round(report.rto_achieved_seconds, 3)
                 ]
-                rpo = await _until(base, f"drflow_failover_rpo_seconds{{{drill_labels}}}")
+                rpo = await until(base, f"drflow_failover_rpo_seconds{{{drill_labels}}}")
                 assert [float(r["value"][1]) for r in rpo] == [report.rpo_achieved_seconds]
-                last = await _until(
+                last = await until(
                     base, f'drflow_last_drill_success_timestamp_seconds{{service="{service}"}}'
                 )
                 assert [round(float(r["value"][1])) for r in last] == [round(report.finished_at.timestamp())]
-                age = await _until(
+                age = await until(
                     base, f'time() - drflow_last_drill_success_timestamp_seconds{{service="{service}"}}'
                 )
                 assert 0 <= float(age[0]["value"][1]) < 600, "not overdue: the alert's expression reads it"
 
-                back = await _until(
+                back = await until(
                     base, f'drflow_failover_rto_seconds{{service="{service}",kind="failback"}}'
                 )
                 assert [round(float(r["value"][1]), 3) for r in back] == [
                     round(report.failback.achieved_rto_seconds, 3)
                 ]
-                runs = await _until(base, 'drflow_runs_total{kind=~"drill|failback|failover"}')
+                runs = await until(base, 'drflow_runs_total{kind=~"drill|failback|failover"}')
                 assert {(r["metric"]["kind"], r["metric"]["outcome"]) for r in runs} >= {
                     ("drill", "passed"),
                     ("failback", "completed"),
                     ("failover", "completed"),
                 }
-                steps = await _until(base, 'drflow_step_duration_seconds_count{kind="failback"}')
+                steps = await until(base, 'drflow_step_duration_seconds_count{kind="failback"}')
                 assert {r["metric"]["step"] for r in steps} >= {
                     step_label(step.name) for step in report.failback.steps if step.outcome == "ok"
                 }
-    finally:
-        prometheus.terminate()
-        try:
-            prometheus.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-            prometheus.wait()

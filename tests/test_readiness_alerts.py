@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -31,6 +31,7 @@ from workflows.common import TASK_QUEUE
 from workflows.readiness_report import ReadinessReport
 
 SERVICE = "alerted"
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,11 +95,9 @@ async def scheduled(
                 await handle.delete()
 
 
-async def scheduled_check(
-    env: WorkflowEnvironment, handle: ScheduleHandle, service: str = SERVICE
-) -> ReadinessReport:
-    """Trigger the schedule and return the run's report (the newest run of the schedule)."""
-    query = f"TemporalScheduledById = '{schedule_id(service)}' AND ExecutionStatus = 'Completed'"
+async def triggered_run(env: WorkflowEnvironment, handle: ScheduleHandle, result_type: type[T]) -> T:
+    """Trigger the schedule and return the result of the run it started, once it completed."""
+    query = f"TemporalScheduledById = '{handle.id}' AND ExecutionStatus = 'Completed'"
     before = {w.run_id async for w in env.client.list_workflows(query)}
     await handle.trigger()
     async with asyncio.timeout(60):
@@ -108,9 +107,15 @@ async def scheduled_check(
                 break
             await asyncio.sleep(0.3)
     run = runs[0]
-    return await env.client.get_workflow_handle(
-        run.id, run_id=run.run_id, result_type=ReadinessReport
-    ).result()
+    return await env.client.get_workflow_handle(run.id, run_id=run.run_id, result_type=result_type).result()
+
+
+async def scheduled_check(
+    env: WorkflowEnvironment, handle: ScheduleHandle, service: str = SERVICE
+) -> ReadinessReport:
+    """Trigger the service's schedule and return the run's report."""
+    assert handle.id == schedule_id(service)
+    return await triggered_run(env, handle, ReadinessReport)
 
 
 async def test_a_change_is_told_once_each_way_and_a_failing_channel_never_fails_the_check(

@@ -7,21 +7,19 @@ receiver on loopback.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import ScheduleHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.readiness_digest import DIGEST_SCHEDULE, DigestOutcome
 from tests.support.dns import OTHER_RECORD
 from tests.support.slack.standin import SlackStandIn, slack_for_worker
 from tests.test_cli_check import drflow, target
-from tests.test_readiness_alerts import scheduled_check, webhook_receiver
+from tests.test_readiness_alerts import scheduled_check, triggered_run, webhook_receiver
 from tests.test_readiness_workflow import World, world  # noqa: F401  (fixture)
 from workers.cli.readiness import digest_schedule, readiness_schedule, schedule_id
 from workers.sandbox.named import free_port
@@ -34,22 +32,6 @@ from workflows.readiness_digest import DigestInput
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
     with slack_for_worker(monkeypatch) as running:
         yield running
-
-
-async def digest_run(env: WorkflowEnvironment, handle: ScheduleHandle) -> DigestOutcome:
-    """Trigger the digest's schedule and return its run's outcome."""
-    query = f"TemporalScheduledById = '{DIGEST_SCHEDULE}' AND ExecutionStatus = 'Completed'"
-    before = {w.run_id async for w in env.client.list_workflows(query)}
-    await handle.trigger()
-    async with asyncio.timeout(60):
-        while True:
-            runs = [w async for w in env.client.list_workflows(query) if w.run_id not in before]
-            if runs:
-                break
-            await asyncio.sleep(0.3)
-    return await env.client.get_workflow_handle(
-        runs[0].id, run_id=runs[0].run_id, result_type=DigestOutcome
-    ).result()
 
 
 async def test_the_digest_tells_every_service_its_schedule_and_the_day_even_when_nothing_changed(
@@ -87,7 +69,7 @@ async def test_the_digest_tells_every_service_its_schedule_and_the_day_even_when
                 ]
                 assert verdicts == ["ready", "not-ready", "degraded"]
                 await handles[2].pause(note="drifting: paused by the owner")
-                outcome = await digest_run(dev_env, digest)
+                outcome = await triggered_run(dev_env, digest, DigestOutcome)
             finally:
                 await digest.delete()
                 for handle in handles:

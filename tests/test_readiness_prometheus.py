@@ -11,23 +11,19 @@ they are, except the early-warning alert's ``for: 1m``, shortened to 1 s so the 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.prometheus import query, scraped_client
 from tests.support.sandbox import Writer, sandbox_world
 from tests.support.slack.standin import SlackStandIn, slack_for_worker
-from tests.test_observability import _query, _start_prometheus
 from tests.test_readiness_alerts import scheduled_check
 from workers.cli.readiness import readiness_schedule, schedule_id
-from workers.sandbox.named import free_port
-from workers.telemetry import metrics_runtime
 from workers.worker import build_worker
 from workflows.common import TASK_QUEUE
 
@@ -44,7 +40,7 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackStandIn]:
 async def lag_alerts(base: str, service: str) -> list[dict[str, Any]]:
     """Every alert firing for the service: whichever rule, so a second one would show."""
     expr = f'ALERTS{{service="{service}",alertstate="firing"}}'
-    return await asyncio.to_thread(_query, base, expr)
+    return await asyncio.to_thread(query, base, expr)
 
 
 async def until_alerts(base: str, service: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
@@ -59,30 +55,12 @@ async def until_alerts(base: str, service: str, count: int, timeout: float = 30)
 async def test_lag_creeping_gives_one_slack_alert_and_one_firing_rule_and_one_resolved_each(
     dev_env: WorkflowEnvironment, standin: SlackStandIn, tmp_path: Path
 ) -> None:
-    metrics_port, prom_port = free_port(), free_port()
-    runtime = metrics_runtime(f"127.0.0.1:{metrics_port}")
-    assert runtime is not None
-    client = await Client.connect(
-        dev_env.client.service_client.config.target_host,
-        namespace=dev_env.client.namespace,
-        data_converter=dev_env.client.data_converter,
-        runtime=runtime,
-    )
     rules = tmp_path / "rules.yaml"
     shipped = RULES.read_text()
     window = "expr: drflow_readiness_warning == 1\n        for: 1m"
     assert window in shipped
     rules.write_text(shipped.replace(window, window.replace("1m", "1s")))
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: ['{rules}']\n"
-        "scrape_configs:\n"
-        f"  - job_name: drflow-worker\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
-    )
-    prometheus = _start_prometheus(config, tmp_path, prom_port)
-    base = f"http://127.0.0.1:{prom_port}"
-    try:
+    async with scraped_client(dev_env, tmp_path, rules) as (client, base):
         with sandbox_world() as sandbox:
             # Warn at 6 s of lag, fail at 2 min: a slowed check still sees a warning, not a breach.
             sandbox.write_runbook(
@@ -125,13 +103,6 @@ async def test_lag_creeping_gives_one_slack_alert_and_one_firing_rule_and_one_re
                 finally:
                     writer.stop()
                     await handle.delete()
-    finally:
-        prometheus.terminate()
-        try:
-            prometheus.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-            prometheus.wait()
 
     messages = [m.text.splitlines()[0] for m in standin.top_level()]
     assert messages == [

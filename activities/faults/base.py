@@ -8,8 +8,12 @@ must never break a server that it did not build.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import socket
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 
@@ -58,3 +62,49 @@ def require_loopback(host: str, what: str) -> str:
             "servers on this machine; nothing changed"
         )
     return host
+
+
+class LoopThread:
+    """An event loop of its own in a daemon thread, which the fault proxies run on: blocking code, a test's
+    event loop and a worker can all use a proxy, and it dies with its process, leaving nothing to undo."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, setup: Callable[[], Coroutine[Any, Any, None]], what: str) -> None:
+        """Run ``setup`` (listen, bind) on the new loop, then keep the loop running; ``FaultError`` if the
+        setup failed or did not finish within 10 s."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self.loop = loop
+            try:
+                loop.run_until_complete(setup())
+            except BaseException as err:  # reported to start()'s caller
+                failure.append(err)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or failure:
+            raise FaultError(f"{what} could not listen: {failure or 'timeout'}")
+
+    def stop(self, teardown: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``teardown`` on the loop (bounded), then stop it once the callbacks it scheduled have run."""
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(teardown(), loop).result(5)
+        loop.call_soon_threadsafe(loop.call_soon, loop.stop)  # after the transports' close callbacks
+        thread.join(10)
+        self.loop = None

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from activities.faults.base import FaultError, require_loopback
+from activities.faults.base import LoopThread, require_loopback
 
 Mode = Literal["pass", "delay", "blackhole", "reset"]
 CHUNK = 65536
@@ -70,7 +70,7 @@ class TcpFaultProxy:
         self._links: set[_Link] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(f"fault-proxy-{upstream_port}")
         self.port = 0
         self.accepted = 0
         self.triggered = threading.Event()  # set when an ``after`` pattern was seen
@@ -85,48 +85,22 @@ class TcpFaultProxy:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> TcpFaultProxy:
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        async def listen() -> None:
+            self._server = await asyncio.start_server(self._handle, self._listen[0], self._listen[1])
+            self.port = self._server.sockets[0].getsockname()[1]
 
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._handle, self._listen[0], self._listen[1])
-                )
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as err:  # reported to start()'s caller
-                failure.append(err)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"fault-proxy-{self.upstream[1]}", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure or not self.port:
-            raise FaultError(f"the fault proxy for {self.upstream} could not listen: {failure or 'timeout'}")
+        self._runner.start(listen, f"the fault proxy for {self.upstream}")
+        self._loop = self._runner.loop
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None or self._thread is None:
-            return
-
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
             for link in list(self._links):
                 link.abort()
 
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(10)
+        self._runner.stop(close)
         self._loop = None
 
     def __enter__(self) -> TcpFaultProxy:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from activities.faults.base import FaultError, require_loopback
+from activities.faults.base import FaultError, LoopThread, require_loopback
 
 UdpMode = Literal["pass", "delay", "loss", "blackhole"]
 
@@ -82,7 +81,7 @@ class UdpFaultProxy:
         self._random = random.Random(0)
         self._state = _State()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(f"udp-fault-proxy-{upstream_port}")
         self.port = 0
         self.counts = UdpCounts()
 
@@ -92,48 +91,25 @@ class UdpFaultProxy:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> UdpFaultProxy:
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        async def bind() -> None:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _FromClients(self), local_addr=self._listen
+            )
+            self._state.listen = transport
+            self.port = transport.get_extra_info("sockname")[1]
 
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                transport, _ = loop.run_until_complete(
-                    loop.create_datagram_endpoint(lambda: _FromClients(self), local_addr=self._listen)
-                )
-                self._state.listen = transport
-                self.port = transport.get_extra_info("sockname")[1]
-            except BaseException as err:  # reported to start()'s caller
-                failure.append(err)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"udp-fault-proxy-{self.upstream[1]}", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure or not self.port:
-            why = failure or "timeout"
-            raise FaultError(f"the UDP fault proxy for {self.upstream} could not listen: {why}")
+        self._runner.start(bind, f"the UDP fault proxy for {self.upstream}")
+        self._loop = self._runner.loop
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
-        def close() -> None:
+        async def close() -> None:
             for transport in [self._state.listen, *self._state.upstreams.values()]:
                 if transport is not None:
-                    transport.close()  # the socket closes in a callback: stop only after it ran
-            loop.call_soon(loop.stop)
+                    transport.close()
 
-        loop.call_soon_threadsafe(close)
-        thread.join(10)
+        self._runner.stop(close)
         self._loop = None
 
     def __enter__(self) -> UdpFaultProxy:

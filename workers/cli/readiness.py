@@ -27,6 +27,7 @@ from temporalio.client import (
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleCalendarSpec,
+    ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
@@ -149,23 +150,27 @@ async def _schedule(settings: TemporalSettings, services: list[str], every: time
     client = await connect(settings)
     for service in services:
         wanted = readiness_schedule(service, every)
-        try:
-            handle = await client.create_schedule(schedule_id(service), wanted)
-            verb = "scheduled"
-        except ScheduleAlreadyRunningError:
-            handle = client.get_schedule_handle(schedule_id(service))
-
-            def replace(update: ScheduleUpdateInput, wanted: Schedule = wanted) -> ScheduleUpdate:
-                wanted.state.paused = update.description.schedule.state.paused  # keep a pause
-                return ScheduleUpdate(schedule=wanted)
-
-            await handle.update(replace)
-            verb = "updated"
+        handle, verb = await create_or_replace(client, schedule_id(service), wanted)
         description = await handle.describe()
         upcoming = description.info.next_action_times[:1]
         first = f"; next {upcoming[0]:%Y-%m-%d %H:%M:%S} UTC" if upcoming else ""
         click.echo(f"{verb} {handle.id}: every {format_duration(every)}{first}")
     return EXIT_OK
+
+
+async def create_or_replace(client: Client, identifier: str, wanted: Schedule) -> tuple[ScheduleHandle, str]:
+    """Create the schedule, or give an existing one everything of ``wanted`` except its pause."""
+    try:
+        return await client.create_schedule(identifier, wanted), "scheduled"
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(identifier)
+
+        def replace(update: ScheduleUpdateInput) -> ScheduleUpdate:
+            wanted.state.paused = update.description.schedule.state.paused  # keep a pause
+            return ScheduleUpdate(schedule=wanted)
+
+        await handle.update(replace)
+        return handle, "updated"
 
 
 @dataclass(frozen=True)
@@ -372,18 +377,7 @@ def digest_schedule_command(
 
 async def _schedule_digest(settings: TemporalSettings, wanted: Schedule) -> int:
     client = await connect(settings)
-    try:
-        handle = await client.create_schedule(DIGEST_SCHEDULE, wanted)
-        verb = "scheduled"
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(DIGEST_SCHEDULE)
-
-        def replace(update: ScheduleUpdateInput) -> ScheduleUpdate:
-            wanted.state.paused = update.description.schedule.state.paused  # keep a pause
-            return ScheduleUpdate(schedule=wanted)
-
-        await handle.update(replace)
-        verb = "updated"
+    handle, verb = await create_or_replace(client, DIGEST_SCHEDULE, wanted)
     description = await handle.describe()
     upcoming = description.info.next_action_times[:1]
     first = f"; next {upcoming[0]:%Y-%m-%d %H:%M} UTC" if upcoming else ""
