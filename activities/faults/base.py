@@ -91,6 +91,14 @@ class LoopThread:
                 return
             ready.set()
             loop.run_forever()
+            pending = asyncio.all_tasks(loop)  # connections still open at stop: end them, not leak them
+            for task in pending:
+                task.cancel()
+
+            async def drain() -> None:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+            loop.run_until_complete(drain())
             loop.close()
 
         self._thread = threading.Thread(target=run, name=self.name, daemon=True)
