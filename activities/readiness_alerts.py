@@ -126,8 +126,8 @@ def _post_slack(
 ) -> None:
     client = bot_client()
     text = alert_text(request, before, resolved, link)
-    call("chat.postMessage", client.chat_postMessage, channel=request.slack_channel, text=text,
-         unfurl_links=False)  # fmt: skip
+    call("chat.postMessage", client.chat_postMessage, "alerts.slack_channel (or approvals.slack.channel)",
+         channel=request.slack_channel, text=text, unfurl_links=False)  # fmt: skip
 
 
 def _webhook_body(

@@ -230,5 +230,5 @@ async def _send(outcome: DigestOutcome, channel: str, send: Any) -> None:
 
 def _post_slack(channel: str, outcome: DigestOutcome, link: str) -> None:
     client = bot_client()
-    call("chat.postMessage", client.chat_postMessage, channel=channel, text=digest_text(outcome, link),
-         unfurl_links=False)  # fmt: skip
+    call("chat.postMessage", client.chat_postMessage, "the digest's channel (--channel)", channel=channel,
+         text=digest_text(outcome, link), unfurl_links=False)  # fmt: skip

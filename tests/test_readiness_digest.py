@@ -118,6 +118,12 @@ async def test_a_channel_that_fails_is_reported_and_the_other_still_gets_the_dig
                 "readiness", "digest", "now", "--channel", "C0DRFLOW",
                 "--webhook", "env:DRFLOW_TEST_DIGEST_WEBHOOK", "--address", target(dev_env),
             )  # fmt: skip
+            unknown = await drflow(
+                "readiness", "digest", "now", "--channel", "C0GONE", "--address", target(dev_env)
+            )
+    assert unknown.returncode == 1 and "channel_not_found: check the digest's channel (--channel)" in (
+        unknown.stderr
+    ), unknown.stderr
     assert done.returncode == 1, done.stderr
     assert "drflow: not posted through webhook: the webhook answered HTTP 500" in done.stderr
     assert done.stdout.startswith("Readiness digest, ") and "1 service · no verdicts yet" in done.stdout

@@ -86,8 +86,12 @@ def run_link(workflow_id: str, run_id: str, namespace: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- errors
-def slack_error(method: str, err: Exception) -> ApplicationError:
-    """An operator-facing, typed error for a failed Web API call."""
+CHANNEL_SETTING = "approvals.slack.channel in the runbook"
+
+
+def slack_error(method: str, err: Exception, channel_setting: str = CHANNEL_SETTING) -> ApplicationError:
+    """An operator-facing, typed error for a failed Web API call; ``channel_setting`` is where the
+    channel came from, for the fix an unknown channel needs."""
     if isinstance(err, SlackApiError):
         response = err.response
         code = str(response.get("error") or f"HTTP {response.status_code}")
@@ -111,7 +115,7 @@ def slack_error(method: str, err: Exception) -> ApplicationError:
             fix = (
                 "invite the bot to the channel (/invite @drflow)"
                 if code == "not_in_channel"
-                else "check approvals.slack.channel in the runbook"
+                else f"check {channel_setting}"
             )
             return ApplicationError(
                 f"Slack {method}: {code}: {fix}", type=SlackErrorType.CHANNEL, non_retryable=True
@@ -140,9 +144,14 @@ def _retry_after(headers: Any) -> int:
     return 30
 
 
-def call(method: str, request: Callable[..., SlackResponse], **arguments: Any) -> SlackResponse:
+def call(
+    method: str,
+    request: Callable[..., SlackResponse],
+    channel_setting: str = CHANNEL_SETTING,
+    **arguments: Any,
+) -> SlackResponse:
     """``request(**arguments)``, with Slack's failures turned into typed, operator-facing errors."""
     try:
         return request(**arguments)
     except (SlackApiError, SlackClientError, URLError, OSError, TimeoutError) as err:
-        raise slack_error(method, err) from None
+        raise slack_error(method, err, channel_setting) from None
