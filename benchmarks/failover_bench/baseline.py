@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from temporalio.testing import ActivityEnvironment
 
-from activities import database
+from activities.database import activities as database
 from activities.dns.activities import apply_dns_change, plan_dns_change
 from activities.dns.plan import ApplyDnsChangeRequest, PlanDnsChangeRequest
 from activities.dns.propagation import PropagationRequest, verify_propagation
